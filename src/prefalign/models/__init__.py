@@ -1,0 +1,1 @@
+"""Models: the registry of embedded models, pulling, loading, and a tiny model for tests."""
