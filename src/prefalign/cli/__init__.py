@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .. import __version__
 from ..errors import PrefalignError
 
 # The order here is the order of `prefalign --help`.
-COMMAND_MODULES = ("models", "data", "generate")
+COMMAND_MODULES = ("demo", "models", "data", "generate", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("prefalign: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`prefalign data inspect ... | head`): not an error worth a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

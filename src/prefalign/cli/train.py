@@ -1,0 +1,56 @@
+"""`prefalign dpo` and `prefalign sft`: train a policy; the same options from the command line or a `--config` YAML."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import add_config_args, config_from_args
+from ..train.config import DPOConfig, SFTConfig
+
+_OUTPUTS = (
+    "Writes OUTPUT_DIR/metrics.jsonl, plots/*.png, summary.json, run.json, checkpoints/step-N/ and the final model in "
+    "final/. Runs under `torchrun --nproc-per-node N` as is."
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    dpo = subparsers.add_parser(
+        "dpo",
+        help="train a policy with Direct Preference Optimization",
+        description="Train --model on the preference pairs of --data against a frozen reference (DPO, "
+        "Rafailov et al. 2023; or IPO, hinge, cDPO, robust DPO with --loss-type). " + _OUTPUTS,
+    )
+    _add_options(dpo, DPOConfig)
+    dpo.set_defaults(func=run_dpo)
+
+    sft = subparsers.add_parser(
+        "sft",
+        help="supervised fine-tuning on responses",
+        description="Train --model on prompt/response, chat or preference (chosen) data; the loss covers the "
+        "response tokens only. " + _OUTPUTS,
+    )
+    _add_options(sft, SFTConfig)
+    sft.set_defaults(func=run_sft)
+
+
+def _add_options(parser: argparse.ArgumentParser, config_class: type) -> None:
+    parser.add_argument("--config", help="YAML file of options (keys as the long options); the command line wins")
+    add_config_args(parser, config_class)
+
+
+def run_dpo(args: argparse.Namespace) -> int:
+    from ..train.loop import train
+    from ..train.objectives import DPOObjective
+
+    config = config_from_args(DPOConfig, args)
+    train(config, DPOObjective(config))
+    return 0
+
+
+def run_sft(args: argparse.Namespace) -> int:
+    from ..train.loop import train
+    from ..train.objectives import SFTObjective
+
+    config = config_from_args(SFTConfig, args)
+    train(config, SFTObjective(config))
+    return 0

@@ -1,0 +1,223 @@
+"""The one generation path: batched, KV-cached decoding with per-prompt reproducible sampling.
+
+Preference-pair building and evaluation both generate through `generate()`. We decode with our own short loop rather
+than HF `generate` because sampling must be reproducible per prompt: each prompt draws its random numbers from its own
+generator, seeded from `config.seed` and a stable hash of the prompt's text. A prompt's sample therefore does not depend
+on which other prompts share its batch or on their order, so a run resumed after a kill reproduces the same outputs.
+(The logits themselves can differ in the last float bits between batch shapes, so an exact tie can still flip; that is
+a property of the kernels, not of the sampling.) Two identical prompts in one call get the same sample: to draw several
+samples per prompt, call again with another seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from .data.records import Text
+from .data.tokenize import PromptFormat, prompt_token_ids
+from .errors import PrefalignError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass
+class GenerationConfig:
+    """How to generate. `temperature == 0` is greedy decoding (top_p and seed are then unused)."""
+
+    max_new_tokens: int = field(default=256, metadata={"help": "most new tokens generated for one prompt"})
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature; 0 means greedy decoding"})
+    top_p: float = field(
+        default=1.0, metadata={"help": "nucleus sampling: sample among the most likely tokens whose mass reaches top_p"}
+    )
+    seed: int = field(default=0, metadata={"help": "sampling seed, combined with a hash of each prompt's text"})
+    batch_size: int = field(default=16, metadata={"help": "prompts decoded together"})
+    prompt_format: PromptFormat = field(
+        default="auto",
+        metadata={"help": "chat: apply the chat template; raw: use the text as is; auto: chat if the model has one"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise PrefalignError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise PrefalignError(f"temperature must be a number >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise PrefalignError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.batch_size < 1:
+            raise PrefalignError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.prompt_format not in ("auto", "chat", "raw"):
+            raise PrefalignError(f"prompt_format must be auto, chat or raw, got {self.prompt_format!r}")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One prompt's completion.
+
+    `token_ids` are the generated tokens, ending with the stop token when `finish_reason` is "eos" ("length": the
+    `max_new_tokens` budget ran out first). `text` is their decoding without special tokens, stripped.
+    """
+
+    text: str
+    token_ids: list[int]
+    finish_reason: Literal["eos", "length"]
+    num_tokens: int
+
+
+def prompt_seed(seed: int, prompt: Text) -> int:
+    """The seed of `prompt`'s own random stream: a stable (cross-process, cross-machine) hash of (seed, prompt)."""
+    key = json.dumps([seed, prompt], ensure_ascii=False, sort_keys=True)
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def _uniforms(seed: int, prompt: Text, count: int) -> torch.Tensor:
+    """`count` draws in [0, 1) from the prompt's own generator: one per decoding step."""
+    import torch
+
+    generator = torch.Generator().manual_seed(prompt_seed(seed, prompt))
+    return torch.rand(count, generator=generator)
+
+
+def _stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    # Chat models often stop on a token other than the tokenizer's eos (e.g. an end-of-turn token); the generation
+    # config lists those, so stop on the union.
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if configured is not None:
+        ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    return sorted(ids)
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor | None) -> torch.Tensor:
+    """Next token per row of `logits` (rows, vocab): argmax when `temperature == 0`, else temperature + top-p sampling.
+
+    Sampling inverts each row's CDF at that row's own uniform draw (`uniforms`, one per row), so a row's token depends
+    on its logits and its draw only.
+    """
+    import torch
+
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    assert uniforms is not None, "sampling needs one uniform draw per row"
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    order = None
+    if top_p < 1:
+        probs, order = probs.sort(dim=-1, descending=True)
+        # Keep a token while the mass before it is below top_p: the smallest head of the ranking that reaches top_p.
+        probs = probs.masked_fill(probs.cumsum(dim=-1) - probs >= top_p, 0.0)
+    cdf = probs.cumsum(dim=-1)
+    total = cdf[:, -1:]
+    # Clamped strictly below the total so the search always lands on a token with non-zero probability.
+    target = torch.minimum(uniforms.to(cdf).unsqueeze(-1) * total, torch.nextafter(total, torch.zeros_like(total)))
+    choice = torch.searchsorted(cdf, target, right=True)
+    return (choice if order is None else order.gather(-1, choice)).squeeze(-1)
+
+
+def _decode_batch(
+    model: PreTrainedModel,
+    prompts: list[list[int]],
+    uniforms: torch.Tensor | None,
+    config: GenerationConfig,
+    stop_ids: list[int],
+    pad_id: int,
+) -> list[list[int]]:
+    """Generate for prompts of any lengths at once; returns each row's new tokens (cut after its stop token)."""
+    import torch
+
+    device = model.device
+    rows, width = len(prompts), max(len(p) for p in prompts)
+    # Left padding: every row's last prompt token sits in the last column, so each step appends one column to all rows.
+    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((rows, width), dtype=torch.long)
+    for row, ids in enumerate(prompts):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        attention_mask[row, width - len(ids) :] = 1
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    # Positions count real tokens only, so a padded row sees the same positions as it would alone.
+    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+    stop = torch.tensor(stop_ids, dtype=torch.long, device=device)
+    uniforms = uniforms.to(device) if uniforms is not None else None
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    cache, tokens, generated = None, input_ids, []
+    for step in range(config.max_new_tokens):
+        out = model(
+            input_ids=tokens,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,  # the prefill needs the last position's logits only, not (rows, width, vocab)
+        )
+        cache = out.past_key_values
+        step_uniforms = uniforms[:, 0] if uniforms is not None else None
+        next_tokens = sample_next(out.logits[:, -1, :], config.temperature, config.top_p, step_uniforms)
+        next_tokens = next_tokens.masked_fill(done, pad_id)  # finished rows keep decoding padding, discarded below
+        generated.append(next_tokens)
+        done |= torch.isin(next_tokens, stop)
+        if done.all():
+            break
+        tokens = next_tokens.unsqueeze(-1)
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(rows, 1)], dim=-1)
+        position_ids = position_ids[:, -1:] + 1
+    results = []
+    stop_set = set(stop_ids)
+    for row in torch.stack(generated, dim=1).tolist():
+        end = next((i + 1 for i, token in enumerate(row) if token in stop_set), len(row))
+        results.append(row[:end])
+    return results
+
+
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[Text],
+    config: GenerationConfig,
+    *,
+    progress: bool = True,
+) -> list[Generation]:
+    """Complete every prompt (a string, or chat messages) and return the generations in the prompts' order.
+
+    Prompts are tokenized by `prompt_token_ids` according to `config.prompt_format`, decoded in batches of similar
+    length (longest first, so running out of memory shows up at once), and put back in input order.
+    """
+    import torch
+    from tqdm import tqdm
+
+    if not prompts:
+        return []
+    stop_ids = _stop_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop_ids or [0])[0]
+    encoded = [prompt_token_ids(prompt, tokenizer, config.prompt_format) for prompt in prompts]
+    for index, ids in enumerate(encoded):
+        if not ids:
+            raise PrefalignError(f"prompt {index + 1} is empty: there is nothing to continue")
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    sampling = config.temperature > 0
+    results: list[Generation | None] = [None] * len(prompts)
+    new_tokens, started = 0, time.perf_counter()
+    with torch.inference_mode(), tqdm(
+        total=len(prompts), unit="prompt", desc="generating", disable=not progress, file=sys.stderr
+    ) as bar:
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start : start + config.batch_size]
+            uniforms = (
+                torch.stack([_uniforms(config.seed, prompts[i], config.max_new_tokens) for i in batch])
+                if sampling
+                else None
+            )
+            outputs = _decode_batch(model, [encoded[i] for i in batch], uniforms, config, stop_ids, pad_id)
+            for index, ids in zip(batch, outputs):
+                finished = bool(ids) and ids[-1] in stop_ids
+                text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+                results[index] = Generation(text, ids, "eos" if finished else "length", len(ids))
+                new_tokens += len(ids)
+            bar.update(len(batch))
+            bar.set_postfix(tok_per_s=f"{new_tokens / (time.perf_counter() - started):.0f}")
+    return [r for r in results if r is not None]

@@ -1,0 +1,66 @@
+"""LoRA adapters with peft: wrap a model, switch its adapter off (that is DPO's reference), save, merge.
+
+With LoRA the frozen base weights ARE the reference model: running the same module with the adapter disabled gives the
+initial policy's outputs exactly, so DPO needs no second copy of the model in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+
+def apply_lora(
+    model: PreTrainedModel, *, rank: int, alpha: float, dropout: float, target_modules: Sequence[str]
+) -> PeftModel:
+    """Freeze `model` and add a fresh LoRA adapter (B = 0, so the wrapped model computes exactly what `model` did).
+
+    `target_modules` are module-name suffixes such as q_proj, or the single entry "all-linear" (every linear layer
+    except the output head). The adapter's A matrices are drawn from torch's global RNG: seed it first.
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets: str | list[str] = "all-linear" if list(target_modules) == ["all-linear"] else list(target_modules)
+    config = LoraConfig(
+        task_type=TaskType.CAUSAL_LM, r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:  # peft names the missing modules; keep its first line
+        raise ModelError(f"cannot add LoRA to this model: {str(exc).splitlines()[0]}") from None
+
+
+def is_lora(model: torch.nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+@contextmanager
+def adapter_disabled(model: PeftModel) -> Iterator[PeftModel]:
+    """Run `model` as its base model for the duration (the adapter is re-enabled after, even on error)."""
+    with model.disable_adapter():
+        yield model
+
+
+def save_adapter(model: PeftModel, path: str | Path) -> Path:
+    """Write the adapter alone (adapter_config.json + weights), loadable by `PeftModel.from_pretrained(base, path)`."""
+    model.save_pretrained(str(path))
+    return Path(path)
+
+
+def merged_copy(model: PeftModel) -> PreTrainedModel:
+    """A plain transformers model with the adapter folded into its weights; `model` itself is left unchanged."""
+    import copy
+
+    # merge_and_unload rewrites the wrapped modules in place, so merge a copy: the caller may keep training `model`.
+    return copy.deepcopy(model).merge_and_unload()

@@ -1,0 +1,80 @@
+"""Resumable pipeline stages: each writes its own directory, atomically, and is skipped when nothing changed.
+
+A stage's identity is a JSON-able dict of its settings (including hashes of the files it reads). The stage runs in a
+temporary directory beside its target and is renamed into place only when it finished, with a `stage.json` recording
+those settings, so a kill at any point leaves either the old complete result or none, and a rerun redoes only stages
+whose settings changed or that never finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STAGE_FILE = "stage.json"
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes (or of a directory's files, names included), to key stages on their inputs."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def settings_digest(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class StageResult:
+    name: str
+    directory: Path
+    skipped: bool
+    seconds: float
+
+
+def run_stage(
+    name: str,
+    directory: Path,
+    settings: dict[str, Any],
+    body: Callable[[Path], None],
+    *,
+    force: bool = False,
+) -> StageResult:
+    """Run `body(work_dir)` unless `directory` already holds a finished run with the same settings."""
+    directory = Path(directory)
+    digest = settings_digest(settings)
+    marker = directory / STAGE_FILE
+    if not force and marker.exists():
+        recorded = json.loads(marker.read_text())
+        if recorded.get("digest") == digest:
+            print(f"[{name}] up to date, skipped ({directory})", file=sys.stderr)
+            return StageResult(name, directory, True, 0.0)
+    work = directory.with_name(directory.name + ".partial")
+    if work.exists():  # left by a killed run
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    print(f"[{name}] running -> {directory}", file=sys.stderr)
+    start = time.perf_counter()
+    body(work)
+    seconds = time.perf_counter() - start
+    (work / STAGE_FILE).write_text(json.dumps({"name": name, "digest": digest, "settings": settings,
+                                               "seconds": round(seconds, 2)}, indent=2, default=str))
+    if directory.exists():
+        shutil.rmtree(directory)
+    work.rename(directory)
+    return StageResult(name, directory, False, seconds)

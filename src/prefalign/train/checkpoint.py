@@ -1,0 +1,330 @@
+"""Training checkpoints: everything needed to continue a run as if it had never stopped.
+
+Layout of `O/checkpoints/step-N/`:
+
+    adapter/                 a peft model's adapters (`save_pretrained`), or
+    model.safetensors        a full model's state dict (tied weights stored once)
+    optimizer.pt             optimizer state        (torch.save; loaded with weights_only=True)
+    scheduler.pt             LR scheduler state     (idem; absent when the run has no scheduler)
+    rng.json, rng.pt         RNG states: python and numpy as JSON, torch CPU/CUDA as tensors (one pair per rank saved)
+    trainer_state.json       step, epoch, data position, whatever JSON the loop passes
+    COMPLETE                 written last
+
+Atomicity: a checkpoint is written into `step-N.tmp-<pid>`, synced to disk, and renamed to `step-N` in one step, so a
+run killed at any moment leaves either the previous set of checkpoints or the new one. `latest_checkpoint` also insists
+on the COMPLETE marker, so a step directory that somehow lost files (a partial copy by hand) is never resumed from.
+Any name with a dot in it (`.tmp-`, `.old-`, `.deleting-`) is a leftover of an interrupted write or prune and is
+removed by the next save. One process writes a given output directory (rank 0 under torchrun).
+
+Nothing is unpickled on load: weights come from safetensors, optimizer/scheduler/torch RNG through
+`torch.load(weights_only=True)`, and the rest from JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import PrefalignError
+
+CHECKPOINTS_DIR = "checkpoints"
+COMPLETE_MARKER = "COMPLETE"
+ADAPTER_DIR = "adapter"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "scheduler.pt"
+TRAINER_STATE_FILE = "trainer_state.json"
+
+_STEP_DIR = re.compile(r"step-(\d+)")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Public API
+
+
+def save_checkpoint(
+    output_dir: Path,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None,
+    trainer_state: dict[str, Any],
+    keep_last: int,
+    rng_states: list[dict[str, Any]] | None = None,
+) -> Path:
+    """Write `output_dir/checkpoints/step-<step>/` atomically and prune to the newest `keep_last` (<= 0 keeps all).
+
+    `model` may be wrapped in DistributedDataParallel or torch.compile; the inner model is saved. `trainer_state` must
+    be JSON-serialisable; its "step" is set to `step`. `rng_states` holds one `capture_rng_state()` per rank (index =
+    rank) when ranks draw different random numbers (e.g. dropout seeded by rank); by default the calling process's
+    state is saved, and every rank restores it. Returns the checkpoint directory.
+    """
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(root)
+
+    final = root / f"step-{step}"
+    tmp = root / f"step-{step}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    _save_weights(unwrap_model(model), tmp)
+    torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+    if scheduler is not None:
+        torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
+    for rank, state in enumerate(rng_states if rng_states is not None else [capture_rng_state()]):
+        _save_rng_state(state, tmp, rank)
+    _write_json(tmp / TRAINER_STATE_FILE, {**trainer_state, "step": step})
+    (tmp / COMPLETE_MARKER).write_text(f"{step}\n")
+    _fsync_tree(tmp)
+
+    if final.exists():
+        # Saving a step that already exists (a resumed run checkpointing the step it resumed from): move the old one
+        # aside first, because a rename cannot replace a non-empty directory.
+        old = root / f"step-{step}.old-{os.getpid()}"
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(final)
+    _fsync_dir(root)
+
+    if keep_last > 0:
+        for stale in _complete_checkpoints(root)[:-keep_last]:
+            _remove_dir(stale)
+    return final
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete `step-N` directory under `output_dir/checkpoints`, or None when there is none."""
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return None
+    complete = _complete_checkpoints(root)
+    return complete[-1] if complete else None
+
+
+def load_checkpoint(
+    path: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None,
+    rank: int = 0,
+) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and RNG states saved by `save_checkpoint`; return the trainer state.
+
+    `model` must have the same structure as the one saved (for peft: the same adapters already attached). `rank`
+    selects which saved RNG state to restore when one was saved per rank; otherwise rank 0's is used.
+    """
+    path = Path(path)
+    if not (path / COMPLETE_MARKER).is_file():
+        raise PrefalignError(f"{path}: not a complete checkpoint (no {COMPLETE_MARKER} marker)")
+    _load_weights(unwrap_model(model), path)
+    optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
+    if scheduler is not None:
+        if not (path / SCHEDULER_FILE).is_file():
+            raise PrefalignError(f"{path}: no {SCHEDULER_FILE}, but this run has a learning-rate scheduler")
+        scheduler.load_state_dict(torch.load(path / SCHEDULER_FILE, map_location="cpu", weights_only=True))
+    saved_per_rank = _rng_paths(path, rank)[0].is_file()
+    restore_rng_state(_load_rng_state(path, rank if saved_per_rank else 0))
+    return json.loads((path / TRAINER_STATE_FILE).read_text())
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's python, numpy, torch CPU and (when present) CUDA random states."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `capture_rng_state`: the next random draws equal those that followed the capture."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Weights
+
+
+def _is_peft(model: torch.nn.Module) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _adapter_dir(checkpoint: Path, adapter_name: str) -> Path:
+    # Where PeftModel.save_pretrained puts each adapter: "default" at the top, any other in a subfolder of its name.
+    base = checkpoint / ADAPTER_DIR
+    return base if adapter_name == "default" else base / adapter_name
+
+
+def _save_weights(model: torch.nn.Module, directory: Path) -> None:
+    if _is_peft(model):
+        # Only the adapters: the base weights are the (unchanged) model the run started from.
+        model.save_pretrained(str(directory / ADAPTER_DIR))
+    else:
+        # save_model drops the duplicate names of shared tensors (tied embeddings), which save_file would refuse.
+        from safetensors.torch import save_model
+
+        save_model(model, str(directory / MODEL_FILE))
+
+
+def _load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    from safetensors.torch import load_file, load_model
+
+    has_adapter, has_model = (checkpoint / ADAPTER_DIR).is_dir(), (checkpoint / MODEL_FILE).is_file()
+    if _is_peft(model):
+        if not has_adapter:
+            raise PrefalignError(f"{checkpoint}: holds full model weights, but this run trains a LoRA adapter")
+        from peft import set_peft_model_state_dict
+
+        for name in model.peft_config:
+            file = _adapter_dir(checkpoint, name) / "adapter_model.safetensors"
+            if not file.is_file():
+                raise PrefalignError(f"{checkpoint}: no weights for adapter {name!r} ({file} is missing)")
+            result = set_peft_model_state_dict(model, load_file(str(file)), adapter_name=name)
+            if result.unexpected_keys:
+                raise PrefalignError(
+                    f"{checkpoint}: adapter {name!r} does not fit this model (e.g. {result.unexpected_keys[0]}); "
+                    "resume with the same LoRA options"
+                )
+    else:
+        if not has_model:
+            raise PrefalignError(f"{checkpoint}: holds a LoRA adapter, but this run fine-tunes the full model")
+        try:
+            missing, unexpected = load_model(model, str(checkpoint / MODEL_FILE), strict=False)
+        except RuntimeError as exc:  # load_state_dict's shape mismatches, reported even when not strict
+            raise PrefalignError(f"{checkpoint}: weights do not fit this model ({_brief(exc)})") from None
+        if missing or unexpected:
+            example = sorted(missing or unexpected)[0]
+            raise PrefalignError(f"{checkpoint}: weights do not fit this model (e.g. {example}); same --model?")
+
+
+def _brief(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines[:2])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# RNG states: torch's are byte tensors (torch.save, weights_only); python's and numpy's are tuples of ints (JSON).
+
+
+def _rng_paths(checkpoint: Path, rank: int) -> tuple[Path, Path]:
+    suffix = "" if rank == 0 else f"-rank{rank}"
+    return checkpoint / f"rng{suffix}.json", checkpoint / f"rng{suffix}.pt"
+
+
+def _save_rng_state(state: dict[str, Any], directory: Path, rank: int) -> None:
+    json_path, tensor_path = _rng_paths(directory, rank)
+    version, internal, gauss_next = state["python"]
+    kind, keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    _write_json(
+        json_path,
+        {
+            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+            "numpy": {
+                "kind": kind,
+                "keys": np.asarray(keys).tolist(),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached_gaussian),
+            },
+        },
+    )
+    torch.save({key: state[key] for key in ("torch", "cuda") if key in state}, tensor_path)
+
+
+def _load_rng_state(checkpoint: Path, rank: int) -> dict[str, Any]:
+    json_path, tensor_path = _rng_paths(checkpoint, rank)
+    saved = json.loads(json_path.read_text())
+    py, npy = saved["python"], saved["numpy"]
+    tensors = torch.load(tensor_path, map_location="cpu", weights_only=True)
+    return {
+        "python": (py["version"], tuple(py["internal"]), py["gauss_next"]),
+        "numpy": (
+            npy["kind"],
+            np.asarray(npy["keys"], dtype=np.uint32),
+            npy["pos"],
+            npy["has_gauss"],
+            npy["cached_gaussian"],
+        ),
+        **tensors,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Files
+
+
+def _complete_checkpoints(root: Path) -> list[Path]:
+    """Complete `step-N` directories, oldest first."""
+    found = []
+    for entry in root.iterdir():
+        match = _STEP_DIR.fullmatch(entry.name)
+        if match and (entry / COMPLETE_MARKER).is_file():
+            found.append((int(match.group(1)), entry))
+    return [entry for _, entry in sorted(found)]
+
+
+def _remove_leftovers(root: Path) -> None:
+    for entry in root.iterdir():
+        if entry.name.startswith("step-") and "." in entry.name and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _remove_dir(directory: Path) -> None:
+    # Rename first so that a prune interrupted half-way leaves a leftover name, never a step-N missing files.
+    doomed = directory.with_name(f"{directory.name}.deleting-{os.getpid()}")
+    directory.rename(doomed)
+    shutil.rmtree(doomed)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _fsync_tree(directory: Path) -> None:
+    # Data reaches the disk before the rename publishes it, so a power cut cannot leave a "complete" empty file.
+    for path in directory.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,156 @@
+"""Training configs: `TrainConfig` holds what every trainer shares; `DPOConfig` and `SFTConfig` add their objective's.
+
+Each field is one command-line option (`--kebab-case`, help from `metadata["help"]`) and one YAML key; see
+`prefalign.config`. Validation happens in `__post_init__`, so a bad value fails before a model is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..data.tokenize import PromptFormat, TokenizeConfig
+from ..errors import PrefalignError
+
+Schedule = Literal["linear", "cosine", "constant"]
+# prefalign.losses.DPOLossType, spelled out here because importing losses imports torch, and `prefalign --help` must
+# not (a test checks the two lists agree).
+DPOLossType = Literal["sigmoid", "cdpo", "robust", "ipo", "hinge"]
+
+# Peak learning rates when --learning-rate is not given: LoRA trains a few small matrices from zero and needs a step
+# size about ten times larger than full fine-tuning, which moves every pretrained weight.
+_DEFAULT_LR = {("dpo", False): 5e-6, ("dpo", True): 5e-5, ("sft", False): 2e-5, ("sft", True): 2e-4}
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class TrainConfig:
+    """Options shared by every trainer: model, data, optimisation, logging and saving."""
+
+    # What to train on, and where the results go. None only so YAML can supply them; __post_init__ requires them.
+    model: str | None = field(default=None, metadata=_help("policy to train: registry name, HF directory or hub id"))
+    data: str | None = field(default=None, metadata=_help("training data: .jsonl[.gz], .json, .parquet, .csv or dir"))
+    output_dir: str | None = field(default=None, metadata=_help("run directory (metrics, checkpoints, final model)"))
+    data_format: str = field(default="auto", metadata=_help("record format: auto, hh, explicit or conversational"))
+    eval_data: str | None = field(default=None, metadata=_help("held-out file to validate on (instead of --eval-split)"))
+    eval_split: float = field(default=0.0, metadata=_help("fraction of --data held out for validation, e.g. 0.05"))
+    max_length: int = field(default=1024, metadata=_help("most tokens of prompt + completion"))
+    max_prompt_length: int = field(default=512, metadata=_help("most prompt tokens; long prompts keep their end"))
+    prompt_format: PromptFormat = field(default="auto", metadata=_help("chat, raw, or auto (chat when possible)"))
+
+    # Optimisation.
+    epochs: int = field(default=1, metadata=_help("passes over the training data (unless --max-steps is given)"))
+    max_steps: int | None = field(default=None, metadata=_help("optimizer steps to run; overrides --epochs"))
+    batch_size: int = field(default=4, metadata=_help("examples per forward pass, per process"))
+    grad_accum: int = field(default=1, metadata=_help("forward passes per optimizer step (gradient accumulation)"))
+    learning_rate: float | None = field(
+        default=None, metadata=_help("peak learning rate (default: 5e-6 DPO / 2e-5 SFT; x10 with --lora)")
+    )
+    lr_schedule: Schedule = field(default="linear", metadata=_help("decay after warmup: linear, cosine or constant"))
+    warmup_ratio: float = field(default=0.1, metadata=_help("fraction of the steps spent warming the LR up from 0"))
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
+    max_grad_norm: float = field(default=1.0, metadata=_help("clip the gradient's global norm to this (0: no clip)"))
+    seed: int = field(default=42, metadata=_help("seed for initialisation, data order and the eval split"))
+
+    # LoRA (peft).
+    lora: bool = field(default=False, metadata=_help("train a LoRA adapter instead of every weight"))
+    lora_rank: int = field(default=16, metadata=_help("LoRA rank r"))
+    lora_alpha: float = field(default=32.0, metadata=_help("LoRA scale numerator (the update is alpha / r * BA)"))
+    lora_dropout: float = field(default=0.05, metadata=_help("dropout on the LoRA input"))
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"], metadata=_help("module names to adapt, or all-linear")
+    )
+    merge: bool = field(default=False, metadata=_help("with --lora, also save a merged model in final/merged"))
+
+    # Reporting and saving.
+    logging_steps: int = field(default=10, metadata=_help("log training metrics every N steps (and at step 1)"))
+    eval_steps: int = field(default=50, metadata=_help("validate every N steps (and before and after training)"))
+    save_steps: int = field(default=100, metadata=_help("checkpoint every N steps (0: no intermediate checkpoints)"))
+    keep_checkpoints: int = field(default=2, metadata=_help("checkpoints kept on disk (the newest ones)"))
+    resume: bool = field(default=False, metadata=_help("continue from the newest complete checkpoint in output-dir"))
+    tensorboard: bool = field(default=True, metadata=_help("also log to TensorBoard when it is installed"))
+    progress: bool = field(default=True, metadata=_help("show a progress bar"))
+    plots: bool = field(default=True, metadata=_help("draw output-dir/plots/*.png at the end"))
+
+    # Which objective this config is for ("dpo", "sft"): picks defaults, not an option.
+    objective_name = "train"
+
+    def __post_init__(self) -> None:
+        for name in ("model", "data", "output_dir"):
+            if not getattr(self, name):
+                option = name.replace("_", "-")
+                raise PrefalignError(f"missing --{option} (or `{option}:` in the --config file)")
+        if self.eval_data and self.eval_split:
+            raise PrefalignError("give --eval-data or --eval-split, not both")
+        if not 0.0 <= self.eval_split < 1.0:
+            raise PrefalignError(f"--eval-split must be in [0, 1), got {self.eval_split}")
+        positive = ("epochs", "batch_size", "grad_accum", "logging_steps", "eval_steps", "keep_checkpoints",
+                    "lora_rank", "max_length", "max_prompt_length")  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise PrefalignError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise PrefalignError(f"--max-steps must be at least 1, got {self.max_steps}")
+        if self.save_steps < 0:
+            raise PrefalignError(f"--save-steps must be 0 or more, got {self.save_steps}")
+        if self.learning_rate is not None and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise PrefalignError(f"--learning-rate must be a positive number, got {self.learning_rate}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise PrefalignError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise PrefalignError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.merge and not self.lora:
+            raise PrefalignError("--merge applies to a LoRA adapter: add --lora")
+
+    @property
+    def peak_learning_rate(self) -> float:
+        """--learning-rate, or the default for this objective and for LoRA vs full fine-tuning."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return _DEFAULT_LR[(self.objective_name, self.lora)]
+
+    def tokenize_config(self) -> TokenizeConfig:
+        return TokenizeConfig(self.max_length, self.max_prompt_length, self.prompt_format)
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    """`prefalign dpo`: a policy trained on preference pairs against a frozen reference."""
+
+    beta: float = field(default=0.1, metadata=_help("strength of the pull towards the reference (DPO's beta)"))
+    loss_type: DPOLossType = field(
+        default="sigmoid",
+        metadata=_help("sigmoid (DPO), ipo, hinge, cdpo, robust; ipo uses length-averaged log-probs as IPO intends"),
+    )
+    label_smoothing: float = field(default=0.0, metadata=_help("assumed label-flip rate for cdpo and robust"))
+    sft_weight: float = field(default=0.0, metadata=_help("weight of an NLL term on the chosen response (0: off)"))
+    ref_model: str | None = field(default=None, metadata=_help("reference model (default: a frozen copy of --model)"))
+    precompute_ref: bool = field(
+        default=False, metadata=_help("compute reference log-probs once, cache them on disk, keep no reference model")
+    )
+
+    objective_name = "dpo"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from ..losses import check_dpo_args
+
+        try:
+            check_dpo_args(self.loss_type, self.beta, self.label_smoothing)
+        except ValueError as exc:
+            raise PrefalignError(str(exc)) from None
+        if not (math.isfinite(self.sft_weight) and self.sft_weight >= 0):
+            raise PrefalignError(f"--sft-weight must be 0 or more, got {self.sft_weight}")
+        if self.lora and self.ref_model:
+            raise PrefalignError("with --lora the reference is the model without its adapter; drop --ref-model")
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """`prefalign sft`: supervised fine-tuning, the loss on response tokens only."""
+
+    objective_name = "sft"

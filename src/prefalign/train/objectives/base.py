@@ -1,0 +1,87 @@
+"""The interface between the training loop and what it optimises (SFT, DPO, later the reward model).
+
+An objective turns data into items, items into batches, and a batch into a loss. It returns SUMS, never means: the
+loop adds sums over micro-batches, accumulation steps, logging intervals and processes, and only `metrics` divides.
+That keeps every logged number an exact average over everything it covers, however the batch was split.
+
+`policy_forward` is the one place a model is run on a batch: swap it (prefix sharing, packing) and every objective
+follows.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ...data.collate import LMBatch
+from ...losses import SequenceLogps, sequence_logps
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from ...data.tokenize import TruncationReport
+    from ..config import TrainConfig
+    from ..distributed import DistInfo
+
+Sums = dict[str, torch.Tensor]
+
+
+def autocast(device: torch.device) -> AbstractContextManager[object]:
+    """bf16 autocast on CUDA (fp32 weights and optimizer, bf16 matmuls); plain fp32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def policy_forward(model: torch.nn.Module, batch: LMBatch) -> tuple[torch.Tensor, SequenceLogps]:
+    """Run `model` on `batch`: (logits aligned with labels[:, 1:], per-row log-probs of the completion tokens).
+
+    The returned logits are `logits[:, :-1]`, so `logits[:, t]` predicts `batch.labels[:, t + 1]`, the convention of
+    `prefalign.losses`.
+    """
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits[:, :-1]
+    return logits, sequence_logps(logits, batch.labels[:, 1:])
+
+
+class Objective(ABC):
+    """What one trainer optimises. The loop calls, in order: load (per data source), setup, then collate/loss."""
+
+    name: str  # "dpo", "sft": the command, and the key of its default settings
+    unit: str  # what one item is, for rates and reports: "pairs", "examples"
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.device = torch.device("cpu")
+
+    @abstractmethod
+    def load(self, source: str, tokenizer: PreTrainedTokenizerBase) -> tuple[list[Any], TruncationReport]:
+        """Read and tokenize one data source: the trainable items, in source order, and what truncation did."""
+
+    def setup(
+        self, model: torch.nn.Module, sources: dict[str, list[Any]], info: DistInfo
+    ) -> None:
+        """Called once with the (not yet wrapped, not yet trained) policy and the items of every loaded source."""
+        self.device = info.device
+
+    @abstractmethod
+    def collate(self, items: Sequence[Any]) -> Any:
+        """A batch of `items` on `self.device`."""
+
+    @abstractmethod
+    def loss_denominator(self, batch: Any) -> int:
+        """How many units this batch adds to the mean the loss is (pairs for DPO, response tokens for SFT)."""
+
+    @abstractmethod
+    def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, Sums]:
+        """(the loss SUMMED over the batch's units, with gradient; metric sums, detached).
+
+        The sums must include "items" (examples or pairs) and "tokens" (non-padding tokens the policy processed).
+        """
+
+    @abstractmethod
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """Means from sums accumulated over any number of batches."""

@@ -1,0 +1,142 @@
+"""DPO (and IPO, hinge, cDPO, robust DPO): the policy against a frozen reference on preference pairs.
+
+Each batch holds every pair's chosen and rejected sequence side by side, so the policy and the reference each score
+both completions in ONE forward pass. A sequence's log-probability sums its completion tokens only.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from ...data.collate import PairBatch, collate_pairs
+from ...data.loading import load_preferences
+from ...data.tokenize import TokenizedPair, TruncationReport, tokenize_preferences
+from ...losses import IGNORE_INDEX, dpo_loss, token_kl
+from .base import Objective, Sums, policy_forward
+from .reference import Reference, build_reference, cache_settings, cached_reference_logps
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from ..config import DPOConfig
+    from ..distributed import DistInfo
+
+# The exact KL needs the log-softmax of both models' logits; chunks of this many positions bound that memory.
+_KL_CHUNK = 64
+
+
+@dataclass
+class DPOItem:
+    pair: TokenizedPair
+    ref_logps: tuple[float, float] | None = None  # (chosen, rejected), filled by --precompute-ref
+
+
+@dataclass
+class DPOBatch:
+    pairs: PairBatch
+    ref_logps: torch.Tensor | None  # [2 * num_pairs], chosen then rejected, when precomputed
+
+
+class DPOObjective(Objective):
+    name = "dpo"
+    unit = "pairs"
+
+    def __init__(self, config: DPOConfig):
+        super().__init__(config)
+        self.config: DPOConfig = config
+        self.reference: Reference | None = None
+        self.pad_id = 0
+
+    def load(self, source: str, tokenizer: PreTrainedTokenizerBase) -> tuple[list[DPOItem], TruncationReport]:
+        data = load_preferences(source, self.config.data_format)
+        if data.report.rejected:
+            print(f"prefalign: warning: {source}: {data.report.rejected} of {data.report.read} records rejected "
+                  f"(`prefalign data inspect {source}` lists them)", file=sys.stderr)  # fmt: skip
+        pairs, report = tokenize_preferences(data.records, tokenizer, self.config.tokenize_config())
+        self.pad_id = tokenizer.pad_token_id
+        return [DPOItem(pair) for pair in pairs], report
+
+    def setup(self, model: torch.nn.Module, sources: dict[str, list[DPOItem]], info: DistInfo) -> None:
+        super().setup(model, sources, info)
+        precompute = self.config.precompute_ref
+        reference = build_reference(model, self.config, info.device, borrow=precompute)
+        if not precompute:
+            self.reference = reference
+            return
+        for source, items in sources.items():
+            settings = cache_settings(self.config, source, items, info.device)
+            logps, _ = cached_reference_logps(reference, items, settings, self.collate, self.config.batch_size, info)
+            for item, (chosen, rejected) in zip(items, logps.tolist()):
+                item.ref_logps = (chosen, rejected)
+        # The reference model is dropped here: training reads the log-probs from the items.
+
+    def collate(self, items: Sequence[DPOItem]) -> DPOBatch:
+        pairs = collate_pairs([item.pair for item in items], self.pad_id).to(self.device)
+        ref_logps = None
+        if all(item.ref_logps is not None for item in items):
+            chosen, rejected = zip(*(item.ref_logps for item in items))  # type: ignore[misc]
+            ref_logps = torch.tensor([*chosen, *rejected], dtype=torch.float32, device=self.device)
+        return DPOBatch(pairs, ref_logps)
+
+    def loss_denominator(self, batch: DPOBatch) -> int:
+        return batch.pairs.num_pairs
+
+    def loss(self, model: torch.nn.Module, batch: DPOBatch) -> tuple[torch.Tensor, Sums]:
+        pairs, config = batch.pairs, self.config
+        policy_logits, policy = policy_forward(model, pairs)
+        sums: Sums = {}
+        if batch.ref_logps is not None:
+            ref_logps = batch.ref_logps
+        else:
+            assert self.reference is not None, "setup() builds a live reference unless log-probs are precomputed"
+            ref_logits, ref = self.reference.forward(pairs)
+            ref_logps = ref.sum_logps
+            mask = pairs.labels[:, 1:] != IGNORE_INDEX
+            kl = token_kl(policy_logits.detach(), ref_logits, mask, reduction="sum_per_sequence", chunk_size=_KL_CHUNK)
+            sums |= {"kl": kl.sum(), "kl_tokens": mask.sum()}
+
+        scored_policy, scored_ref = policy.sum_logps, ref_logps.to(policy.sum_logps.dtype)
+        if config.loss_type == "ipo":  # IPO's margin target 1/(2 beta) is meant for length-averaged log-probs
+            scored_policy, scored_ref = scored_policy / policy.num_tokens, scored_ref / policy.num_tokens
+        policy_chosen, policy_rejected = pairs.split(scored_policy)
+        ref_chosen, ref_rejected = pairs.split(scored_ref)
+        out = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
+                       beta=config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing)  # fmt: skip
+        losses = out.losses
+        if config.sft_weight > 0:  # NLL per chosen token, so long and short answers weigh the same
+            chosen_sum, _ = pairs.split(policy.sum_logps)
+            chosen_tokens, _ = pairs.split(policy.num_tokens)
+            nll = -chosen_sum / chosen_tokens
+            losses = losses + config.sft_weight * nll
+            sums["nll"] = nll.detach().sum()
+
+        logps_chosen, logps_rejected = pairs.split(policy.sum_logps.detach())
+        sums |= {
+            "items": torch.tensor(pairs.num_pairs),
+            "tokens": pairs.attention_mask.sum(),
+            "loss": losses.detach().sum(),
+            "rewards/chosen": out.chosen_rewards.sum(),
+            "rewards/rejected": out.rejected_rewards.sum(),
+            "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).sum(),
+            "logps/chosen": logps_chosen.sum(),
+            "logps/rejected": logps_rejected.sum(),
+            "logratio": (policy.sum_logps.detach() - ref_logps).sum(),
+        }
+        return losses.sum(), sums
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        pairs = sums["items"]
+        means = {key: sums[key] / pairs for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
+                                                    "logps/chosen", "logps/rejected")}  # fmt: skip
+        means["rewards/margins"] = means["rewards/chosen"] - means["rewards/rejected"]
+        means["logratio"] = sums["logratio"] / (2 * pairs)  # per sequence: chosen and rejected alike
+        if sums.get("kl_tokens"):
+            means["kl"] = sums["kl"] / sums["kl_tokens"]
+        if "nll" in sums:
+            means["nll"] = sums["nll"] / pairs
+        return means

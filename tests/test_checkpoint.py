@@ -1,0 +1,267 @@
+"""Checkpoints: a save/load round trip restores weights, optimizer, scheduler and RNG exactly, atomically and pruned."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+from prefalign.errors import PrefalignError
+from prefalign.train.checkpoint import (
+    capture_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+
+
+def _load_tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+
+
+def _lora(model, dropout: float = 0.1):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["q_proj", "v_proj"])
+    return get_peft_model(model, config)
+
+
+def _optimizer_and_scheduler(model):
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 3))
+    return optimizer, scheduler
+
+
+def _train_step(model, optimizer, scheduler) -> None:
+    # Random ids drawn from torch's RNG: a restored RNG reproduces the batch, and LoRA dropout draws from it too.
+    ids = torch.randint(3, 500, (2, 12))
+    model.train()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+
+
+def _draws() -> tuple[float, list[float], list[float]]:
+    return random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist()
+
+
+def _params(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def _assert_same_params(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def _assert_same_optimizer_state(a: dict, b: dict) -> None:
+    assert a["param_groups"] == b["param_groups"]
+    assert a["state"].keys() == b["state"].keys()
+    for index, state in a["state"].items():
+        for key, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["state"][index][key])), (index, key)
+
+
+def _round_trip(tmp_path, model, optimizer, scheduler):
+    """Save after two steps, perturb everything, load, check; return the checkpoint and the parameters it holds."""
+    _train_step(model, optimizer, scheduler)
+    _train_step(model, optimizer, scheduler)
+    path = save_checkpoint(
+        tmp_path, 2, model=model, optimizer=optimizer, scheduler=scheduler,
+        trainer_state={"epoch": 0, "batches_seen": 2}, keep_last=3,
+    )
+    saved = (_params(model), copy.deepcopy(optimizer.state_dict()), scheduler.state_dict(), scheduler.get_last_lr())
+    expected_draws = _draws()
+    _train_step(model, optimizer, scheduler)  # what an uninterrupted run does next
+    expected_next = _params(model)
+
+    _train_step(model, optimizer, scheduler)  # perturb: weights, optimizer, scheduler, RNG all move on
+    random.seed(123), np.random.seed(123), torch.manual_seed(123)
+    perturbed = _params(model)
+    assert any(not torch.equal(perturbed[name], saved[0][name]) for name in perturbed)  # the load has work to do
+
+    state = load_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler)
+    assert state == {"epoch": 0, "batches_seen": 2, "step": 2}
+    _assert_same_params(_params(model), saved[0])
+    _assert_same_optimizer_state(optimizer.state_dict(), saved[1])
+    assert scheduler.state_dict() == saved[2]
+    assert scheduler.get_last_lr() == saved[3]
+    assert _draws() == expected_draws
+    _train_step(model, optimizer, scheduler)
+    _assert_same_params(_params(model), expected_next)  # resuming continues exactly where the run was
+    return path, saved[0]
+
+
+def test_full_model_round_trip_restores_weights_optimizer_scheduler_and_rng(tmp_path, tiny_model_dir):
+    torch.manual_seed(0)
+    model = _load_tiny(tiny_model_dir)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied: safetensors must cope with sharing
+    optimizer, scheduler = _optimizer_and_scheduler(model)
+    path, saved = _round_trip(tmp_path, model, optimizer, scheduler)
+
+    assert sorted(p.name for p in path.iterdir()) == [
+        "COMPLETE", "model.safetensors", "optimizer.pt", "rng.json", "rng.pt", "scheduler.pt", "trainer_state.json",
+    ]
+    # A freshly loaded model gets the trained weights, and its embeddings stay tied.
+    fresh = _load_tiny(tiny_model_dir)
+    fresh_optimizer, fresh_scheduler = _optimizer_and_scheduler(fresh)
+    load_checkpoint(path, model=fresh, optimizer=fresh_optimizer, scheduler=fresh_scheduler)
+    assert fresh.lm_head.weight is fresh.model.embed_tokens.weight
+    _assert_same_params(_params(fresh), saved)
+    assert not torch.equal(fresh.model.embed_tokens.weight, _load_tiny(tiny_model_dir).model.embed_tokens.weight)
+
+
+def test_lora_round_trip_saves_only_the_adapter(tmp_path, tiny_model_dir):
+    torch.manual_seed(0)
+    model = _lora(_load_tiny(tiny_model_dir))
+    optimizer, scheduler = _optimizer_and_scheduler(model)
+    path, saved = _round_trip(tmp_path, model, optimizer, scheduler)
+
+    assert not (path / "model.safetensors").exists()
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(path / "adapter" / "adapter_model.safetensors"))
+    assert adapter and all("lora_" in key for key in adapter)
+    assert any(t.abs().sum() > 0 for key, t in adapter.items() if "lora_B" in key)  # trained, not the zero init
+
+    # The adapter directory is a regular peft adapter, and a fresh peft model resumes from it.
+    from peft import PeftModel
+
+    reloaded = PeftModel.from_pretrained(_load_tiny(tiny_model_dir), str(path / "adapter"))
+    fresh = _lora(_load_tiny(tiny_model_dir))
+    fresh_optimizer, fresh_scheduler = _optimizer_and_scheduler(fresh)
+    load_checkpoint(path, model=fresh, optimizer=fresh_optimizer, scheduler=fresh_scheduler)
+    lora_params = {name: p for name, p in fresh.named_parameters() if "lora_" in name}
+    for name, p in reloaded.named_parameters():
+        if "lora_" in name:
+            assert torch.equal(p, lora_params[name]), name
+
+
+def test_ddp_wrapped_model_is_saved_unwrapped(tmp_path):
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        inner = torch.nn.Linear(4, 3)
+        ddp = torch.nn.parallel.DistributedDataParallel(inner)
+        optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
+        path = save_checkpoint(
+            tmp_path, 1, model=ddp, optimizer=optimizer, scheduler=None, trainer_state={}, keep_last=1
+        )
+    finally:
+        dist.destroy_process_group()
+    from safetensors.torch import load_file
+
+    assert set(load_file(str(path / "model.safetensors"))) == {"weight", "bias"}  # no "module." prefix
+    other = torch.nn.Linear(4, 3)
+    load_checkpoint(path, model=other, optimizer=torch.optim.SGD(other.parameters(), lr=0.1), scheduler=None)
+    assert torch.equal(other.weight, inner.weight) and torch.equal(other.bias, inner.bias)
+
+
+def _save_linear(tmp_path, step: int, keep_last: int = 2, optimizer=None):
+    model = torch.nn.Linear(2, 2)
+    return save_checkpoint(
+        tmp_path, step, model=model, optimizer=optimizer or torch.optim.SGD(model.parameters(), lr=0.1),
+        scheduler=None, trainer_state={"step": -1}, keep_last=keep_last,
+    )
+
+
+def test_prunes_to_the_last_k_and_finds_the_newest(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    for step in (5, 10, 15, 20, 100):
+        _save_linear(tmp_path, step, keep_last=3)
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step-100", "step-15", "step-20"]
+    assert latest_checkpoint(tmp_path) == root / "step-100"  # numeric order, not string order
+    assert json.loads((root / "step-100" / "trainer_state.json").read_text())["step"] == 100
+
+    _save_linear(tmp_path, 101, keep_last=0)  # 0 keeps everything
+    assert len(list(root.iterdir())) == 4
+
+
+def test_half_written_checkpoints_are_ignored_then_cleaned(tmp_path):
+    good = _save_linear(tmp_path, 4)
+    root = tmp_path / "checkpoints"
+    torn = root / "step-8.tmp-99999"  # a save killed before its rename
+    torn.mkdir()
+    (torn / "optimizer.pt").write_bytes(b"\x00" * 10)
+    (torn / "COMPLETE").write_text("8\n")
+    unmarked = root / "step-9"  # a step directory without its marker (e.g. copied partially by hand)
+    unmarked.mkdir()
+    assert latest_checkpoint(tmp_path) == good
+
+    class Exploding(torch.optim.SGD):
+        def state_dict(self):
+            raise RuntimeError("disk full")
+
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(RuntimeError, match="disk full"):
+        _save_linear(tmp_path, 12, optimizer=Exploding(model.parameters(), lr=0.1))
+    assert latest_checkpoint(tmp_path) == good  # the failed save published nothing
+    assert not (root / "step-12").exists()
+    with pytest.raises(PrefalignError, match="not a complete checkpoint"):
+        load_checkpoint(unmarked, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), scheduler=None)
+
+    _save_linear(tmp_path, 16, keep_last=5)
+    assert sorted(p.name for p in root.iterdir()) == ["step-16", "step-4", "step-9"]  # leftovers removed
+
+
+def test_saving_an_existing_step_replaces_it(tmp_path):
+    _save_linear(tmp_path, 3)
+    model = torch.nn.Linear(2, 2)
+    path = save_checkpoint(
+        tmp_path, 3, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), scheduler=None,
+        trainer_state={"epoch": 1}, keep_last=2,
+    )
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-3"]
+    assert json.loads((path / "trainer_state.json").read_text()) == {"epoch": 1, "step": 3}
+
+
+def test_per_rank_rng_states(tmp_path):
+    torch.manual_seed(1)
+    rank0 = capture_rng_state()
+    torch.manual_seed(2), random.seed(2), np.random.seed(2)
+    rank1 = capture_rng_state()
+    expected_rank1 = _draws()
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = save_checkpoint(
+        tmp_path, 1, model=model, optimizer=optimizer, scheduler=None, trainer_state={}, keep_last=1,
+        rng_states=[rank0, rank1],
+    )
+    load_checkpoint(path, model=model, optimizer=optimizer, scheduler=None, rank=1)
+    assert _draws() == expected_rank1
+    restore_rng_state(rank0)
+    expected_rank0 = _draws()
+    load_checkpoint(path, model=model, optimizer=optimizer, scheduler=None, rank=0)
+    assert _draws() == expected_rank0
+
+
+def test_weights_that_do_not_fit_the_model_are_a_clear_error(tmp_path, tiny_model_dir):
+    model = _load_tiny(tiny_model_dir)
+    optimizer, scheduler = _optimizer_and_scheduler(model)
+    path = save_checkpoint(
+        tmp_path, 1, model=model, optimizer=optimizer, scheduler=scheduler, trainer_state={}, keep_last=1
+    )
+    lora = _lora(_load_tiny(tiny_model_dir))
+    lora_optimizer, lora_scheduler = _optimizer_and_scheduler(lora)
+    with pytest.raises(PrefalignError, match="holds full model weights, but this run trains a LoRA adapter"):
+        load_checkpoint(path, model=lora, optimizer=lora_optimizer, scheduler=lora_scheduler)
+    small = torch.nn.Linear(2, 2)
+    with pytest.raises(PrefalignError, match="weights do not fit this model"):
+        load_checkpoint(path, model=small, optimizer=torch.optim.SGD(small.parameters(), lr=0.1), scheduler=None)
+    narrow = _save_linear(tmp_path / "linear", 1)  # same names, other shapes
+    wide = torch.nn.Linear(2, 5)
+    with pytest.raises(PrefalignError, match="weights do not fit this model.*size mismatch for weight"):
+        load_checkpoint(narrow, model=wide, optimizer=torch.optim.SGD(wide.parameters(), lr=0.1), scheduler=None)

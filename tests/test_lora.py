@@ -1,0 +1,74 @@
+"""LoRA: a fresh adapter changes nothing, disabling it gives the base model back, save/merge round-trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from prefalign.errors import ModelError
+from prefalign.models.lora import adapter_disabled, apply_lora, is_lora, merged_copy, save_adapter
+from prefalign.models.tiny import build_tiny_model, build_tiny_tokenizer
+
+
+@pytest.fixture()
+def model_and_ids() -> tuple[torch.nn.Module, torch.Tensor]:
+    tokenizer = build_tiny_tokenizer()
+    ids = torch.tensor([tokenizer("The capital of France is Paris.")["input_ids"]])
+    return build_tiny_model(tokenizer, seed=0), ids
+
+
+def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def _perturb_adapter(model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+
+
+def test_fresh_adapter_is_exactly_the_base_model(model_and_ids) -> None:
+    model, ids = model_and_ids
+    base = _logits(model, ids)
+    peft_model = apply_lora(model, rank=4, alpha=8, dropout=0.0, target_modules=["all-linear"])
+    assert is_lora(peft_model)
+    assert torch.equal(_logits(peft_model, ids), base)
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_disabled_adapter_is_the_reference(model_and_ids) -> None:
+    model, ids = model_and_ids
+    base = _logits(model, ids)
+    peft_model = apply_lora(model, rank=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    _perturb_adapter(peft_model)
+    adapted = _logits(peft_model, ids)
+    assert not torch.allclose(adapted, base)
+    with adapter_disabled(peft_model):
+        assert torch.equal(_logits(peft_model, ids), base)
+    assert torch.equal(_logits(peft_model, ids), adapted)  # re-enabled after the block
+
+
+def test_save_reload_and_merge_give_the_same_logits(model_and_ids, tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    model, ids = model_and_ids
+    peft_model = apply_lora(model, rank=4, alpha=8, dropout=0.0, target_modules=["all-linear"])
+    _perturb_adapter(peft_model)
+    expected = _logits(peft_model, ids)
+    save_adapter(peft_model, tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(build_tiny_model(build_tiny_tokenizer(), seed=0), tmp_path / "adapter")
+    assert torch.allclose(_logits(reloaded, ids), expected, atol=1e-6)
+    merged = merged_copy(peft_model)
+    assert not is_lora(merged) and is_lora(peft_model)  # the trained model itself is left as it was
+    assert torch.allclose(_logits(merged, ids), expected, atol=1e-5)
+
+
+def test_unknown_target_module_is_a_one_line_error(model_and_ids) -> None:
+    model, _ = model_and_ids
+    with pytest.raises(ModelError, match="cannot add LoRA"):
+        apply_lora(model, rank=4, alpha=8, dropout=0.0, target_modules=["no_such_proj"])

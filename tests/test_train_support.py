@@ -1,0 +1,76 @@
+"""Helpers shared by the training tests (imported by them; holds no tests itself).
+
+The synthetic preference set has one obvious preference, so a few dozen steps on the tiny model must learn it: the
+chosen answer is always the same polite sentence, the rejected one always the same curt one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+QUESTIONS = ["Is water wet?", "Is fire cold?", "Why is the sky blue?", "How do I bake bread?",
+             "Can you help me?", "Do plants need light?", "What is two plus three?", "Is the heart a pump?"]  # fmt: skip
+CHOSEN = "Yes, thank you very much."
+REJECTED = "no, I don't know"
+
+DPO_KEYS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+            "logps/rejected", "kl", "logratio"}  # fmt: skip
+TRAIN_ONLY_KEYS = {"grad_norm", "learning_rate", "tokens_per_second"}
+TIMING_KEYS = {"tokens_per_second", "pairs_per_second", "examples_per_second"}
+
+
+def write_pairs(path: Path, count: int = 16) -> Path:
+    with open(path, "w", encoding="utf-8") as out:
+        for i in range(count):
+            prompt = f"{QUESTIONS[i % len(QUESTIONS)]} ({i})"
+            out.write(json.dumps({"prompt": prompt, "chosen": CHOSEN, "rejected": REJECTED}) + "\n")
+    return path
+
+
+def write_sft(path: Path, count: int = 16) -> Path:
+    with open(path, "w", encoding="utf-8") as out:
+        for i in range(count):
+            out.write(json.dumps({"prompt": f"{QUESTIONS[i % len(QUESTIONS)]} ({i})", "completion": CHOSEN}) + "\n")
+    return path
+
+
+def quiet(**options: Any) -> dict[str, Any]:
+    """Options for a test run: no progress bar, TensorBoard or plots unless asked, checkpoints off."""
+    return {"progress": False, "tensorboard": False, "plots": False, "save_steps": 0, **options}
+
+
+def read_records(output_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def records_of(output_dir: Path, split: str) -> list[dict[str, Any]]:
+    return [r for r in read_records(output_dir) if r["split"] == split]
+
+
+def assert_same_metrics(a: list[dict[str, Any]], b: list[dict[str, Any]], tol: float) -> None:
+    """Same records (step, split, keys) with values within `tol`, timing keys aside."""
+    assert [(r["step"], r["split"]) for r in a] == [(r["step"], r["split"]) for r in b]
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x.keys() - TIMING_KEYS - {"step", "split"}:
+            assert abs(x[key] - y[key]) <= tol * max(1.0, abs(x[key])), (x["step"], x["split"], key, x[key], y[key])
+
+
+def config_options(config: Any) -> list[str]:
+    """`config` as command-line options (used to start the same run in a subprocess)."""
+    argv = []
+    for f in fields(config):
+        value = getattr(config, f.name)
+        option = "--" + f.name.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv.append(option if value else "--no-" + option[2:])
+        elif isinstance(value, list):
+            argv += [option, *map(str, value)]
+        else:
+            argv += [option, str(value)]
+    return argv
