@@ -96,6 +96,24 @@ def test_sampling_is_per_prompt_reproducible_and_batch_invariant(tiny) -> None:
     assert alone.token_ids != other_seed[0].token_ids
 
 
+def test_sample_equals_a_naive_uncached_loop_with_the_prompts_own_draws(tiny) -> None:
+    # The contract a resumable caller relies on: step t of prompt P uses draw t of the generator seeded
+    # prompt_seed(seed, P), and the KV-cached batched loop computes what a plain uncached loop computes.
+    model, tokenizer = tiny
+    config = GenerationConfig(max_new_tokens=10, temperature=0.9, top_p=0.9, seed=5)
+    prompt = PROMPTS[3]
+    draws = torch.rand(config.max_new_tokens, generator=torch.Generator().manual_seed(prompt_seed(5, prompt)))
+    ids = prompt_token_ids(prompt, tokenizer, "auto")
+    expected = []
+    with torch.inference_mode():
+        for step in range(config.max_new_tokens):
+            logits = model(torch.tensor([ids + expected])).logits[:, -1, :]
+            expected.append(sample_next(logits, 0.9, 0.9, draws[step : step + 1]).item())
+            if expected[-1] == tokenizer.eos_token_id:
+                break
+    assert generate(model, tokenizer, [PROMPTS[0], prompt], config, progress=False)[1].token_ids == expected
+
+
 def test_prompt_seed_is_stable_and_depends_on_seed_and_text() -> None:
     assert prompt_seed(0, "hello") == prompt_seed(0, "hello")
     assert len({prompt_seed(0, "hello"), prompt_seed(1, "hello"), prompt_seed(0, "hello!")}) == 3
@@ -217,7 +235,8 @@ def test_cli_prompts_file_to_jsonl(tiny, model_dir: Path, tmp_path: Path) -> Non
     }  # fmt: skip
     assert all(r["model"] == str(model_dir) and r["finish_reason"] in ("eos", "length") for r in rows)
     model, tokenizer = tiny
-    direct = generate(model, tokenizer, ["Hi", PROMPTS[2]], GenerationConfig(max_new_tokens=4, temperature=0.8, seed=3), progress=False)
+    settings = GenerationConfig(max_new_tokens=4, temperature=0.8, seed=3)
+    direct = generate(model, tokenizer, ["Hi", PROMPTS[2]], settings, progress=False)
     assert [r["response"] for r in rows] == [g.text for g in direct]
     assert [r["num_tokens"] for r in rows] == [g.num_tokens for g in direct]
     assert [p.name for p in out.parent.iterdir()] == ["gen.jsonl"]  # no temporary file left

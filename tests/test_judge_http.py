@@ -209,7 +209,9 @@ def test_custom_template_file(server: FakeLLMServer, tmp_path: Path):
     template.write_text("Q={question} | A={answer_a} | B={answer_b} | JSON stays: {\"x\": 1}. Reply [[A]]/[[B]]/[[C]]")
     judge = make_judge(server, tmp_path, template=template)
     assert judge.compare(["2+2?"], ["GOOD 4"], ["BAD {answer_b}"])[0].preferred == "a"
-    assert server.requests[0].prompt.startswith('Q=2+2? | A=GOOD 4 | B=BAD {answer_b} | JSON stays: {"x": 1}.')
+    assert {r.prompt for r in server.requests} == {
+        'Q=2+2? | A=GOOD 4 | B=BAD {answer_b} | JSON stays: {"x": 1}. Reply [[A]]/[[B]]/[[C]]',
+        'Q=2+2? | A=BAD {answer_b} | B=GOOD 4 | JSON stays: {"x": 1}. Reply [[A]]/[[B]]/[[C]]'}
     broken = tmp_path / "broken.txt"
     broken.write_text("Only {question} and {answer_a}")
     with pytest.raises(PrefalignError, match=r"broken.txt: .*lacks the placeholder\(s\) \{answer_b\}"):

@@ -152,7 +152,8 @@ def test_unscorable_prompts_give_none_with_a_reason(meta: dict, message: str):
 def test_compare_prefers_the_response_following_more_instructions():
     judge = VerifierJudge()
     meta = {"instruction_id_list": ["punctuation:no_comma", "change_case:english_lowercase"], "kwargs": [{}, {}]}
-    verdicts = judge.compare(["p", "p", "p"], ["there are no commas in this plain english sentence", "Yes, Sir", "same text"],
+    follows_both = "there are no commas in this plain english sentence"
+    verdicts = judge.compare(["p", "p", "p"], [follows_both, "Yes, Sir", "same text"],
                              ["Has, a comma", "still, bad", "same text"], [meta, meta, meta])
     assert [v.preferred for v in verdicts] == ["a", "tie", "tie"]
     assert (verdicts[0].score_a, verdicts[0].score_b) == (1.0, 0.0)
@@ -173,10 +174,13 @@ def test_offline_sentence_and_word_splitting():
 
 
 def test_describe_instruction():
-    assert describe_instruction("punctuation:no_comma") == "In your entire response, refrain from the use of any commas."
+    no_comma = "In your entire response, refrain from the use of any commas."
+    assert describe_instruction("punctuation:no_comma") == no_comma
     assert "at least 3 sentences" in describe_instruction("length_constraints:number_sentences",
                                                            ARGUMENTS["length_constraints:number_sentences"])
-    assert "Any other questions?" in describe_instruction("startend:end_checker", {"end_phrase": "Any other questions?"})
+    ending = describe_instruction("startend:end_checker", {"end_phrase": "Any other questions?"})
+    assert ending == ("Finish your response with this exact phrase Any other questions?. "
+                      "No other words should follow this phrase.")
     with pytest.raises(PrefalignError, match="unknown instruction id"):
         describe_instruction("nope")
     with pytest.raises(PrefalignError, match="needs argument"):

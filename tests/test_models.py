@@ -229,6 +229,19 @@ def test_concurrent_pull_waits_for_the_lock_then_finds_the_model(home: Path, tmp
     assert f"waiting for another pull of {NAME}" in err
 
 
+def test_forced_pull_swaps_the_new_model_in_and_the_old_one_out(tmp_path: Path) -> None:
+    from prefalign.models.pull import _install
+
+    target, built, trash = tmp_path / "model", tmp_path / "staging" / "model", tmp_path / "staging" / "replaced"
+    target.mkdir()
+    (target / "weights").write_text("old")
+    built.mkdir(parents=True)
+    (built / "weights").write_text("new")
+    _install(built, target, trash)
+    assert (target / "weights").read_text() == "new" and (trash / "weights").read_text() == "old"
+    assert not built.exists()
+
+
 # --- the CLI -----------------------------------------------------------------------------------------------------
 
 
@@ -286,7 +299,8 @@ def test_killed_pull_leaves_no_model_and_the_next_pull_succeeds(
     killed = _pull_in_subprocess(home)
     try:
         # Kill it once the converted weights are being written into its staging directory.
-        _wait_for(lambda: any(p.glob("model/*.safetensors") for p in _staging_dirs(target)), 600, "the save")
+        # (Not earlier: a kill during the download would orphan pip, which may write on into the staging directory.)
+        _wait_for(lambda: any((p / "model" / "model.safetensors").exists() for p in _staging_dirs(target)), 600, "save")
     finally:
         killed.send_signal(signal.SIGKILL)
         killed.communicate()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_train_support import DPO_KEYS, TRAIN_ONLY_KEYS, quiet, read_records, records_of, write_pairs
+from test_train_support import single_thread  # noqa: F401  (an autouse fixture: importing it applies it here)
 
 from prefalign.errors import PrefalignError
 from prefalign.train.checkpoint import latest_checkpoint
@@ -91,9 +92,10 @@ def test_lora_starts_at_ln2_and_its_adapter_reloads(tiny_model_dir: Path, tmp_pa
     from peft import PeftModel
 
     config = DPOConfig(**quiet(model=str(tiny_model_dir), data=str(write_pairs(tmp_path / "pairs.jsonl", 8)),
-                               output_dir=str(tmp_path / "run"), lora=True, lora_rank=4, merge=True, max_steps=4,
+                               output_dir=str(tmp_path / "run"), lora=True, lora_rank=4, merge=True, epochs=2,
                                learning_rate=1e-2, logging_steps=1))  # fmt: skip
     result = train(config, DPOObjective(config))
+    assert result.steps == 4  # 2 epochs of 8 pairs in batches of 4
     records = read_records(result.output_dir)
     _assert_untrained(records[0])
     assert records[-1]["rewards/margins"] > 0
@@ -163,7 +165,7 @@ def test_every_loss_type_at_policy_equals_reference(
     objective.setup(model, {config.data: items}, SINGLE)
     loss_sum, sums = objective.loss(model, objective.collate(items))
     metrics = objective.metrics({key: float(value) for key, value in sums.items()})
-    assert abs(float(loss_sum) / 4 - expected) < 1e-5 and abs(metrics["loss"] - expected) < 1e-5
+    assert abs(float(loss_sum.detach()) / 4 - expected) < 1e-5 and abs(metrics["loss"] - expected) < 1e-5
     assert metrics["rewards/margins"] == 0.0
 
 
@@ -185,6 +187,27 @@ def test_sft_weight_adds_the_chosen_nll_per_token(tiny_model_dir: Path, tmp_path
     per_token = -(logps.sum_logps[:4] / logps.num_tokens[:4]).mean()
     assert abs(metrics["nll"] - float(per_token)) < 1e-5
     assert abs(metrics["loss"] - (LN2 + 0.5 * float(per_token))) < 1e-5
+
+
+def test_ref_model_is_another_frozen_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from prefalign.models.loading import load_model, load_tokenizer
+    from prefalign.models.tiny import save_tiny_model
+
+    other = save_tiny_model(tmp_path / "other", seed=1)
+    config = DPOConfig(model=str(tiny_model_dir), data=str(write_pairs(tmp_path / "p.jsonl", 4)), output_dir="x",
+                       ref_model=str(other))  # fmt: skip
+    objective = DPOObjective(config)
+    items, _ = objective.load(config.data, load_tokenizer(config.model))
+    model = load_model(config.model, device="cpu")
+    objective.setup(model, {config.data: items}, SINGLE)
+    reference = objective.reference.model
+    assert not reference.training and not any(p.requires_grad for p in reference.parameters())
+    embedding = "model.embed_tokens.weight"
+    assert torch.equal(reference.state_dict()[embedding], _load(other).state_dict()[embedding])
+    assert not torch.equal(reference.state_dict()[embedding], model.state_dict()[embedding])
+    _, sums = objective.loss(model, objective.collate(items))
+    metrics = objective.metrics({key: float(value) for key, value in sums.items()})
+    assert metrics["kl"] > 0.01 and abs(metrics["logratio"]) > 0.1 and abs(metrics["loss"] - LN2) > 1e-4
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -11,15 +11,28 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-QUESTIONS = ["Is water wet?", "Is fire cold?", "Why is the sky blue?", "How do I bake bread?",
-             "Can you help me?", "Do plants need light?", "What is two plus three?", "Is the heart a pump?"]  # fmt: skip
+import pytest
+import torch
+
+QUESTIONS = ["Is water wet?", "Is fire cold?", "Why is the sky blue?", "How do I bake bread?", "Can you help me?",
+             "Do plants need light?", "What is two plus three?", "Is the heart a pump?"]  # fmt: skip
 CHOSEN = "Yes, thank you very much."
 REJECTED = "no, I don't know"
 
-DPO_KEYS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-            "logps/rejected", "kl", "logratio"}  # fmt: skip
+DPO_KEYS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+            "logps/chosen", "logps/rejected", "kl", "logratio"}  # fmt: skip
 TRAIN_ONLY_KEYS = {"grad_norm", "learning_rate", "tokens_per_second"}
 TIMING_KEYS = {"tokens_per_second", "pairs_per_second", "examples_per_second"}
+
+
+@pytest.fixture(autouse=True)
+def single_thread() -> Any:
+    """One intra-op thread for the tiny model: its matrices are too small to gain from more, and on a shared 2-core
+    machine two spinning OpenMP threads make each step 10-30x slower. Test modules import this to make it autouse."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_pairs(path: Path, count: int = 16) -> Path:

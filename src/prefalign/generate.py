@@ -12,6 +12,7 @@ samples per prompt, call again with another seed.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import sys
@@ -145,6 +146,11 @@ def _decode_batch(
     stop = torch.tensor(stop_ids, dtype=torch.long, device=device)
     uniforms = uniforms.to(device) if uniforms is not None else None
     done = torch.zeros(rows, dtype=torch.bool, device=device)
+    # The prefill needs the last position's logits only, not (rows, width, vocab). Every transformers causal LM takes
+    # `logits_to_keep`; a custom (remote-code) model may not. A PEFT wrapper passes it on to the model it wraps.
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    parameters = inspect.signature(core.forward).parameters
+    keep_last = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
     cache, tokens, generated = None, input_ids, []
     for step in range(config.max_new_tokens):
         out = model(
@@ -153,12 +159,12 @@ def _decode_batch(
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=True,
-            logits_to_keep=1,  # the prefill needs the last position's logits only, not (rows, width, vocab)
+            **keep_last,
         )
         cache = out.past_key_values
-        step_uniforms = uniforms[:, 0] if uniforms is not None else None
+        step_uniforms = uniforms[:, step] if uniforms is not None else None
+        # Finished rows keep decoding with the others; everything after their stop token is cut off below.
         next_tokens = sample_next(out.logits[:, -1, :], config.temperature, config.top_p, step_uniforms)
-        next_tokens = next_tokens.masked_fill(done, pad_id)  # finished rows keep decoding padding, discarded below
         generated.append(next_tokens)
         done |= torch.isin(next_tokens, stop)
         if done.all():
@@ -200,24 +206,29 @@ def generate(
             raise PrefalignError(f"prompt {index + 1} is empty: there is nothing to continue")
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     sampling = config.temperature > 0
-    results: list[Generation | None] = [None] * len(prompts)
+    results: dict[int, Generation] = {}
     new_tokens, started = 0, time.perf_counter()
-    with torch.inference_mode(), tqdm(
-        total=len(prompts), unit="prompt", desc="generating", disable=not progress, file=sys.stderr
-    ) as bar:
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            uniforms = (
-                torch.stack([_uniforms(config.seed, prompts[i], config.max_new_tokens) for i in batch])
-                if sampling
-                else None
-            )
-            outputs = _decode_batch(model, [encoded[i] for i in batch], uniforms, config, stop_ids, pad_id)
-            for index, ids in zip(batch, outputs):
-                finished = bool(ids) and ids[-1] in stop_ids
-                text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-                results[index] = Generation(text, ids, "eos" if finished else "length", len(ids))
-                new_tokens += len(ids)
-            bar.update(len(batch))
-            bar.set_postfix(tok_per_s=f"{new_tokens / (time.perf_counter() - started):.0f}")
-    return [r for r in results if r is not None]
+    was_training = model.training
+    model.eval()  # no dropout while generating, even when called from inside a training run
+    try:
+        with torch.inference_mode(), tqdm(
+            total=len(prompts), unit="prompt", desc="generating", disable=not progress, file=sys.stderr
+        ) as bar:
+            for start in range(0, len(order), config.batch_size):
+                batch = order[start : start + config.batch_size]
+                uniforms = (
+                    torch.stack([_uniforms(config.seed, prompts[i], config.max_new_tokens) for i in batch])
+                    if sampling
+                    else None
+                )
+                outputs = _decode_batch(model, [encoded[i] for i in batch], uniforms, config, stop_ids, pad_id)
+                for index, ids in zip(batch, outputs):
+                    finished = bool(ids) and ids[-1] in stop_ids
+                    text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+                    results[index] = Generation(text, ids, "eos" if finished else "length", len(ids))
+                    new_tokens += len(ids)
+                bar.update(len(batch))
+                bar.set_postfix(tok_per_s=f"{new_tokens / (time.perf_counter() - started):.0f}")
+    finally:
+        model.train(was_training)
+    return [results[i] for i in range(len(prompts))]

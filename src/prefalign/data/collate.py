@@ -59,7 +59,7 @@ def pad_sequences(
 ) -> LMBatch:
     """One row per (prompt, completion): ids right-padded with `pad_id`, labels masked on prompt and padding."""
     if len(prompts) != len(completions) or not prompts:
-        raise ValueError(f"need as many prompts as completions, at least one; got {len(prompts)} and {len(completions)}")
+        raise ValueError(f"need as many prompts as completions (at least one), got {len(prompts)}, {len(completions)}")
     width = max(len(p) + len(c) for p, c in zip(prompts, completions))
     input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)

@@ -27,9 +27,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from ..errors import PrefalignError
 from .cache import JudgeCache, request_key

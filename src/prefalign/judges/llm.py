@@ -191,20 +191,21 @@ class LLMJudge(Judge):
         return [self._combine(answers[2 * i], answers[2 * i + 1]) for i in range(len(questions))]
 
     def _combine(self, answer_ab: str | JudgeRequestError, answer_ba: str | JudgeRequestError) -> Verdict:
-        failed = [str(a) for a in (answer_ab, answer_ba) if isinstance(a, JudgeRequestError)]
-        if failed:
-            return Verdict(None, error=f"judge request failed: {failed[0]}")
-        assert isinstance(answer_ab, str) and isinstance(answer_ba, str)
         orders: dict[str, Preference | None] = {}
+        problems = []
         for order, answer in (("ab", answer_ab), ("ba", answer_ba)):
-            letter = parse_verdict(answer)
-            if letter is None:
+            orders[order] = None
+            if isinstance(answer, JudgeRequestError):
+                problems.append(f"judge request failed: {answer}")
+            elif (letter := parse_verdict(answer)) is None:
                 self.counters.add("unparseable")
-            orders[order] = _AS_PREFERENCE[order][letter] if letter else None
-        details: dict[str, Any] = {"orders": orders, "answers": [answer_ab, answer_ba]}
-        if orders["ab"] is None or orders["ba"] is None:
-            unparsed = answer_ab if orders["ab"] is None else answer_ba
-            return Verdict(None, details=details, error=f"unparseable judge answer: {_excerpt(unparsed)}")
+                problems.append(f"unparseable judge answer: {_excerpt(answer)}")
+            else:
+                orders[order] = _AS_PREFERENCE[order][letter]
+        details: dict[str, Any] = {"orders": orders, "answers": [a if isinstance(a, str) else None
+                                                                 for a in (answer_ab, answer_ba)]}
+        if problems:
+            return Verdict(None, details=details, error=problems[0])
         consistent = orders["ab"] == orders["ba"]
         if not consistent:
             self.counters.add("inconsistent")

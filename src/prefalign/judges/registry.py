@@ -59,7 +59,7 @@ def _http_judge(provider: str, model: str, *, base_url: str | None, api_key_env:
     from .llm import LLMJudge
 
     if timeout <= 0 or max_retries < 0:
-        raise PrefalignError(f"judge timeout must be positive and retries non-negative, got {timeout} and {max_retries}")
+        raise PrefalignError(f"judge timeout must be positive and retries non-negative (got {timeout}, {max_retries})")
     client_class = OpenAIClient if provider == "openai" else AnthropicClient
     client = client_class(model, base_url=base_url, api_key_env=api_key_env, timeout=timeout,
                           retry=RetryPolicy(max_retries, backoff_base, backoff_max), max_tokens=max_tokens,

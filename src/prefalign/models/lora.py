@@ -6,6 +6,7 @@ initial policy's outputs exactly, so DPO needs no second copy of the model in me
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,7 +35,9 @@ def apply_lora(
         task_type=TaskType.CAUSAL_LM, r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets
     )
     try:
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft reads an attribute transformers 5 deprecates; not the user's concern
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            return get_peft_model(model, config)
     except ValueError as exc:  # peft names the missing modules; keep its first line
         raise ModelError(f"cannot add LoRA to this model: {str(exc).splitlines()[0]}") from None
 

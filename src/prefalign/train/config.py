@@ -33,10 +33,10 @@ class TrainConfig:
 
     # What to train on, and where the results go. None only so YAML can supply them; __post_init__ requires them.
     model: str | None = field(default=None, metadata=_help("policy to train: registry name, HF directory or hub id"))
-    data: str | None = field(default=None, metadata=_help("training data: .jsonl[.gz], .json, .parquet, .csv or dir"))
+    data: str | None = field(default=None, metadata=_help("training data: .jsonl[.gz], .json, .parquet, .csv, dir"))
     output_dir: str | None = field(default=None, metadata=_help("run directory (metrics, checkpoints, final model)"))
     data_format: str = field(default="auto", metadata=_help("record format: auto, hh, explicit or conversational"))
-    eval_data: str | None = field(default=None, metadata=_help("held-out file to validate on (instead of --eval-split)"))
+    eval_data: str | None = field(default=None, metadata=_help("held-out file to validate on (or --eval-split)"))
     eval_split: float = field(default=0.0, metadata=_help("fraction of --data held out for validation, e.g. 0.05"))
     max_length: int = field(default=1024, metadata=_help("most tokens of prompt + completion"))
     max_prompt_length: int = field(default=512, metadata=_help("most prompt tokens; long prompts keep their end"))

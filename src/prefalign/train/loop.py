@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from .distributed import DistInfo, barrier, cleanup, init_distributed, reduce_me
 from .health import HealthMonitor, truncation_warning
 from .metrics import MetricsLogger, progress_bar, write_summary
 from .objectives.base import Objective, autocast
+from .plots import make_plots
 
 
 @dataclass
@@ -68,7 +69,9 @@ def _train(config: TrainConfig, objective: Objective, info: DistInfo) -> TrainRe
     out = Path(config.output_dir)  # type: ignore[arg-type]  # required by TrainConfig.__post_init__
     say = _printer(info)
     _check_output_dir(out, config.resume)
-    _seed_everything(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)  # LoRA's initial A matrices, dropout
 
     # Data: tokenized once, split, and reported on (truncation is silent damage otherwise).
     tokenizer = load_tokenizer(config.model)  # type: ignore[arg-type]
@@ -77,10 +80,9 @@ def _train(config: TrainConfig, objective: Objective, info: DistInfo) -> TrainRe
         sources[config.eval_data] = objective.load(config.eval_data, tokenizer)
     warnings = []
     for source, (_, report) in sources.items():
-        say(f"{source}: {report.summary()}")
         if (warning := truncation_warning(report)) is not None:
-            warnings.append(warning)
-            say(f"warning: {warning}")
+            warnings.append(f"{source}: {warning}")
+        say(f"warning: {warnings[-1]}" if warning else f"{source}: {report.summary()}")
     items = {source: loaded for source, (loaded, _) in sources.items()}
 
     # Model: fp32 weights and optimizer state everywhere (bf16 autocast does the matmuls on CUDA).
@@ -115,6 +117,9 @@ def _train(config: TrainConfig, objective: Objective, info: DistInfo) -> TrainRe
     checkpoint = latest_checkpoint(out) if config.resume else None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, rank=info.rank)
+        if state["data_order"] != order.signature:  # the step number would point elsewhere in the data
+            raise PrefalignError(f"{checkpoint}: saved with data order {state['data_order']}, this run has "
+                                 f"{order.signature}; resume with the run's data, seed and global batch (run.json)")
         start_step, window, resumed_from = state["step"], Window(**state["window"]), str(checkpoint)
         say(f"resuming from {checkpoint} (step {start_step} of {total_steps})")
     elif config.resume:
@@ -139,15 +144,17 @@ def _train(config: TrainConfig, objective: Objective, info: DistInfo) -> TrainRe
 
     say(f"{len(train_items)} {objective.unit} to train on, {len(eval_items)} to validate on; {total_steps} steps of "
         f"{per_step} ({order.steps_per_epoch} per epoch) on {info.world_size} process(es), {info.device}")  # fmt: skip
-    bar = progress_bar(total_steps, start_step=start_step, enabled=info.is_main and config.progress, desc=objective.name)
+    show_bar = info.is_main and config.progress
+    bar = progress_bar(total_steps, start_step=start_step, enabled=show_bar, desc=objective.name)
     try:
         if start_step == 0:
             validate(0)
-        rate = Rate()
         for step in range(start_step + 1, total_steps + 1):
+            step_started = time.perf_counter()
             batch_items = [train_items[i] for i in order.indices(step - 1)]
             mine, weight = my_share(batch_items, info)
-            batches = [objective.collate(mine[i : i + config.batch_size]) for i in range(0, len(mine), config.batch_size)]
+            size = config.batch_size
+            batches = [objective.collate(mine[i : i + size]) for i in range(0, len(mine), size)]
             count = sum(objective.loss_denominator(batch) for batch in batches) * weight
             global_count = float(reduce_metrics({"n": torch.tensor(count, dtype=torch.float64)}, info)["n"])
             step_sums: dict[str, torch.Tensor] = {}
@@ -171,23 +178,21 @@ def _train(config: TrainConfig, objective: Objective, info: DistInfo) -> TrainRe
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            window.add(reduced, grad_norm)
-            rate.add(reduced["tokens"], reduced["items"])
+            window.add(reduced, grad_norm, time.perf_counter() - step_started)
             bar.update()
 
             if step == 1 or step % config.logging_steps == 0 or step == total_steps:
-                metrics = objective.metrics(window.sums) | {
-                    "grad_norm": window.grad_norm_sum / window.steps,
-                    "learning_rate": learning_rate,
-                    **rate.per_second(objective.unit),
-                }
+                metrics = objective.metrics(window.sums) | window.step_metrics(objective.unit, learning_rate)
                 log(step, "train", metrics)
                 bar.set_postfix({k: f"{metrics[k]:.4g}" for k in ("loss", "rewards/margins") if k in metrics})
-                window, rate = Window(), Rate()
+                window = Window()
             if step % config.eval_steps == 0 or step == total_steps:
                 validate(step)
             if config.save_steps and step % config.save_steps == 0 and step < total_steps:
-                _save(out, step, model, optimizer, scheduler, window, config, info)
+                epoch, next_batch = divmod(step, order.steps_per_epoch)  # for people: the step alone says it
+                state = {"epoch": epoch, "next_batch": next_batch, "data_order": order.signature,
+                         "window": asdict(window)}  # fmt: skip
+                _save(out, step, model, optimizer, scheduler, state, config, info)
     finally:
         bar.close()
         logger.close()
@@ -195,7 +200,7 @@ def _train(config: TrainConfig, objective: Objective, info: DistInfo) -> TrainRe
     final_dir = None
     if info.is_main:
         final_dir = save_final(model, tokenizer, out, merge=config.merge)
-        plots = _make_plots(out) if config.plots else []
+        plots = make_plots(out / "metrics.jsonl", out / "plots") if config.plots else []
         say(f"final model in {final_dir}" + (f", plots in {out / 'plots'}" if plots else ""))
     summary = {
         "objective": objective.name, "steps": total_steps, "epochs": total_steps / order.steps_per_epoch,
@@ -221,6 +226,7 @@ class DataOrder:
         self.num_items, self.per_step, self.seed = num_items, per_step, seed
         self.steps_per_epoch = math.ceil(num_items / per_step)  # the last batch of an epoch may be smaller
         self._epoch, self._order = -1, list[int]()
+        self.signature = {"items": num_items, "per_step": per_step, "seed": seed}
 
     def indices(self, step: int) -> list[int]:
         epoch, position = divmod(step, self.steps_per_epoch)
@@ -255,28 +261,25 @@ def add_sums(into: dict[str, torch.Tensor], sums: dict[str, torch.Tensor], weigh
 
 @dataclass
 class Window:
-    """Metric sums since the last train log; saved in checkpoints so a resumed run logs the same averages."""
+    """Sums over the steps since the last train log; saved in checkpoints so a resumed run logs the same averages.
 
-    sums: dict[str, float] | None = None
+    `seconds` counts training steps only (not validation or checkpoint writing), for honest throughput."""
+
+    sums: dict[str, float] = field(default_factory=dict)
     grad_norm_sum: float = 0.0
     steps: int = 0
+    seconds: float = 0.0
 
-    def add(self, sums: dict[str, float], grad_norm: float) -> None:
-        self.sums = {key: (self.sums or {}).get(key, 0.0) + value for key, value in sums.items()}
+    def add(self, sums: dict[str, float], grad_norm: float, seconds: float) -> None:
+        self.sums = {key: self.sums.get(key, 0.0) + value for key, value in sums.items()}
         self.grad_norm_sum += grad_norm
         self.steps += 1
+        self.seconds += seconds
 
-
-class Rate:
-    def __init__(self) -> None:
-        self.start, self.tokens, self.items = time.perf_counter(), 0.0, 0.0
-
-    def add(self, tokens: float, items: float) -> None:
-        self.tokens, self.items = self.tokens + tokens, self.items + items
-
-    def per_second(self, unit: str) -> dict[str, float]:
-        seconds = max(time.perf_counter() - self.start, 1e-9)
-        return {"tokens_per_second": self.tokens / seconds, f"{unit}_per_second": self.items / seconds}
+    def step_metrics(self, unit: str, learning_rate: float) -> dict[str, float]:
+        seconds = max(self.seconds, 1e-9)
+        return {"grad_norm": self.grad_norm_sum / self.steps, "learning_rate": learning_rate,
+                "tokens_per_second": self.sums["tokens"] / seconds, f"{unit}_per_second": self.sums["items"] / seconds}
 
 
 @torch.no_grad()
@@ -317,7 +320,7 @@ def _check_output_dir(out: Path, resume: bool) -> None:
         raise PrefalignError(f"{out} already holds a run: pass --resume to continue it, or choose another --output-dir")
 
 
-def _save(out: Path, step: int, model: torch.nn.Module, optimizer: Any, scheduler: Any, window: Window,
+def _save(out: Path, step: int, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: dict[str, Any],
           config: TrainConfig, info: DistInfo) -> None:  # fmt: skip
     rng_states = [capture_rng_state()]
     if info.is_distributed:  # ranks draw different numbers (dropout on different shapes): keep each one's state
@@ -325,7 +328,7 @@ def _save(out: Path, step: int, model: torch.nn.Module, optimizer: Any, schedule
         torch.distributed.all_gather_object(rng_states, capture_rng_state())
     if info.is_main:
         save_checkpoint(out, step, model=model, optimizer=optimizer, scheduler=scheduler,
-                        trainer_state={"window": asdict(window)}, keep_last=config.keep_checkpoints,
+                        trainer_state=state, keep_last=config.keep_checkpoints,
                         rng_states=rng_states)  # fmt: skip
 
 
@@ -345,12 +348,6 @@ def save_final(model: torch.nn.Module, tokenizer: Any, out: Path, *, merge: bool
         shutil.rmtree(final)
     tmp.rename(final)
     return final
-
-
-def _make_plots(out: Path) -> list[Path]:
-    from .plots import make_plots
-
-    return make_plots(out / "metrics.jsonl", out / "plots")
 
 
 def _write_run_info(
@@ -377,17 +374,8 @@ def _write_run_info(
     os.replace(tmp, out / "run.json")
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _printer(info: DistInfo) -> Any:
-    def say(message: str) -> None:
-        if info.is_main:
-            from tqdm import tqdm
+    """print() for rank 0 that does not break the progress bar."""
+    from tqdm import tqdm
 
-            tqdm.write(f"prefalign: {message}", file=sys.stderr)
-
-    return say
+    return (lambda message: tqdm.write(f"prefalign: {message}", file=sys.stderr)) if info.is_main else (lambda _: None)

@@ -61,9 +61,7 @@ class Objective(ABC):
     def load(self, source: str, tokenizer: PreTrainedTokenizerBase) -> tuple[list[Any], TruncationReport]:
         """Read and tokenize one data source: the trainable items, in source order, and what truncation did."""
 
-    def setup(
-        self, model: torch.nn.Module, sources: dict[str, list[Any]], info: DistInfo
-    ) -> None:
+    def setup(self, model: torch.nn.Module, sources: dict[str, list[Any]], info: DistInfo) -> None:
         """Called once with the (not yet wrapped, not yet trained) policy and the items of every loaded source."""
         self.device = info.device
 

@@ -97,7 +97,8 @@ class DPOObjective(Objective):
             ref_logits, ref = self.reference.forward(pairs)
             ref_logps = ref.sum_logps
             mask = pairs.labels[:, 1:] != IGNORE_INDEX
-            kl = token_kl(policy_logits.detach(), ref_logits, mask, reduction="sum_per_sequence", chunk_size=_KL_CHUNK)
+            kl = token_kl(policy_logits.detach(), ref_logits, mask, reduction="sum_per_sequence",
+                          chunk_size=_KL_CHUNK)  # fmt: skip
             sums |= {"kl": kl.sum(), "kl_tokens": mask.sum()}
 
         scored_policy, scored_ref = policy.sum_logps, ref_logps.to(policy.sum_logps.dtype)
@@ -105,8 +106,10 @@ class DPOObjective(Objective):
             scored_policy, scored_ref = scored_policy / policy.num_tokens, scored_ref / policy.num_tokens
         policy_chosen, policy_rejected = pairs.split(scored_policy)
         ref_chosen, ref_rejected = pairs.split(scored_ref)
-        out = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
-                       beta=config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing)  # fmt: skip
+        out = dpo_loss(
+            policy_chosen, policy_rejected, ref_chosen, ref_rejected,
+            beta=config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing,
+        )  # fmt: skip
         losses = out.losses
         if config.sft_weight > 0:  # NLL per chosen token, so long and short answers weigh the same
             chosen_sum, _ = pairs.split(policy.sum_logps)

@@ -1,0 +1,338 @@
+"""`run_evaluation`: generate with every model, score, compare, measure drift and held-out accuracy, and report.
+
+Order of work, chosen so each model is loaded at most once and only when something about it is not cached:
+  1. check everything that can be checked without a model (prompts, instructions, judges, pairs, run directories);
+  2. per model, in column order: greedy answers, then (not for the base) k temperature-1 samples and the KL from the
+     base, then (for the reference and the models after it) the held-out pairs' log-probs; the base stays loaded
+     while later models need it for KL;
+  3. scores of every response, pairwise verdicts of every baseline pair by every judge, held-out accuracies;
+  4. the table, then report.md / .csv / .json / .html and responses.jsonl.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..data.records import PreferenceRecord
+from ..errors import PrefalignError
+from ..generate import Generation
+from ..judges.base import Judge, JudgeItem
+from .cache import GenerationCache, ResultCache, decoding_settings, prompt_key
+from .config import EvalConfig
+from .implicit_reward import (
+    HeldoutAccuracy,
+    PairLogps,
+    implicit_reward_accuracy,
+    judge_accuracy,
+    load_pairs,
+    pair_logps,
+)
+from .kl import KLEstimate, kl_from_base, same_vocabulary
+from .models import DigestMemo, EvalModel
+from .pairwise import PairwiseResult, compare
+from .prompt_set import EvalPrompt, load_eval_prompts
+from .results import EvalReport
+from .scoring import ResponseScores, score_all
+from .stats import LEVEL, RESAMPLES, SEED
+from .table import (
+    HEURISTIC_METRICS,
+    IFEVAL_METRICS,
+    Metric,
+    MetricValues,
+    Row,
+    all_deltas,
+    build_rows,
+    instruction_breakdown,
+    judge_metric,
+    response_values,
+)
+
+_HTTP_JUDGES = ("openai", "anthropic")
+
+
+def _stderr(message: str) -> None:
+    print(f"[eval] {message}", file=sys.stderr, flush=True)
+
+
+def run_evaluation(
+    config: EvalConfig, *, progress: bool = True, say: Callable[[str], None] = _stderr
+) -> EvalReport:
+    """Evaluate `config.models` on `config.prompts`, write the report files to `config.output_dir`, return it all."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    prompts = load_eval_prompts(config.prompts, config.limit)
+    verifier = _verifier(prompts)
+    judge_specs = list(dict.fromkeys(config.judges or (["verifier"] if verifier is not None else [])))
+    judges = [_load_judge(spec, config.judge_options) for spec in judge_specs]
+    try:
+        pairs = load_pairs(config.pairs, config.pairs_limit) if config.pairs else None
+        runs = _check_runs(config.runs)
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+        digests = DigestMemo(config.cache_root / "digests.json")
+        models = {
+            label: EvalModel(label, spec, digests, trust_remote_code=config.trust_remote_code)
+            for label, spec in config.models
+        }
+        timings["setup"] = time.perf_counter() - started
+        say(f"{len(prompts)} prompts, models {', '.join(config.labels)}, judges {', '.join(judge_specs) or 'none'}")
+
+        notes: list[str] = []
+        cache = GenerationCache(config.cache_root)
+        generations, kl, logps = _model_pass(config, models, cache, prompts, pairs, timings, notes, progress, say)
+
+        t = time.perf_counter()
+        scores, pointwise = score_all(prompts, generations, verifier, judges)
+        timings["score"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        responses = {label: [g.text for g in gens] for label, gens in generations.items()}
+        words = {label: [s.words for s in label_scores] for label, label_scores in scores.items()}
+        judge_scores = {j.name: {label: [s.judges[j.name] for s in scores[label]] for label in scores}
+                        for j in judges if j.name in pointwise}
+        pairwise = [
+            compare(judge, prompts, model, baseline, responses, judge_scores.get(judge.name), words)
+            for model, baseline in config.baseline_pairs
+            for judge in judges
+        ]
+        timings["pairwise"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        heldout, heldout_info = [], {}
+        if pairs is not None:
+            reference = config.reference_label
+            assert reference is not None, "EvalConfig requires a reference when pairs are given"
+            for label in config.implicit_reward_labels:
+                scorer = f"{label} implicit reward (ref {reference}, beta {config.beta:g})"
+                heldout.append(implicit_reward_accuracy(scorer, logps[label], logps[reference], config.beta))
+            for judge in judges:
+                result = judge_accuracy(judge, pairs)
+                if result.accuracy is None:  # e.g. the verifier on pairs whose prompts carry no instructions
+                    notes.append(f"judge {judge.name} could not score any held-out pair ({result.first_error})")
+                else:
+                    heldout.append(result)
+            if not config.implicit_reward_labels:
+                notes.append(f"no implicit reward: no model is listed after the reference {reference}")
+            dropped = logps[reference].dropped if reference in logps else None
+            heldout_info = {"source": config.pairs, "pairs": len(pairs), "dropped": dropped,
+                            "reference": reference, "beta": config.beta}
+        timings["heldout_judges"] = time.perf_counter() - t
+
+        metrics, values = _metric_values(config, scores, pointwise, kl, heldout)
+        delta_pair = config.baseline_pairs[0] if config.baseline_pairs else None
+        rows = build_rows(metrics, values, config.labels, delta_pair)
+        rows += _pairwise_rows(pairwise, config.labels)
+        report = EvalReport(
+            labels=config.labels,
+            models={label: {"spec": m.spec, "identity": m.identity, "path": m.source.path,
+                            "adapter": m.source.adapter, "loads": m.loads} for label, m in models.items()},
+            prompts=prompts,
+            generations=generations,
+            scores=scores,
+            rows=rows,
+            delta_pair=delta_pair,
+            deltas=all_deltas(metrics, values, config.baseline_pairs),
+            pairwise=pairwise,
+            instructions=instruction_breakdown(scores),
+            heldout=heldout,
+            heldout_info=heldout_info,
+            kl=kl,
+            settings=_settings(config, prompts, judge_specs),
+            runs={label: str(path) for label, path in runs.items()},
+            timings=timings,
+            generation_counts={label: {"generated": cache.generated.get(label, 0), "cached": cache.cached.get(label, 0)}
+                               for label in config.labels},
+            judge_stats={judge.name: judge.stats() for judge in judges if judge.stats()},
+            notes=notes,
+        )
+    finally:
+        for judge in judges:
+            judge.close()
+    timings["total"] = time.perf_counter() - started  # up to the report files, which are written with it
+    _write_reports(report, config.output_dir)
+    return report
+
+
+def _verifier(prompts: list[EvalPrompt]) -> Judge | None:
+    """The verifier when some prompt has verifiable instructions, after checking that every such prompt's
+    instructions are known and fully specified (a bad prompt file fails here, before any generation)."""
+    if not any(p.instruction_ids for p in prompts):
+        return None
+    from ..judges.verifier import VerifierJudge
+
+    verifier = VerifierJudge("strict")
+    with_instructions = [p for p in prompts if p.instruction_ids]
+    scores = verifier.score([JudgeItem(p.prompt, "", p.meta) for p in with_instructions])
+    for prompt, score in zip(with_instructions, scores):
+        if score.value is None:
+            raise PrefalignError(f"prompt {prompt.id}: {score.error}")
+    return verifier
+
+
+def _load_judge(spec: str, options: dict[str, Any]) -> Judge:
+    from ..judges.registry import load_judge
+
+    # HTTP options (endpoint, key variable, template, cache) mean nothing to the other judges, which refuse them.
+    return load_judge(spec, **(options if spec.partition(":")[0] in _HTTP_JUDGES else {}))
+
+
+def _check_runs(runs: dict[str, str]) -> dict[str, Path]:
+    checked = {}
+    for label, directory in runs.items():
+        path = Path(directory)
+        if not (path / "metrics.jsonl").is_file():
+            raise PrefalignError(f"--run {label}={directory}: no metrics.jsonl there (is it a training run directory?)")
+        checked[label] = path
+    return checked
+
+
+def _model_pass(
+    config: EvalConfig,
+    models: dict[str, EvalModel],
+    cache: GenerationCache,
+    prompts: list[EvalPrompt],
+    pairs: list[PreferenceRecord] | None,
+    timings: dict[str, float],
+    notes: list[str],
+    progress: bool,
+    say: Callable[[str], None],
+) -> tuple[dict[str, list[Generation]], dict[str, KLEstimate], dict[str, PairLogps]]:
+    """Step 2: everything that needs a model's forward passes, each model loaded at most once (none when cached)."""
+    results = ResultCache(config.cache_root)
+    texts = [p.prompt for p in prompts]
+    base = models[config.base_label]
+    kl_config = replace(config.generation, temperature=1.0, top_p=1.0, max_new_tokens=config.kl_max_new_tokens)
+    pair_labels = set(config.implicit_reward_labels)
+    if pair_labels:
+        pair_labels.add(config.reference_label)  # type: ignore[arg-type]
+    generations, kl, logps = {}, {}, {}
+    for label, model in models.items():
+        t = time.perf_counter()
+        generations[label] = cache.generate(model, texts, config.generation, progress=progress)
+        say(f"{label}: {cache.generated.get(label, 0)} answers generated, {cache.cached.get(label, 0)} from the cache")
+        timings[f"generate/{label}"] = time.perf_counter() - t
+        if config.kl_samples and model is not base:
+            t = time.perf_counter()
+            kl_key = {
+                "kind": "kl", "policy": model.identity, "base": base.identity, "k": config.kl_samples,
+                "sampling": decoding_settings(kl_config), "prompts": _digest([prompt_key(x) for x in texts]),
+            }
+            stored = results.get(kl_key)
+            if stored is not None:
+                kl[label] = KLEstimate(**stored)
+            elif not same_vocabulary(model.tokenizer, base.tokenizer):
+                notes.append(f"no KL for {label}: its tokenizer differs from {base.label}'s")
+            else:
+                samples = [cache.generate(model, texts, replace(kl_config, seed=config.generation.seed + j),
+                                          progress=progress) for j in range(config.kl_samples)]
+                kl[label] = kl_from_base(model, base, prompts, samples, prompt_format=config.generation.prompt_format,
+                                         batch_size=config.generation.batch_size)
+                results.put(kl_key, dataclasses.asdict(kl[label]))
+            timings[f"kl/{label}"] = time.perf_counter() - t
+        if label in pair_labels:
+            t = time.perf_counter()
+            logps[label] = _pair_logps(config, model, pairs, results)  # type: ignore[arg-type]
+            timings[f"pair_logps/{label}"] = time.perf_counter() - t
+        if model is not base:
+            model.release()
+    base.release()
+    if config.kl_samples and len(models) > 1:
+        say(f"KL from {base.label}: {config.kl_samples} samples per prompt, up to {config.kl_max_new_tokens} tokens")
+    return generations, kl, logps
+
+
+def _pair_logps(
+    config: EvalConfig, model: EvalModel, pairs: list[PreferenceRecord], results: ResultCache
+) -> PairLogps:
+    from ..data.tokenize import TokenizeConfig
+
+    tokenize = TokenizeConfig(prompt_format=config.generation.prompt_format)
+    key = {"kind": "pair_logps", "model": model.identity, "tokenize": dataclasses.asdict(tokenize),
+           "pairs": _digest([record.to_json() for record in pairs])}
+    stored = results.get(key)
+    if stored is not None:
+        return PairLogps(**stored)
+    computed = pair_logps(model, pairs, tokenize, config.generation.batch_size)
+    results.put(key, dataclasses.asdict(computed))
+    return computed
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+def _metric_values(
+    config: EvalConfig,
+    scores: dict[str, list[ResponseScores]],
+    pointwise: list[str],
+    kl: dict[str, KLEstimate],
+    heldout: list[HeldoutAccuracy],
+) -> tuple[list[Metric], MetricValues]:
+    """The table's metrics, in order, and their per-item values by model."""
+    # The verifier's pointwise score is the per-prompt fraction of instructions followed: the IFEval rows say it better.
+    judge_names = [name for name in pointwise if not name.startswith("verifier")]
+    metrics = [*IFEVAL_METRICS, *(judge_metric(name) for name in judge_names), *HEURISTIC_METRICS]
+    values = response_values(scores, judge_names)
+    if kl:
+        metrics.append(Metric("kl", f"KL from {config.base_label} (nats/response, sampled)", "mean", None, 2))
+        values["kl"] = {label: list(estimate.kl) for label, estimate in kl.items()}
+    implicit = [h for h in heldout if h.margins is not None]
+    if implicit:
+        reference = config.reference_label
+        metrics.append(Metric("implicit/accuracy", f"Implicit-reward accuracy, held-out pairs (ref {reference})",
+                              "mean", True))
+        metrics.append(Metric("implicit/margin", f"Implicit-reward margin, held-out pairs (β={config.beta:g})",
+                              "mean", True, 2))
+        for label, result in zip(config.implicit_reward_labels, implicit):
+            values.setdefault("implicit/accuracy", {})[label] = list(result.outcomes)
+            values.setdefault("implicit/margin", {})[label] = list(result.margins)  # type: ignore[arg-type]
+    return metrics, values
+
+
+def _pairwise_rows(pairwise: list[PairwiseResult], labels: list[str]) -> list[Row]:
+    """Win-rate rows: the value sits in the model's column; the baseline is in the row's name."""
+    rows = []
+    for result in pairwise:
+        for suffix, estimate, name in (("", result.win_rate, "Win rate"), ("/lc", result.lc_win_rate, "LC win rate")):
+            if estimate is None:
+                continue
+            key = f"win_rate{suffix}/{result.judge}/{result.model}:{result.baseline}"
+            metric = Metric(key, f"{name} vs {result.baseline} ({result.judge})", "mean", True)
+            rows.append(Row(metric, {label: estimate if label == result.model else None for label in labels}))
+    return rows
+
+
+def _settings(config: EvalConfig, prompts: list[EvalPrompt], judge_specs: list[str]) -> dict[str, Any]:
+    return {
+        "prompts": config.prompts,
+        "limit": config.limit,
+        "num_prompts": len(prompts),
+        "generation": dataclasses.asdict(config.generation),
+        "judges": judge_specs,
+        "baselines": [f"{m}:{b}" for m, b in config.baseline_pairs],
+        "kl": {"base": config.base_label, "samples_per_prompt": config.kl_samples,
+               "max_new_tokens": config.kl_max_new_tokens, "temperature": 1.0},
+        "pairs": config.pairs,
+        "reference": config.reference_label if config.pairs else None,
+        "beta": config.beta,
+        "confidence": {"level": LEVEL, "bootstrap_resamples": RESAMPLES, "bootstrap_seed": SEED},
+    }
+
+
+def _write_reports(report: EvalReport, out: Path) -> None:
+    from .export import write_csv, write_json, write_responses
+    from .report_html import write_html
+    from .report_md import write_markdown
+
+    write_markdown(report, out / "report.md")
+    write_csv(report, out / "report.csv")
+    write_json(report, out / "report.json")
+    write_responses(report, out / "responses.jsonl")
+    write_html(report, out / "report.html")

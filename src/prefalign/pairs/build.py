@@ -1,0 +1,423 @@
+"""Preference pairs from your own model: sample several responses per prompt, let a judge pick, keep what it preferred.
+
+For each prompt the model answers `num_samples` times, sample j with temperature `temperatures[j % len(temperatures)]`
+and seed `seed + j`: every sample has its own random stream (so two samples never share their draws, even at the
+same temperature), and the temperatures cycle when there are more samples than temperatures. With two distinct
+answers the judge compares them (`Judge.compare`: LLM judges ask in both orders); with more it scores each
+(`Judge.score`) and the best and the worst make the pair.
+
+Two files come out:
+
+* OUT (e.g. `pairs.jsonl`): one pair per line, prompt order, each `prompt`, `chosen`, `rejected` plus provenance (prompt
+  id and fields, model, judge, scores, each side's sampling settings, the judge's details). It loads with
+  `load_preferences(OUT, strict=True)`.
+* OUT + ".skipped.jsonl": the prompts that gave no pair, never a guessed one, with a `status`: "tie" (the judge saw no
+  difference, or flipped its verdict with the order), "judge_failure" (an error, say an unparseable LLM answer), or
+  "no_distinct_responses" (fewer than two different non-empty answers), plus the answers and scores.
+
+Resuming: both files are appended batch by batch (flushed and fsynced), and a rerun skips every prompt found in either,
+so a kill loses at most the batch in flight. Prompts are cut into batches of `batch_size` in input order before
+anything is skipped, and a batch that was half written when the run died is generated again whole: the resumed run
+decodes exactly the batches an uninterrupted one would, and with per-prompt seeded sampling (see
+`prefalign.generate`) writes the same lines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..data.records import Text
+from ..errors import DataError, PrefalignError
+from ..generate import Generation, GenerationConfig, PromptFormat
+from ..judges.base import Judge, JudgeItem, Score, Verdict
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+SKIPPED_SUFFIX = ".skipped.jsonl"
+SKIP_STATUSES = ("tie", "judge_failure", "no_distinct_responses")
+# Fields a pairs line is made of; a prompt record's own fields (instruction ids, topic...) are copied beside them and
+# may not reuse these names.
+PAIR_FIELDS = ("prompt", "chosen", "rejected", "id", "model", "judge", "chosen_score", "rejected_score",
+               "chosen_sample", "rejected_sample", "judge_details", "generation", "status", "error", "samples")
+
+
+@dataclass
+class PairsConfig:
+    """How responses are sampled for `prefalign pairs build`."""
+
+    num_samples: int = field(default=2, metadata={"help": "responses per prompt; with more than 2, best vs worst"})
+    temperatures: list[float] = field(
+        default_factory=lambda: [0.7, 1.2],
+        metadata={"help": "sampling temperatures, cycled over the samples (default: 0.7 1.2)"},
+    )
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass, for every sample"})
+    max_new_tokens: int = field(default=256, metadata={"help": "most new tokens per response"})
+    batch_size: int = field(default=16, metadata={"help": "prompts generated and judged together"})
+    seed: int = field(default=0, metadata={"help": "sampling seed; sample j uses seed + j"})
+    limit: int | None = field(default=None, metadata={"help": "use only the first N prompts"})
+    prompt_format: PromptFormat = field(default="auto", metadata={"help": "chat, raw, or auto (chat when possible)"})
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 2:
+            raise PrefalignError(f"--num-samples must be at least 2 (a pair needs two answers), got {self.num_samples}")
+        if not self.temperatures:
+            raise PrefalignError("--temperatures needs at least one temperature")
+        for temperature in self.temperatures:
+            if not (math.isfinite(temperature) and temperature > 0):
+                raise PrefalignError(f"temperatures must be positive (greedy gives a single answer), got {temperature}")
+        if self.limit is not None and self.limit < 1:
+            raise PrefalignError(f"--limit must be at least 1, got {self.limit}")
+        # The remaining checks are GenerationConfig's own.
+        self.sample_settings()
+
+    def sample_settings(self) -> list[GenerationConfig]:
+        """The generation settings of sample 0, 1, ..., num_samples - 1."""
+        return [
+            GenerationConfig(
+                max_new_tokens=self.max_new_tokens,
+                temperature=self.temperatures[j % len(self.temperatures)],
+                top_p=self.top_p,
+                seed=self.seed + j,
+                batch_size=self.batch_size,
+                prompt_format=self.prompt_format,
+            )
+            for j in range(self.num_samples)
+        ]
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """A prompt to build a pair for: its id, its text (string or messages) and its other fields (e.g. the verifier's
+    `instruction_id_list` and `kwargs`), which go to the judge as `JudgeItem.meta` and into the output lines."""
+
+    id: str
+    prompt: Text
+    fields: dict[str, Any]
+
+
+def read_prompt_records(path: str | os.PathLike[str], limit: int | None = None) -> list[PromptRecord]:
+    """The prompts of a JSON Lines file: objects with a `prompt` and an optional unique `id` (default "line-N").
+
+    Raises DataError naming file:line for a bad record, PrefalignError for a missing or empty file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PrefalignError(f"{path}: prompts file not found")
+    records: list[PromptRecord] = []
+    seen: dict[str, str] = {}
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            location = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(location, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+            record = _prompt_record(row, location, number)
+            if record.id in seen:
+                raise DataError(location, f"id {record.id!r} repeats the id at {seen[record.id]}")
+            seen[record.id] = location
+            records.append(record)
+            if limit is not None and len(records) == limit:
+                break
+    if not records:
+        raise PrefalignError(f"{path}: no prompts in this file")
+    return records
+
+
+def _prompt_record(row: Any, location: str, number: int) -> PromptRecord:
+    if not isinstance(row, dict) or "prompt" not in row:
+        raise DataError(location, "expected a JSON object with a `prompt` field")
+    prompt = row["prompt"]
+    valid_messages = isinstance(prompt, list) and prompt and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt
+    )
+    if not ((isinstance(prompt, str) and prompt.strip()) or valid_messages):
+        raise DataError(location, "`prompt` must be a non-empty string or a list of {role, content} messages")
+    identifier = row.get("id", f"line-{number}")
+    if not isinstance(identifier, (str, int)) or isinstance(identifier, bool):
+        raise DataError(location, "`id` must be a string or a number")
+    clashes = [name for name in row if name in PAIR_FIELDS and name not in ("prompt", "id")]
+    if clashes:
+        raise DataError(location, f"field `{clashes[0]}` is written by pairs build; rename it in the prompts file")
+    fields = {key: value for key, value in row.items() if key not in ("prompt", "id")}
+    return PromptRecord(str(identifier), prompt, fields)
+
+
+def check_output_path(output: str | os.PathLike[str]) -> Path:
+    """`output` as a Path, if it can be a pairs file: a .jsonl name in an existing directory."""
+    output = Path(output)
+    if not output.name.endswith(".jsonl"):
+        raise PrefalignError(f"{output}: the pairs file must be .jsonl (the data loader reads it by its name)")
+    if not output.parent.is_dir():
+        raise PrefalignError(f"{output}: no such directory {output.parent}")
+    return output
+
+
+def skipped_path(output: str | os.PathLike[str]) -> Path:
+    """Where the prompts that gave no pair are recorded: OUT + ".skipped.jsonl"."""
+    return Path(f"{output}{SKIPPED_SUFFIX}")
+
+
+@dataclass
+class BuildReport:
+    """What the output files hold once a run ends (lines from earlier runs included)."""
+
+    prompts: int  # prompts in the input (after --limit)
+    resumed: int = 0  # of them, done by an earlier run
+    pairs: int = 0
+    ties: int = 0
+    judge_failures: int = 0
+    no_distinct_responses: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.pairs + self.ties + self.judge_failures + self.no_distinct_responses
+
+    @property
+    def tie_rate(self) -> float:
+        """Ties per prompt done."""
+        return self.ties / self.done if self.done else 0.0
+
+    def count(self, status: str) -> None:
+        name = {"pair": "pairs", "tie": "ties", "judge_failure": "judge_failures"}.get(status, status)
+        setattr(self, name, getattr(self, name) + 1)
+
+    def summary(self) -> str:
+        return (
+            f"prompts {self.prompts} ({self.resumed} done before this run), pairs written {self.pairs}, "
+            f"ties {self.ties}, judge failures {self.judge_failures}, "
+            f"no distinct responses {self.no_distinct_responses}, tie rate {self.tie_rate:.1%}"
+        )
+
+
+def build_pairs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    judge: Judge,
+    prompts: list[PromptRecord],
+    output: str | os.PathLike[str],
+    config: PairsConfig,
+    *,
+    model_name: str,
+    on_batch: Callable[[BuildReport], None] | None = None,
+) -> BuildReport:
+    """Generate, judge and append pairs for every prompt not already in `output` or its skipped file.
+
+    `model_name` is recorded as provenance and must match the one of an existing output. `on_batch` is called with
+    the running counts after each batch is on disk.
+    """
+    from ..generate import generate
+
+    output = check_output_path(output)
+    provenance = {"model": model_name, "judge": judge.name, "generation": _generation_settings(config)}
+    report = BuildReport(prompts=len(prompts))
+    wanted = {p.id for p in prompts}
+    done: set[str] = set()
+    for path in (output, skipped_path(output)):
+        for line in _read_existing(path, provenance):
+            done.add(str(line["id"]))
+            if str(line["id"]) in wanted:  # an earlier run may have had a larger --limit
+                report.count(line.get("status", "pair"))
+    report.resumed = report.done
+    settings = config.sample_settings()
+    with (
+        open(output, "a", encoding="utf-8") as pairs_out,
+        open(skipped_path(output), "a", encoding="utf-8") as skip_out,
+    ):
+        for start in range(0, len(prompts), config.batch_size):
+            batch = prompts[start : start + config.batch_size]
+            if all(p.id in done for p in batch):
+                continue
+            # The whole batch is generated even when part of it was written before a kill: same batches, same outputs.
+            texts = [p.prompt for p in batch]
+            samples = [generate(model, tokenizer, texts, setting, progress=False) for setting in settings]
+            lines = _judge_batch(judge, batch, samples, settings, provenance)
+            new = [(p, line) for p, line in zip(batch, lines) if p.id not in done]
+            _append(pairs_out, [line for _, line in new if "status" not in line])
+            _append(skip_out, [line for _, line in new if "status" in line])
+            for prompt, line in new:
+                done.add(prompt.id)
+                report.count(line.get("status", "pair"))
+            if on_batch is not None:
+                on_batch(report)
+    return report
+
+
+def _generation_settings(config: PairsConfig) -> dict[str, Any]:
+    settings = dataclasses.asdict(config)
+    # Neither changes how a prompt is sampled, so a resumed run may change them. (Only the same batch size guarantees
+    # byte-identical lines: another batch shape can move the logits' last bits, see prefalign.generate.)
+    del settings["limit"], settings["batch_size"]
+    return settings
+
+
+def _read_existing(path: Path, provenance: dict[str, Any]) -> list[dict[str, Any]]:
+    """The complete lines of an earlier run's file; a last line cut off by a kill is removed from the file."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) < len(data):
+        with open(path, "r+b") as handle:
+            handle.truncate(len(complete))
+        print(f"{path}: removed an incomplete last line left by an interrupted run", file=sys.stderr)
+    lines = []
+    # Split on "\n" only: str.splitlines() also splits on U+2028 and U+0085, which JSON leaves unescaped in text.
+    for number, text in enumerate(complete.decode("utf-8").split("\n")[:-1], start=1):
+        location = f"{path}:{number}"
+        if not text.strip():
+            continue
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(location, f"not valid JSON ({exc.msg}); is this a file written by pairs build?") from None
+        if not isinstance(line, dict) or "id" not in line:
+            raise DataError(location, "no `id`; is this a file written by pairs build?")
+        for key, value in provenance.items():
+            if line.get(key) != value:
+                raise PrefalignError(
+                    f"{location}: written with {key} {line.get(key)!r}, this run uses {value!r}; "
+                    "resume with the same settings, or write to another -o"
+                )
+        lines.append(line)
+    return lines
+
+
+def _append(handle: Any, lines: list[dict[str, Any]]) -> None:
+    if not lines:
+        return
+    handle.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+@dataclass
+class _Outcome:
+    """The judge's answer for one prompt; `chosen` and `rejected` index its candidates."""
+
+    status: str  # "pair" or one of SKIP_STATUSES
+    scores: list[float | None]  # one per candidate (None: no pointwise score)
+    details: Any = None
+    chosen: int = 0
+    rejected: int = 0
+    error: str | None = None
+
+
+def _judge_batch(
+    judge: Judge,
+    batch: list[PromptRecord],
+    samples: list[list[Generation]],
+    settings: list[GenerationConfig],
+    provenance: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """One output line per prompt of the batch: a pair, or a skip record with its status."""
+    candidates = [_distinct_candidates([generations[i] for generations in samples]) for i in range(len(batch))]
+    pairwise = [i for i, c in enumerate(candidates) if len(c) == 2]
+    pointwise = [i for i, c in enumerate(candidates) if len(c) > 2]
+    outcomes = {i: _Outcome("no_distinct_responses", [None] * len(c)) for i, c in enumerate(candidates) if len(c) < 2}
+    if pairwise:
+        verdicts = judge.compare(
+            [batch[i].prompt for i in pairwise],
+            [candidates[i][0][1].text for i in pairwise],
+            [candidates[i][1][1].text for i in pairwise],
+            [batch[i].fields for i in pairwise],
+        )
+        outcomes.update((i, _pairwise_outcome(v)) for i, v in zip(pairwise, verdicts))
+    if pointwise:
+        items = [JudgeItem(batch[i].prompt, g.text, batch[i].fields) for i in pointwise for _, g in candidates[i]]
+        scores = iter(judge.score(items))
+        outcomes.update((i, _pointwise_outcome([next(scores) for _ in candidates[i]])) for i in pointwise)
+    lines = []
+    for i, prompt in enumerate(batch):
+        outcome = outcomes[i]
+        described = [_describe_sample(j, g, settings[j]) for j, g in candidates[i]]
+        record = {"prompt": prompt.prompt}
+        if outcome.status == "pair":
+            record["chosen"] = candidates[i][outcome.chosen][1].text
+            record["rejected"] = candidates[i][outcome.rejected][1].text
+        record.update(id=prompt.id, **prompt.fields, **provenance)
+        if outcome.status == "pair":
+            record.update(
+                chosen_score=outcome.scores[outcome.chosen],
+                rejected_score=outcome.scores[outcome.rejected],
+                chosen_sample=described[outcome.chosen],
+                rejected_sample=described[outcome.rejected],
+                judge_details=_sides(outcome.details, outcome.chosen, outcome.rejected),
+            )
+        else:
+            # Every sample, empty and repeated ones included, so a skip can be looked into.
+            scored = {j: score for (j, _), score in zip(candidates[i], outcome.scores)}
+            everything = [
+                {**_describe_sample(j, g[i], settings[j]), "text": g[i].text, "score": scored.get(j)}
+                for j, g in enumerate(samples)
+            ]
+            record.update(status=outcome.status, error=outcome.error, samples=everything, judge_details=outcome.details)
+        lines.append(record)
+    return lines
+
+
+def _pairwise_outcome(verdict: Verdict) -> _Outcome:
+    scores = [verdict.score_a, verdict.score_b]
+    if verdict.preferred is None:
+        return _Outcome("judge_failure", scores, verdict.details, error=verdict.error or "the judge gave no verdict")
+    if verdict.preferred == "tie":
+        return _Outcome("tie", scores, verdict.details)
+    chosen, rejected = (0, 1) if verdict.preferred == "a" else (1, 0)
+    return _Outcome("pair", scores, verdict.details, chosen, rejected)
+
+
+def _pointwise_outcome(scores: list[Score]) -> _Outcome:
+    values = [s.value for s in scores]
+    details = [s.details for s in scores]
+    failed = next((s for s in scores if s.value is None), None)
+    if failed is not None:
+        return _Outcome("judge_failure", values, details, error=failed.error or "the judge gave no score")
+    best = max(range(len(values)), key=lambda k: values[k])  # the first of equal scores: the lowest sample index
+    worst = min(range(len(values)), key=lambda k: values[k])
+    if values[best] == values[worst]:
+        return _Outcome("tie", values, details)
+    return _Outcome("pair", values, details, best, worst)
+
+
+def _distinct_candidates(generations: list[Generation]) -> list[tuple[int, Generation]]:
+    """(sample index, generation) of the non-empty answers, the first of each distinct text: a pair needs two
+    different answers, and an empty one is not a completion the data loader accepts."""
+    seen: set[str] = set()
+    kept = []
+    for index, generation in enumerate(generations):
+        if generation.text.strip() and generation.text not in seen:
+            seen.add(generation.text)
+            kept.append((index, generation))
+    return kept
+
+
+def _describe_sample(index: int, generation: Generation, setting: GenerationConfig) -> dict[str, Any]:
+    return {
+        "index": index,
+        "temperature": setting.temperature,
+        "top_p": setting.top_p,
+        "seed": setting.seed,
+        "finish_reason": generation.finish_reason,
+        "num_tokens": generation.num_tokens,
+    }
+
+
+def _sides(details: Any, chosen: int, rejected: int) -> Any:
+    """Per-side judge details relabelled chosen/rejected; pairwise details (an LLM judge's verdicts) as they are."""
+    if isinstance(details, list):
+        return {"chosen": details[chosen], "rejected": details[rejected]}
+    if isinstance(details, dict) and "a" in details and "b" in details:
+        sides = (details["a"], details["b"])
+        return {"chosen": sides[chosen], "rejected": sides[rejected]}
+    return details

@@ -1,0 +1,279 @@
+"""`prefalign eval` end to end on tiny models: the report files, intervals everywhere, caching, escaping, Chromium.
+
+Three "fine-tuned" variants of the tiny model (its weights redrawn with different seeds, so their answers differ) are
+evaluated on six prompts with the real verifier and an LLM judge served over real HTTP by the fake server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.fake_llm_server import FakeLLMServer, Reply
+
+from prefalign.cli import eval as eval_cli
+from prefalign.errors import PrefalignError
+from prefalign.evaluate.config import EvalConfig
+from prefalign.evaluate.report_html import render_html
+from prefalign.evaluate.run import run_evaluation
+from prefalign.generate import Generation, GenerationConfig
+from prefalign.prompts import builtin_prompts
+
+LABELS = ["base", "sft", "dpo"]
+PAYLOAD = "<script>alert(1)</script><img src=x onerror=\"console.log('injected')\"> & \"quotes\" </pre>"
+CELL = re.compile(r"^[+-]?\d+\.\d+ \[[+-]?\d+\.\d+, [+-]?\d+\.\d+\]$")
+
+
+def _lively_model(tiny_model_dir: Path, path: Path, seed: int) -> Path:
+    """The tiny model with weights redrawn 10x larger: at its 0.02 init every prompt gets the same empty answer."""
+    from prefalign.models.loading import load_model, load_tokenizer
+
+    model = load_model(str(tiny_model_dir))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.normal_(0.0, 0.2, generator=generator)
+    model.save_pretrained(path)
+    load_tokenizer(str(tiny_model_dir)).save_pretrained(path)
+    return path
+
+
+def _judge_answer(prompt: str) -> Reply:
+    """An unbiased fake LLM judge: prefers the longer answer (in either position); rates 1 + length mod 5."""
+    if "<assistant_a>" in prompt:
+        a = re.search(r"<assistant_a>\n(.*)\n</assistant_a>", prompt, re.S).group(1)
+        b = re.search(r"<assistant_b>\n(.*)\n</assistant_b>", prompt, re.S).group(1)
+        return Reply(text="[[A]]" if len(a) > len(b) else "[[B]]" if len(b) > len(a) else "[[C]]")
+    answer = re.search(r"<response>\n(.*)\n</response>", prompt, re.S).group(1)
+    return Reply(text=f"Fine. Rating: [[{1 + len(answer) % 5}]]")
+
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    parser = argparse.ArgumentParser(prog="prefalign")
+    eval_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = args.func(args)
+    return code, stdout.getvalue()
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("eval")
+    models = {label: _lively_model(tiny_model_dir, root / label, seed) for seed, label in enumerate(LABELS)}
+    prompts = root / "prompts.jsonl"
+    records = builtin_prompts(split="heldout")[:5] + [{"id": "chat", "prompt": [{"role": "user", "content": "Hi"}]}]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in records))
+    pairs = root / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"},
+        {"prompt": "Say hi.", "chosen": "Hello there!", "rejected": "Go away."},
+        {"prompt": "Name a colour.", "chosen": "blue", "rejected": "the number seven"},
+    ]))
+    run_dir = root / "runs" / "dpo"
+    run_dir.mkdir(parents=True)
+    run_dir.joinpath("metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "split": split, "loss": 0.7 - 0.01 * s, "rewards/margins": 0.02 * s}) + "\n"
+        for s in range(1, 21) for split in (["train", "eval"] if s % 5 == 0 else ["train"])))
+    with pytest.MonkeyPatch.context() as patch, FakeLLMServer(api_key="sk-test") as server:
+        patch.setenv("OPENAI_API_KEY", "sk-test")
+        server.answer_with(_judge_answer)
+        out = root / "out"
+        argv = ["eval", *(f"--model={label}={path}" for label, path in models.items()),
+                "--prompts", str(prompts), "--pairs", str(pairs), "--run", f"dpo={run_dir}",
+                "--judge", "verifier", "--judge", "openai:judge", "--judge-base-url", server.base_url + "/v1",
+                "--judge-cache", str(root / "judge.sqlite"), "--output-dir", str(out),
+                "--max-new-tokens", "12", "--batch-size", "8",
+                "--kl-samples", "1", "--kl-max-new-tokens", "6"]
+        code, printed = _cli(argv)
+        # Later runs write elsewhere but share the first run's cache.
+        config = EvalConfig(
+            models=list(models.items()), prompts=str(prompts), output_dir=root / "rerun", pairs=str(pairs),
+            cache_dir=out / "cache",
+            generation=GenerationConfig(max_new_tokens=12, batch_size=8), judges=["verifier", "openai:judge"],
+            judge_options={"base_url": server.base_url + "/v1", "cache_path": root / "judge.sqlite"},
+            runs={"dpo": str(run_dir)}, kl_samples=1, kl_max_new_tokens=6,
+        )
+        rerun = run_evaluation(config, progress=False, say=lambda message: None)
+        requests_before_extension = len(server.requests)
+        extra = _lively_model(tiny_model_dir, root / "dpo2", seed=7)
+        extended_config = replace(config, models=[*models.items(), ("dpo2", str(extra))], runs={},
+                                  output_dir=root / "extended")
+        extended = run_evaluation(extended_config, progress=False, say=lambda message: None)
+        yield {"root": root, "out": out, "code": code, "printed": printed, "rerun": rerun, "extended": extended,
+               "requests_before_extension": requests_before_extension, "server": server}
+
+
+def _markdown_table(text: str) -> list[list[str]]:
+    """The main table's rows (header first) as lists of cell texts."""
+    lines = ("| Metric |" + text.split("| Metric |", 1)[1]).split("\n\n", 1)[0].splitlines()
+    return [[cell.strip() for cell in line.strip().strip("|").split(" | ")] for line in [lines[0], *lines[2:]]]
+
+
+def test_report_files_and_the_printed_table(workspace):
+    out = workspace["out"]
+    assert workspace["code"] == 0
+    for name in ("report.md", "report.csv", "report.json", "report.html", "responses.jsonl"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert "| Metric | base | sft | dpo | Δ dpo over sft (95% CI) |" in workspace["printed"]
+    assert "report.html" in workspace["printed"]
+    assert len((out / "responses.jsonl").read_text().splitlines()) == 6
+    assert {p.name for p in (out / "plots").glob("*.png")} == {"ifeval.png", "win_rates.png", "metrics.png"}
+    assert (out / "plots" / "training" / "dpo" / "loss.png").is_file()
+
+
+def test_every_number_in_the_table_has_its_interval(workspace):
+    table = _markdown_table((workspace["out"] / "report.md").read_text())
+    header, rows = table[0], table[1:]
+    assert header[-1] == "Δ dpo over sft (95% CI)" and len(rows) >= 15
+    names = [row[0] for row in rows]
+    for expected in ("IFEval prompt-level accuracy (strict)", "IFEval instruction-level accuracy (loose)",
+                     "Judge score: openai:judge", "Response length (tokens)", "Refusal rate (phrase list)",
+                     "Repeated 4-grams (fraction)", "KL from base (nats/response, sampled)",
+                     "Implicit-reward accuracy, held-out pairs (ref sft)", "Win rate vs sft (verifier)",
+                     "LC win rate vs sft (openai:judge)", "Win rate vs base (openai:judge)"):
+        assert expected in names, expected
+    numbers = 0
+    for row in rows:
+        assert len(row) == len(header), row
+        for cell in row[1:]:
+            assert cell == "–" or CELL.match(cell), f"{row[0]}: {cell!r} has no interval"
+            numbers += cell != "–"
+    assert numbers > 40
+    with open(workspace["out"] / "report.csv", newline="") as handle:
+        for record in csv.DictReader(handle):
+            for label in [*LABELS, "delta"]:
+                if record[label] != "":
+                    low, value, high = (float(record[key]) for key in (f"{label}_low", label, f"{label}_high"))
+                    assert low - 1e-9 <= value <= high + 1e-9
+
+
+def test_report_json_holds_every_result(workspace):
+    report = json.loads((workspace["out"] / "report.json").read_text())
+    assert report["labels"] == LABELS and report["prompts"] == 6
+    assert [(p["model"], p["baseline"], p["judge"]) for p in report["pairwise"]] == [
+        ("dpo", "sft", "verifier"), ("dpo", "sft", "openai:judge"),
+        ("sft", "base", "verifier"), ("sft", "base", "openai:judge")]
+    for result in report["pairwise"]:
+        # The verifier cannot score the chat prompt (no instructions); the LLM judge scores all six.
+        assert result["failures"] == (1 if result["judge"] == "verifier" else 0)
+        assert result["wins"] + result["ties"] + result["losses"] == 6 - result["failures"]
+    assert set(report["kl"]) == {"sft", "dpo"} and all(v["mean_kl"] > 0 for v in report["kl"].values())
+    scorers = [s["scorer"] for s in report["heldout"]["scorers"]]
+    assert scorers == ["dpo implicit reward (ref sft, beta 0.1)", "openai:judge"]
+    assert any("verifier could not score any held-out pair" in note for note in report["notes"])
+    assert report["judge_stats"]["openai:judge"]["failures"] == 0
+    assert {d["model"] for d in report["deltas"]} == {"dpo", "sft"}
+    assert report["settings"]["confidence"] == {"level": 0.95, "bootstrap_resamples": 2000, "bootstrap_seed": 0}
+
+
+def test_a_cached_rerun_loads_no_model_and_asks_the_judge_nothing_new(workspace):
+    rerun = workspace["rerun"]
+    # The greedy answers come from the cache; the KL and the pair log-probs too, so no sample is even read.
+    assert rerun.generation_counts == {label: {"generated": 0, "cached": 6} for label in LABELS}
+    assert [model["loads"] for model in rerun.models.values()] == [0, 0, 0]
+    assert rerun.judge_stats["openai:judge"]["requests"] == 0  # every judgment came from the judge cache
+    first = json.loads((workspace["out"] / "report.json").read_text())
+    assert [row.to_json() for row in rerun.rows] == first["table"]["rows"]
+
+
+def test_adding_a_model_generates_for_that_model_only(workspace):
+    extended = workspace["extended"]
+    assert extended.labels == [*LABELS, "dpo2"]
+    counts = extended.generation_counts
+    assert counts["dpo2"] == {"generated": 12, "cached": 0}  # 6 greedy answers and 6 samples for its KL
+    assert all(counts[label]["generated"] == 0 for label in LABELS)
+    assert [extended.models[label]["loads"] for label in extended.labels] == [1, 0, 0, 1]  # base: for dpo2's KL
+    assert extended.delta_pair == ("dpo2", "dpo")
+    assert "dpo2" in extended.kl and "dpo2 implicit reward (ref dpo, beta 0.1)" in [h.scorer for h in extended.heldout]
+
+
+@pytest.fixture(scope="module")
+def escaped_page(workspace, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The report page with one response replaced by markup that would run if it were not escaped."""
+    report = workspace["rerun"]
+    original = report.generations["dpo"][0]
+    report.generations["dpo"][0] = Generation(PAYLOAD, original.token_ids, "eos", original.num_tokens)
+    try:
+        directory = tmp_path_factory.mktemp("escaped")
+        page = directory / "report.html"
+        page.write_text(render_html(report, directory / "plots"), encoding="utf-8")
+    finally:
+        report.generations["dpo"][0] = original
+    return page
+
+
+def test_model_text_is_escaped_in_the_html(escaped_page: Path):
+    page = escaped_page.read_text(encoding="utf-8")
+    assert "<script>alert(1)" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=&quot;console.log(&#x27;injected&#x27;)" in page
+    assert page.count("<script>") == 1  # the page's own filter script, which embeds no data
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _run_chromium(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess:
+    browser = _chromium()
+    assert browser is not None
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+               "--enable-logging=stderr", "--v=0", *extra, page.as_uri()]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (Debian: apt-get install chromium)")
+def test_chromium_renders_the_page_without_console_errors(escaped_page: Path, tmp_path: Path):
+    page = escaped_page
+    screenshot = tmp_path / "report.png"
+    shot = _run_chromium(page, tmp_path / "profile", f"--screenshot={screenshot}", "--window-size=1280,2000")
+    # Chromium logs every console message (errors, uncaught exceptions, failed loads) as a CONSOLE line; the page
+    # itself logs nothing, so any such line is a problem (an injected handler would log "injected").
+    console = [line for line in shot.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert console == [], console
+    from PIL import Image
+
+    with Image.open(screenshot) as image:
+        assert image.size == (1280, 2000)
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colours is not None and len(colours) > 200  # text, tables and figures, not a blank page
+    dom = _run_chromium(page, tmp_path / "profile2", "--dump-dom").stdout
+    assert "6 of 6 prompts" in dom  # the filter script ran
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom and "<script>alert(1)" not in dom
+
+
+def test_bad_options_fail_with_one_line_before_any_model_loads(tmp_path: Path):
+    with pytest.raises(PrefalignError, match="expects LABEL=VALUE"):
+        _cli(["eval", "--model", "nolabel", "--prompts", "p.jsonl", "-o", str(tmp_path)])
+    with pytest.raises(PrefalignError, match="no model is labelled 'sft'"):
+        EvalConfig(models=[("base", "x"), ("dpo", "y")], prompts="p", output_dir=tmp_path, baselines=[("dpo", "sft")])
+    with pytest.raises(PrefalignError, match="used twice"):
+        EvalConfig(models=[("a", "x"), ("a", "y")], prompts="p", output_dir=tmp_path)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "Hi", "instruction_id_list": ["no:such_rule"], "kwargs": [{}]}) + "\n")
+    with pytest.raises(PrefalignError, match="prompt #1: unknown instruction id 'no:such_rule'"):
+        run_evaluation(EvalConfig(models=[("a", "missing-model-dir/")], prompts=str(bad), output_dir=tmp_path))
+
+
+def test_default_baselines_reference_and_implicit_reward_models(tmp_path: Path):
+    models = [("base", "a"), ("sft", "b"), ("dpo", "c")]
+    config = EvalConfig(models=models, prompts="p", output_dir=tmp_path, pairs="pairs.jsonl")
+    assert config.baseline_pairs == [("dpo", "sft"), ("sft", "base")]
+    assert (config.base_label, config.reference_label, config.implicit_reward_labels) == ("base", "sft", ["dpo"])
+    custom = replace(config, baselines=[("dpo", "base")], reference="base")
+    assert custom.baseline_pairs == [("dpo", "base")] and custom.implicit_reward_labels == ["sft", "dpo"]
+    with pytest.raises(PrefalignError, match="--pairs needs a reference"):
+        EvalConfig(models=[("only", "a")], prompts="p", output_dir=tmp_path, pairs="pairs.jsonl")

@@ -1,0 +1,82 @@
+"""Training configs and the `dpo` / `sft` commands: defaults, YAML < command line, one-line errors, a CLI run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pytest
+from test_train_support import write_pairs
+from test_train_support import single_thread  # noqa: F401  (an autouse fixture: importing it applies it here)
+
+from prefalign.cli.train import register
+from prefalign.config import config_from_args
+from prefalign.errors import PrefalignError
+from prefalign.train.config import DPOConfig, DPOLossType, SFTConfig
+
+REQUIRED = {"model": "m", "data": "d.jsonl", "output_dir": "o"}
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="prefalign")
+    register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_loss_type_choices_are_those_of_the_losses_module() -> None:
+    from typing import get_args
+
+    from prefalign.losses import DPO_LOSS_TYPES
+
+    assert get_args(DPOLossType) == DPO_LOSS_TYPES
+
+
+def test_defaults_and_learning_rate_by_objective_and_lora() -> None:
+    config = DPOConfig(**REQUIRED)
+    assert (config.beta, config.loss_type, config.epochs) == (0.1, "sigmoid", 1)
+    assert config.lora_target_modules == ["all-linear"]
+    assert config.peak_learning_rate == 5e-6 and DPOConfig(**REQUIRED, lora=True).peak_learning_rate == 5e-5
+    assert SFTConfig(**REQUIRED).peak_learning_rate == 2e-5
+    assert DPOConfig(**REQUIRED, lora=True, learning_rate=1e-3).peak_learning_rate == 1e-3
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"model": None}, "missing --model"),
+        ({"eval_split": 0.1, "eval_data": "e.jsonl"}, "not both"),
+        ({"merge": True}, "add --lora"),
+        ({"loss_type": "hinge", "label_smoothing": 0.1}, "no effect with loss_type 'hinge'"),
+        ({"beta": 0.0}, "beta must be"),
+        ({"lora": True, "ref_model": "other"}, "drop --ref-model"),
+        ({"batch_size": 0}, "--batch-size must be at least 1"),
+        ({"eval_split": 1.0}, "--eval-split"),
+    ],
+)
+def test_bad_options_are_one_line_errors(options: dict, message: str) -> None:
+    with pytest.raises(PrefalignError, match=message) as error:
+        DPOConfig(**{**REQUIRED, **options})
+    assert "\n" not in str(error.value)
+
+
+def test_yaml_file_then_command_line(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("model: tiny\ndata: pairs.jsonl\noutput-dir: out\nbeta: 0.3\nlora: true\n"
+                    "lora_target_modules: [q_proj, v_proj]\n")  # fmt: skip
+    args = parse(["dpo", "--config", str(path), "--beta", "0.05", "--loss-type", "ipo", "--no-lora"])
+    config = config_from_args(DPOConfig, args)
+    assert (config.model, config.beta, config.loss_type, config.lora) == ("tiny", 0.05, "ipo", False)
+    assert config.lora_target_modules == ["q_proj", "v_proj"]
+    sft = config_from_args(SFTConfig, parse(["sft", "--model", "m", "--data", "d", "--output-dir", "o"]))
+    assert sft.objective_name == "sft" and not hasattr(sft, "beta")
+
+
+def test_dpo_command_trains(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data = write_pairs(tmp_path / "pairs.jsonl", 4)
+    args = parse(["dpo", "--model", str(tiny_model_dir), "--data", str(data), "--output-dir", str(tmp_path / "out"),
+                  "--max-steps", "1", "--no-progress", "--no-plots", "--no-tensorboard"])  # fmt: skip
+    assert args.func(args) == 0
+    (record,) = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert record["step"] == 1 and abs(record["loss"] - math.log(2)) < 1e-6
