@@ -171,7 +171,7 @@ def length_controlled_win_rate(
     return Estimate(point, low, high, n=len(y), method="bootstrap")
 
 
-def _logistic_intercept_win_rate(y: np.ndarray, x: np.ndarray, iterations: int = 50) -> np.ndarray:
+def _logistic_intercept_win_rate(y: np.ndarray, x: np.ndarray, iterations: int = 30) -> np.ndarray:
     """sigmoid(theta0) of the ridge-penalised logistic fit of y on [1, x], for every row at once (Newton's method).
 
     The penalised log-likelihood is strictly concave, so Newton converges; steps are clipped so that the first
@@ -192,6 +192,6 @@ def _logistic_intercept_win_rate(y: np.ndarray, x: np.ndarray, iterations: int =
         step0 = np.clip((h11 * g0 - h01 * g1) / det, -5.0, 5.0)
         step1 = np.clip((h00 * g1 - h01 * g0) / det, -5.0, 5.0)
         theta0, theta1 = theta0 + step0, theta1 + step1
-        if max(np.abs(step0).max(), np.abs(step1).max()) < 1e-10:
+        if max(np.abs(step0).max(), np.abs(step1).max()) < 1e-9:
             break
     return 1.0 / (1.0 + np.exp(-theta0))

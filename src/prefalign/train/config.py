@@ -20,7 +20,8 @@ DPOLossType = Literal["sigmoid", "cdpo", "robust", "ipo", "hinge"]
 
 # Peak learning rates when --learning-rate is not given: LoRA trains a few small matrices from zero and needs a step
 # size about ten times larger than full fine-tuning, which moves every pretrained weight.
-_DEFAULT_LR = {("dpo", False): 5e-6, ("dpo", True): 5e-5, ("sft", False): 2e-5, ("sft", True): 2e-4}
+_DEFAULT_LR = {("dpo", False): 5e-6, ("dpo", True): 5e-5, ("sft", False): 2e-5, ("sft", True): 2e-4,
+               ("rm", False): 1e-5, ("rm", True): 1e-4}  # the reward model's head always trains at this rate too
 
 
 def _help(text: str) -> dict[str, str]:
@@ -154,3 +155,21 @@ class SFTConfig(TrainConfig):
     """`prefalign sft`: supervised fine-tuning, the loss on response tokens only."""
 
     objective_name = "sft"
+
+
+@dataclass
+class RewardConfig(TrainConfig):
+    """`prefalign rm train`: a reward model (the LM plus a scalar head) trained on preference pairs."""
+
+    lm_weight: float = field(
+        default=1.0, metadata=_help("weight of the LM loss on the chosen response next to the pairwise loss (0: off)")
+    )
+
+    objective_name = "rm"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (math.isfinite(self.lm_weight) and self.lm_weight >= 0):
+            raise PrefalignError(f"--lm-weight must be 0 or more, got {self.lm_weight}")
+        if self.merge:  # a merged LM would lose nothing, but the head and adapter reload together; keep one format
+            raise PrefalignError("--merge does not apply to a reward model: load it with its adapter and head as saved")

@@ -90,6 +90,7 @@ def _train(config: TrainConfig, objective: Objective, info: DistInfo) -> TrainRe
     if config.lora:
         model = apply_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
                            target_modules=config.lora_target_modules)  # fmt: skip
+    model = objective.prepare_model(model)  # e.g. the reward model's head on top: trained and saved with the rest
     model.train()
     objective.setup(model, items, info)  # before any update: DPO's reference is the policy as it is now
     if config.eval_data:

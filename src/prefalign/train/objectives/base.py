@@ -61,6 +61,14 @@ class Objective(ABC):
     def load(self, source: str, tokenizer: PreTrainedTokenizerBase) -> tuple[list[Any], TruncationReport]:
         """Read and tokenize one data source: the trainable items, in source order, and what truncation did."""
 
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module to train, built around the loaded (and, with --lora, wrapped) model; called before `setup`.
+
+        The model itself by default. The reward model returns it under a scalar head, so the head is trained,
+        wrapped by DDP, checkpointed and saved with the rest (through the returned module's `save_pretrained`).
+        """
+        return model
+
     def setup(self, model: torch.nn.Module, sources: dict[str, list[Any]], info: DistInfo) -> None:
         """Called once with the (not yet wrapped, not yet trained) policy and the items of every loaded source."""
         self.device = info.device

@@ -1,0 +1,183 @@
+"""The reward model: a causal LM with a scalar head on the final hidden state of each sequence's last real token.
+
+    r(x, y) = w . h_L(x + y)[last non-padding position],   w: Linear(hidden_size, 1, bias=False)
+
+The head has no bias: the pairwise loss only ever sees reward differences, so a bias would be a parameter no gradient
+reaches. The LM keeps its output layer, so one forward gives both the rewards and the logits an auxiliary LM loss needs.
+
+A saved reward model is a directory that reloads exactly, head included:
+
+    reward_model.json          {"format": "prefalign-reward-model", "version": 1, "adapter": bool, "base_model": ...}
+    reward_head.safetensors    the head's weight [1, hidden_size]
+    + a full fine-tune: the LM as a Hugging Face model directory (config.json, model.safetensors, ...)
+    + LoRA: the peft adapter (adapter_config.json, adapter_model.safetensors); "base_model" names the model under it
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+META_FILE = "reward_model.json"
+HEAD_FILE = "reward_head.safetensors"
+_FORMAT, _VERSION = "prefalign-reward-model", 1
+
+
+class RewardOutput(NamedTuple):  # a tuple, so DistributedDataParallel can walk it
+    rewards: torch.Tensor  # [N] fp32, one per row
+    logits: torch.Tensor  # [N, T, V], the LM's next-token logits (for an auxiliary LM loss)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the position of the last 1 in `attention_mask` [N, T]: right or left padding alike."""
+    width = attention_mask.shape[1]
+    return width - 1 - attention_mask.flip(-1).to(torch.long).argmax(-1)
+
+
+class RewardModel(nn.Module):
+    """`lm` (a transformers causal LM, or a peft model around one) plus `reward_head`.
+
+    `base_model` names the model the LM was loaded from (registry name, directory or hub id); a LoRA reward model is
+    saved as its adapter and reloaded on top of that model.
+    """
+
+    def __init__(self, lm: nn.Module, base_model: str, head: nn.Linear | None = None):
+        super().__init__()
+        self.lm = lm
+        self.base_model = base_model
+        hidden_size = lm.config.hidden_size
+        reference = next(lm.parameters())
+        if head is None:
+            head = nn.Linear(hidden_size, 1, bias=False)
+            # Rewards start at the scale of the hidden state's RMS and draw from torch's global RNG: seed it first.
+            nn.init.normal_(head.weight, std=1.0 / math.sqrt(hidden_size + 1))
+        if head.bias is not None or tuple(head.weight.shape) != (1, hidden_size):
+            raise ModelError(f"a reward head is Linear({hidden_size}, 1, bias=False), got {head}")
+        self.reward_head = head.to(device=reference.device, dtype=reference.dtype)
+
+    @property
+    def config(self) -> object:
+        return self.lm.config
+
+    @property
+    def is_lora(self) -> bool:
+        from .lora import is_lora
+
+        return is_lora(self.lm)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> RewardOutput:
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
+        final = out.hidden_states[-1]  # after the final norm: what the LM's own output layer reads
+        rows = torch.arange(final.shape[0], device=final.device)
+        last = final[rows, last_token_index(attention_mask)]
+        return RewardOutput(self.reward_head(last).squeeze(-1).float(), out.logits)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write the directory `load_reward_model` reads (the training loop's final save calls this too)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        from safetensors.torch import save_file
+
+        self.lm.save_pretrained(str(path))  # peft: the adapter only; transformers: the whole LM
+        save_file({"weight": self.reward_head.weight.detach().float().cpu().contiguous()}, str(path / HEAD_FILE))
+        meta = {"format": _FORMAT, "version": _VERSION, "adapter": self.is_lora, "base_model": self.base_model,
+                "hidden_size": self.config.hidden_size}  # fmt: skip
+        (path / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+def base_model_spec(spec: str) -> str:
+    """`spec` as a saved reward model should name it: local directories absolute, registry names and hub ids as is."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.is_dir() else spec
+
+
+def reward_model_dir(path: str | Path) -> Path:
+    """The saved reward model at `path`: the directory itself, or a training run's `final/` under it."""
+    path = Path(path).expanduser()
+    for candidate in (path, path / "final"):
+        if (candidate / META_FILE).is_file():
+            return candidate
+    raise ModelError(f"{path}: not a reward model saved by `prefalign rm train` (no {META_FILE} in it or in final/)")
+
+
+def read_meta(directory: Path) -> dict:
+    meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+    if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
+        raise ModelError(f"{directory / META_FILE}: not a {_FORMAT} version {_VERSION} file")
+    return meta
+
+
+def load_reward_model(
+    path: str | Path, *, device: str | None = None, dtype: torch.dtype | str | None = None
+) -> RewardModel:
+    """A reward model saved by `RewardModel.save_pretrained` (or a run directory holding one in final/), in eval mode.
+
+    dtype and device default as in `prefalign.models.loading.load_model` (fp32 on CPU).
+    """
+    from safetensors.torch import load_file
+
+    from .loading import load_model
+
+    directory = reward_model_dir(path)
+    meta = read_meta(directory)
+    if meta["adapter"]:
+        from peft import PeftModel
+
+        base = load_model(meta["base_model"], dtype=dtype, device=device)
+        lm: nn.Module = PeftModel.from_pretrained(base, str(directory))
+    else:
+        lm = load_model(str(directory), dtype=dtype, device=device)
+    weight = load_file(str(directory / HEAD_FILE))["weight"]
+    head = nn.Linear(weight.shape[1], 1, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+    return RewardModel(lm, meta["base_model"], head).eval()
+
+
+def load_reward_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer a saved reward model was trained with: its own directory's, or (LoRA) its base model's."""
+    from .loading import load_tokenizer
+
+    directory = reward_model_dir(path)
+    meta = read_meta(directory)
+    return load_tokenizer(meta["base_model"] if meta["adapter"] else str(directory))
+
+
+def with_untrained_head(spec: str, *, seed: int, device: str | None = None) -> RewardModel:
+    """The causal LM `spec` under a freshly drawn head: a chance-level baseline, not a reward model."""
+    from .loading import load_model
+
+    lm: PreTrainedModel = load_model(spec, dtype=torch.float32, device=device)
+    torch.manual_seed(seed)
+    return RewardModel(lm, base_model_spec(spec)).eval()
+
+
+@torch.no_grad()
+def score_token_rows(
+    model: RewardModel, rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, batch_size: int = 8
+) -> list[float]:
+    """The reward of each (prompt_ids, completion_ids) row, in order, `batch_size` rows per forward."""
+    from ..data.collate import pad_sequences
+
+    device = next(model.parameters()).device
+    # Longest first: rows of similar length share a batch, so little compute goes to padding; order restored after.
+    order = sorted(range(len(rows)), key=lambda i: -(len(rows[i][0]) + len(rows[i][1])))
+    by_index: dict[int, float] = {}
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = pad_sequences([rows[i][0] for i in chunk], [rows[i][1] for i in chunk], pad_id).to(device)
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        by_index.update(zip(chunk, out.rewards.tolist()))
+    return [by_index[i] for i in range(len(rows))]

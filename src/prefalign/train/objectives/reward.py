@@ -1,0 +1,132 @@
+"""The reward model objective: a pairwise (Bradley-Terry) loss on a scalar head, plus an LM loss on the chosen answer.
+
+    loss = rm_loss + lm_weight * lm_loss
+    rm_loss = -log sigma(r_chosen - r_rejected - margin)      margin: the pair's optional `margin` field, else 0
+    lm_loss = mean NLL per chosen response token               (per pair, so long and short answers weigh the same)
+
+The LM term keeps the language model's hidden states useful while the head and the LM learn to rank (InstructGPT's
+reward models start from an SFT model for the same reason); --lm-weight 0 turns it off, and it is still logged then.
+Chosen and rejected sequences sit in one batch, so every pair is scored in ONE forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from ...data.collate import PairBatch, collate_pairs
+from ...data.loading import load_preferences
+from ...data.records import PreferenceRecord
+from ...data.tokenize import TokenizedPair, TruncationReport, tokenize_pair
+from ...errors import DataError
+from ...losses import reward_model_loss, sequence_logps
+from ...models.reward import RewardModel, base_model_spec
+from .base import Objective, Sums
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from ..config import RewardConfig
+
+
+@dataclass
+class RewardItem:
+    pair: TokenizedPair
+    margin: float = 0.0
+
+
+@dataclass
+class RewardBatch:
+    pairs: PairBatch
+    margins: torch.Tensor  # [num_pairs]
+
+
+def pair_margin(record: PreferenceRecord) -> float:
+    """The record's `margin` field (how much the chosen answer must win by), 0 when absent."""
+    value = record.extra.get("margin")
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataError(record.location, f"`margin` must be a finite number, got {value!r}")
+    return float(value)
+
+
+class RewardObjective(Objective):
+    name = "rm"
+    unit = "pairs"
+
+    def __init__(self, config: RewardConfig):
+        super().__init__(config)
+        self.config: RewardConfig = config
+        self.pad_id = 0
+
+    def load(self, source: str, tokenizer: PreTrainedTokenizerBase) -> tuple[list[RewardItem], TruncationReport]:
+        data = load_preferences(source, self.config.data_format)
+        if data.report.rejected:
+            print(f"prefalign: warning: {source}: {data.report.rejected} of {data.report.read} records rejected "
+                  f"(`prefalign data inspect {source}` lists them)", file=sys.stderr)  # fmt: skip
+        self.pad_id = tokenizer.pad_token_id
+        report, items = TruncationReport(unit="pairs"), []
+        for record in data.records:
+            margin = pair_margin(record)  # checked first: a bad field fails the run, whatever truncation does
+            pair = tokenize_pair(record, tokenizer, self.config.tokenize_config())
+            report.add(pair)
+            if not pair.dropped:
+                items.append(RewardItem(pair, margin))
+        return items, report
+
+    def prepare_model(self, model: torch.nn.Module) -> RewardModel:
+        return RewardModel(model, base_model_spec(self.config.model))  # type: ignore[arg-type]
+
+    def collate(self, items: Sequence[RewardItem]) -> RewardBatch:
+        pairs = collate_pairs([item.pair for item in items], self.pad_id).to(self.device)
+        margins = torch.tensor([item.margin for item in items], dtype=torch.float32, device=self.device)
+        return RewardBatch(pairs, margins)
+
+    def loss_denominator(self, batch: RewardBatch) -> int:
+        return batch.pairs.num_pairs
+
+    def loss(self, model: torch.nn.Module, batch: RewardBatch) -> tuple[torch.Tensor, Sums]:
+        pairs = batch.pairs
+        rewards, logits = model(input_ids=pairs.input_ids, attention_mask=pairs.attention_mask)
+        chosen, rejected = pairs.split(rewards)
+        rm_losses = reward_model_loss(chosen, rejected, batch.margins)
+
+        # The LM loss reads the chosen rows only; with lm_weight 0 it is measured without a graph, for the log.
+        n = pairs.num_pairs
+        with nullcontext() if self.config.lm_weight > 0 else torch.no_grad():
+            chosen_logps = sequence_logps(logits[:n, :-1], pairs.labels[:n, 1:])
+            lm_losses = -chosen_logps.sum_logps / chosen_logps.num_tokens
+        losses = rm_losses + self.config.lm_weight * lm_losses if self.config.lm_weight > 0 else rm_losses
+
+        chosen, rejected = chosen.detach(), rejected.detach()
+        both = torch.cat([chosen, rejected]).to(torch.float64)
+        sums: Sums = {
+            "items": torch.tensor(n),
+            "tokens": pairs.attention_mask.sum(),
+            "loss": losses.detach().sum(),
+            "rm_loss": rm_losses.detach().sum(),
+            "lm_loss": lm_losses.detach().sum(),
+            # A tie is half right: a head that gives every answer the same reward scores exactly 0.5.
+            "rewards/accuracies": (chosen > rejected).sum() + 0.5 * (chosen == rejected).sum(),
+            "rewards/chosen": chosen.sum(),
+            "rewards/rejected": rejected.sum(),
+            "reward_squares": (both * both).sum(),
+        }
+        return losses.sum(), sums
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        pairs = sums["items"]
+        means = {key: sums[key] / pairs for key in ("loss", "rm_loss", "lm_loss", "rewards/accuracies",
+                                                    "rewards/chosen", "rewards/rejected")}  # fmt: skip
+        means["rewards/margins"] = means["rewards/chosen"] - means["rewards/rejected"]
+        mean = (sums["rewards/chosen"] + sums["rewards/rejected"]) / (2 * pairs)
+        means["rewards/mean"] = mean
+        means["rewards/std"] = math.sqrt(max(sums["reward_squares"] / (2 * pairs) - mean * mean, 0.0))
+        return means
