@@ -68,7 +68,8 @@ def load_pairs(source: str, limit: int | None = None) -> list[PreferenceRecord]:
 
 
 def pair_logps(model: EvalModel, records: list[PreferenceRecord], config: TokenizeConfig, batch_size: int) -> PairLogps:
-    """Summed response log-probs of every pair's chosen and rejected completion under `model`."""
+    """Summed response log-probs of every pair's chosen and rejected completion under `model`, `batch_size` rows
+    (half as many pairs) per forward pass."""
     import torch
 
     from ..data.collate import collate_pairs
@@ -79,12 +80,14 @@ def pair_logps(model: EvalModel, records: list[PreferenceRecord], config: Tokeni
     kept = [i for i, pair in enumerate(pairs) if not pair.dropped]
     chosen: list[float | None] = [None] * len(records)
     rejected: list[float | None] = [None] * len(records)
+    pairs_per_batch = max(1, batch_size // 2)  # a pair is two rows: chosen and rejected
     with torch.inference_mode():
-        for start in range(0, len(kept), batch_size):
-            indices = kept[start : start + batch_size]
+        for first in range(0, len(kept), pairs_per_batch):
+            indices = kept[first : first + pairs_per_batch]
             batch = collate_pairs([pairs[i] for i in indices], tokenizer.pad_token_id)
-            logits = model.logits(batch)
-            logps = sequence_logps(logits, batch.labels[:, 1:].to(logits.device)).sum_logps
+            start = min(len(pairs[i].prompt_ids) for i in indices) - 1  # the first position predicting a response
+            logits = model.logits(batch, start)
+            logps = sequence_logps(logits, batch.labels[:, start + 1 :].to(logits.device)).sum_logps
             batch_chosen, batch_rejected = batch.split(logps)
             for i, c, r in zip(indices, batch_chosen.tolist(), batch_rejected.tolist()):
                 chosen[i], rejected[i] = c, r

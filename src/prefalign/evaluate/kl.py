@@ -67,9 +67,10 @@ def kl_from_base(
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
             lm = pad_sequences([r[1] for r in batch], [r[2] for r in batch], pad_id)
-            policy_logits = policy.logits(lm)
-            base_logits = base.logits(lm).to(policy_logits.device)
-            labels = lm.labels[:, 1:].to(policy_logits.device)
+            start = min(len(r[1]) for r in batch) - 1  # the first position that predicts a response token
+            policy_logits = policy.logits(lm, start)
+            base_logits = base.logits(lm, start).to(policy_logits.device)
+            labels = lm.labels[:, start + 1 :].to(policy_logits.device)
             mask = labels != IGNORE_INDEX
             kl = token_kl(policy_logits, base_logits, mask, reduction="sum_per_sequence", chunk_size=_KL_CHUNK)
             logratio = sequence_logps(policy_logits, labels).sum_logps - sequence_logps(base_logits, labels).sum_logps

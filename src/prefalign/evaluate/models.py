@@ -157,12 +157,21 @@ class EvalModel:
             self.loads += 1
         return self._model
 
-    def logits(self, batch: LMBatch) -> torch.Tensor:
-        """The model's logits on a right-padded batch, aligned with `batch.labels[:, 1:]` (`prefalign.losses`'s
-        convention: `logits[:, t]` predicts `labels[:, t + 1]`). Call under `torch.inference_mode()`."""
+    def logits(self, batch: LMBatch, start: int = 0) -> torch.Tensor:
+        """The model's logits on a right-padded batch from position `start` on, aligned with
+        `batch.labels[:, start + 1:]` (`prefalign.losses`' convention: `logits[:, t]` predicts the label after).
+
+        Only the positions that predict a labelled token need logits: with `start` = the shortest prompt - 1, the
+        (batch, length, vocabulary) tensor shrinks by the prompts' share, most of it for long dialogue prompts.
+        Call under `torch.inference_mode()`.
+        """
         device = self.model.device
+        width = batch.input_ids.shape[1]
         out = self.model(
-            input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), use_cache=False
+            input_ids=batch.input_ids.to(device),
+            attention_mask=batch.attention_mask.to(device),
+            use_cache=False,
+            logits_to_keep=width - start,
         )
         return out.logits[:, :-1]
 

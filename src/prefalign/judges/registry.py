@@ -1,4 +1,5 @@
-"""Judges by name, as the command line gives them: `verifier`, `verifier:loose`, `openai:MODEL`, `anthropic:MODEL`."""
+"""Judges by name, as the command line gives them: `verifier`, `verifier:loose`, `openai:MODEL`, `anthropic:MODEL`,
+`reward-model:PATH`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from ..errors import PrefalignError
 from .base import Judge
 
-JUDGE_SPECS = "verifier, verifier:loose, openai:MODEL, anthropic:MODEL"
+JUDGE_SPECS = "verifier, verifier:loose, openai:MODEL, anthropic:MODEL, reward-model:PATH"
 
 
 def default_cache_path() -> Path:
@@ -45,8 +46,16 @@ def load_judge(spec: str, *, base_url: str | None = None, api_key_env: str | Non
         return _http_judge(kind, argument, base_url=base_url, api_key_env=api_key_env, template=template,
                            cache_path=cache_path, concurrency=concurrency, timeout=timeout, max_retries=max_retries,
                            **kwargs)
-    # `reward-model:PATH` (a model trained by `prefalign rm train`) plugs in here: a branch for kind == "reward-model"
-    # returning the reward-model judge, and its name added to JUDGE_SPECS.
+    if kind == "reward-model":  # a model trained by `prefalign rm train`
+        if not argument:
+            raise PrefalignError(f"judge '{spec}' needs the reward model's directory: reward-model:PATH")
+        http_options = {"--judge-base-url": base_url, "--judge-api-key-env": api_key_env, "--judge-template": template}
+        given = [option for option, value in {**http_options, **kwargs}.items() if value is not None]
+        if given:
+            raise PrefalignError(f"{', '.join(given)} apply only to openai: and anthropic: judges")
+        from .reward_model import RewardModelJudge
+
+        return RewardModelJudge(argument)
     raise PrefalignError(f"unknown judge '{spec}' (judges: {JUDGE_SPECS})")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -36,7 +37,7 @@ _FORMAT, _VERSION = "prefalign-reward-model", 1
 
 class RewardOutput(NamedTuple):  # a tuple, so DistributedDataParallel can walk it
     rewards: torch.Tensor  # [N] fp32, one per row
-    logits: torch.Tensor  # [N, T, V], the LM's next-token logits (for an auxiliary LM loss)
+    logits: torch.Tensor | None  # [N, T, V], the LM's next-token logits (for an auxiliary LM loss), when asked for
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -76,12 +77,19 @@ class RewardModel(nn.Module):
 
         return is_lora(self.lm)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> RewardOutput:
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, with_logits: bool = True) -> RewardOutput:
+        """Rewards [N] for right-padded rows; the LM's logits too unless `with_logits` is False.
+
+        Without logits the LM projects one position only (`logits_to_keep=1`): the output layer over the vocabulary
+        is a fifth of a small model's forward, and its [N, T, V] output the largest tensor of the step.
+        """
+        keep = {} if with_logits else {"logits_to_keep": 1}
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False,
+                      **keep)  # fmt: skip
         final = out.hidden_states[-1]  # after the final norm: what the LM's own output layer reads
         rows = torch.arange(final.shape[0], device=final.device)
         last = final[rows, last_token_index(attention_mask)]
-        return RewardOutput(self.reward_head(last).squeeze(-1).float(), out.logits)
+        return RewardOutput(self.reward_head(last).squeeze(-1).float(), out.logits if with_logits else None)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the directory `load_reward_model` reads (the training loop's final save calls this too)."""
@@ -136,7 +144,9 @@ def load_reward_model(
         from peft import PeftModel
 
         base = load_model(meta["base_model"], dtype=dtype, device=device)
-        lm: nn.Module = PeftModel.from_pretrained(base, str(directory))
+        with warnings.catch_warnings():  # peft reads an attribute transformers 5 deprecates; not the user's concern
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            lm: nn.Module = PeftModel.from_pretrained(base, str(directory))
     else:
         lm = load_model(str(directory), dtype=dtype, device=device)
     weight = load_file(str(directory / HEAD_FILE))["weight"]
@@ -178,6 +188,6 @@ def score_token_rows(
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         batch = pad_sequences([rows[i][0] for i in chunk], [rows[i][1] for i in chunk], pad_id).to(device)
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, with_logits=False)
         by_index.update(zip(chunk, out.rewards.tolist()))
     return [by_index[i] for i in range(len(rows))]

@@ -133,6 +133,11 @@ class DPOConfig(TrainConfig):
     precompute_ref: bool = field(
         default=False, metadata=_help("compute reference log-probs once, cache them on disk, keep no reference model")
     )
+    prefix_sharing: bool = field(
+        default=True,
+        metadata=_help("run each pair as one packed sequence [prompt | chosen | rejected] under a block attention "
+                       "mask, so the prompt is computed once (same results as two sequences; faster)"),
+    )  # fmt: skip
 
     objective_name = "dpo"
 

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ...data.collate import LMBatch
-from ...losses import SequenceLogps, sequence_logps
+from ...data.shared_prefix import SharedPrefixBatch
+from ...losses import SequenceLogps
+from ..forward import CompletionStates, policy_scores
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -37,14 +39,13 @@ def autocast(device: torch.device) -> AbstractContextManager[object]:
     return nullcontext()
 
 
-def policy_forward(model: torch.nn.Module, batch: LMBatch) -> tuple[torch.Tensor, SequenceLogps]:
-    """Run `model` on `batch`: (logits aligned with labels[:, 1:], per-row log-probs of the completion tokens).
-
-    The returned logits are `logits[:, :-1]`, so `logits[:, t]` predicts `batch.labels[:, t + 1]`, the convention of
-    `prefalign.losses`.
-    """
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits[:, :-1]
-    return logits, sequence_logps(logits, batch.labels[:, 1:])
+def policy_forward(
+    model: torch.nn.Module, batch: LMBatch | SharedPrefixBatch
+) -> tuple[CompletionStates, SequenceLogps]:
+    """Run `model` on `batch`: (its final hidden states at completion-predicting positions, with the head that makes
+    them logits; per-sequence log-probs of the completion tokens). Vocabulary logits are built for completion tokens
+    only, a chunk at a time (`prefalign.train.forward`); `completion_kl` compares two models' states."""
+    return policy_scores(model, batch)
 
 
 class Objective(ABC):

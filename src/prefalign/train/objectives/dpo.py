@@ -1,7 +1,10 @@
 """DPO (and IPO, hinge, cDPO, robust DPO): the policy against a frozen reference on preference pairs.
 
-Each batch holds every pair's chosen and rejected sequence side by side, so the policy and the reference each score
-both completions in ONE forward pass. A sequence's log-probability sums its completion tokens only.
+Each batch holds every pair's chosen and rejected sequence, so the policy and the reference each score both
+completions in ONE forward pass. By default (`--prefix-sharing`) a pair is one sequence [prompt | chosen | rejected]
+under a block attention mask, packed several to a row (`prefalign.data.shared_prefix`): the prompt is computed once
+and padding nearly vanishes; `--no-prefix-sharing` pads chosen and rejected rows side by side. A sequence's
+log-probability sums its completion tokens only, and vocabulary logits are built at those tokens alone.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from ...data.collate import PairBatch, collate_pairs
+from ...data.shared_prefix import SharedPrefixBatch, collate_shared_prefix
 from ...data.loading import load_preferences
 from ...data.tokenize import TokenizedPair, TruncationReport, tokenize_preferences
-from ...losses import IGNORE_INDEX, dpo_loss, token_kl
+from ...losses import dpo_loss
+from ..forward import completion_kl, supports_block_masks
 from .base import Objective, Sums, policy_forward
 from .reference import Reference, build_reference, cache_settings, cached_reference_logps
 
@@ -26,10 +31,6 @@ if TYPE_CHECKING:
     from ..config import DPOConfig
     from ..distributed import DistInfo
 
-# The exact KL needs the log-softmax of both models' logits; chunks of this many positions bound that memory.
-_KL_CHUNK = 64
-
-
 @dataclass
 class DPOItem:
     pair: TokenizedPair
@@ -38,7 +39,7 @@ class DPOItem:
 
 @dataclass
 class DPOBatch:
-    pairs: PairBatch
+    pairs: PairBatch | SharedPrefixBatch
     ref_logps: torch.Tensor | None  # [2 * num_pairs], chosen then rejected, when precomputed
 
 
@@ -51,6 +52,7 @@ class DPOObjective(Objective):
         self.config: DPOConfig = config
         self.reference: Reference | None = None
         self.pad_id = 0
+        self.prefix_sharing = config.prefix_sharing  # setup() turns it off for models that take no block mask
 
     def load(self, source: str, tokenizer: PreTrainedTokenizerBase) -> tuple[list[DPOItem], TruncationReport]:
         data = load_preferences(source, self.config.data_format)
@@ -65,6 +67,10 @@ class DPOObjective(Objective):
         super().setup(model, sources, info)
         precompute = self.config.precompute_ref
         reference = build_reference(model, self.config, info.device, borrow=precompute)
+        if self.prefix_sharing and not (supports_block_masks(model) and supports_block_masks(reference.model)):
+            print("prefalign: note: this model's attention takes no block mask; --prefix-sharing off (slower)",
+                  file=sys.stderr)  # fmt: skip
+            self.prefix_sharing = False
         if not precompute:
             self.reference = reference
             return
@@ -76,7 +82,12 @@ class DPOObjective(Objective):
         # The reference model is dropped here: training reads the log-probs from the items.
 
     def collate(self, items: Sequence[DPOItem]) -> DPOBatch:
-        pairs = collate_pairs([item.pair for item in items], self.pad_id).to(self.device)
+        tokenized = [item.pair for item in items]
+        # A pair with an empty prompt has no position to predict its responses' first tokens from: pad it instead.
+        if self.prefix_sharing and all(pair.prompt_ids for pair in tokenized):
+            pairs: PairBatch | SharedPrefixBatch = collate_shared_prefix(tokenized, self.pad_id).to(self.device)
+        else:
+            pairs = collate_pairs(tokenized, self.pad_id).to(self.device)
         ref_logps = None
         if all(item.ref_logps is not None for item in items):
             chosen, rejected = zip(*(item.ref_logps for item in items))  # type: ignore[misc]
@@ -88,18 +99,16 @@ class DPOObjective(Objective):
 
     def loss(self, model: torch.nn.Module, batch: DPOBatch) -> tuple[torch.Tensor, Sums]:
         pairs, config = batch.pairs, self.config
-        policy_logits, policy = policy_forward(model, pairs)
+        policy_states, policy = policy_forward(model, pairs)
         sums: Sums = {}
         if batch.ref_logps is not None:
             ref_logps = batch.ref_logps
         else:
             assert self.reference is not None, "setup() builds a live reference unless log-probs are precomputed"
-            ref_logits, ref = self.reference.forward(pairs)
+            ref_states, ref = self.reference.forward(pairs)
             ref_logps = ref.sum_logps
-            mask = pairs.labels[:, 1:] != IGNORE_INDEX
-            kl = token_kl(policy_logits.detach(), ref_logits, mask, reduction="sum_per_sequence",
-                          chunk_size=_KL_CHUNK)  # fmt: skip
-            sums |= {"kl": kl.sum(), "kl_tokens": mask.sum()}
+            kl = completion_kl(policy_states, ref_states)
+            sums |= {"kl": kl.sum(), "kl_tokens": policy.num_tokens.sum()}
 
         scored_policy, scored_ref = policy.sum_logps, ref_logps.to(policy.sum_logps.dtype)
         if config.loss_type == "ipo":  # IPO's margin target 1/(2 beta) is meant for length-averaged log-probs
@@ -121,7 +130,7 @@ class DPOObjective(Objective):
         logps_chosen, logps_rejected = pairs.split(policy.sum_logps.detach())
         sums |= {
             "items": torch.tensor(pairs.num_pairs),
-            "tokens": pairs.attention_mask.sum(),
+            "tokens": torch.tensor(pairs.num_tokens),
             "loss": losses.detach().sum(),
             "rewards/chosen": out.chosen_rewards.sum(),
             "rewards/rejected": out.rejected_rewards.sum(),

@@ -1,6 +1,7 @@
 """DPO's reference model: a frozen copy, the policy with its LoRA adapter off, or log-probs cached on disk.
 
-A live reference returns logits as well as log-probs, so the trainer can report the exact KL(policy || reference).
+A live reference returns its completion states (hidden states at completion positions and its output head) as well as
+log-probs, so the trainer can report the exact KL(policy || reference).
 `--precompute-ref` runs the reference once over every pair before training, stores its per-sequence log-probs under
 `PREFALIGN_HOME/cache/ref-logps/<key>.pt` and drops the model; a later run with the same key reads the file instead.
 The key hashes everything the numbers depend on: the reference weights, the data file, the tokenization settings and
@@ -22,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ...data.collate import PairBatch
+from ...data.shared_prefix import SharedPrefixBatch
 from ...errors import PrefalignError
 from ...losses import SequenceLogps
+from ..forward import CompletionStates
 from ...models.lora import adapter_disabled, is_lora
 from ...models.registry import prefalign_home
 from ...stages import file_digest
@@ -47,13 +50,13 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 class Reference:
-    """The reference policy. `forward` returns (logits, per-row completion log-probs) like `policy_forward`."""
+    """The reference policy. `forward` returns (completion states, per-sequence log-probs) like `policy_forward`."""
 
     def __init__(self, model: torch.nn.Module, *, adapter_off: bool = False):
         self.model = model
         self.adapter_off = adapter_off
 
-    def forward(self, batch: PairBatch) -> tuple[torch.Tensor, SequenceLogps]:
+    def forward(self, batch: PairBatch | SharedPrefixBatch) -> tuple[CompletionStates, SequenceLogps]:
         with _eval_mode(self.model):
             if self.adapter_off:
                 with adapter_disabled(self.model):  # type: ignore[arg-type]

@@ -5,7 +5,8 @@
     lm_loss = mean NLL per chosen response token               (per pair, so long and short answers weigh the same)
 
 The LM term keeps the language model's hidden states useful while the head and the LM learn to rank (InstructGPT's
-reward models start from an SFT model for the same reason); --lm-weight 0 turns it off, and it is still logged then.
+reward models start from an SFT model for the same reason); --lm-weight 0 turns it off, and the LM then skips its
+output layer over the vocabulary (lm_loss is not logged).
 Chosen and rejected sequences sit in one batch, so every pair is scored in ONE forward pass.
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -93,26 +93,26 @@ class RewardObjective(Objective):
         return batch.pairs.num_pairs
 
     def loss(self, model: torch.nn.Module, batch: RewardBatch) -> tuple[torch.Tensor, Sums]:
-        pairs = batch.pairs
-        rewards, logits = model(input_ids=pairs.input_ids, attention_mask=pairs.attention_mask)
+        pairs, lm_weight = batch.pairs, self.config.lm_weight
+        rewards, logits = model(input_ids=pairs.input_ids, attention_mask=pairs.attention_mask,
+                                with_logits=lm_weight > 0)  # fmt: skip
         chosen, rejected = pairs.split(rewards)
-        rm_losses = reward_model_loss(chosen, rejected, batch.margins)
-
-        # The LM loss reads the chosen rows only; with lm_weight 0 it is measured without a graph, for the log.
+        losses = rm_losses = reward_model_loss(chosen, rejected, batch.margins)
         n = pairs.num_pairs
-        with nullcontext() if self.config.lm_weight > 0 else torch.no_grad():
+        sums: Sums = {}
+        if lm_weight > 0:  # the chosen rows only; per token, so long and short answers weigh the same
             chosen_logps = sequence_logps(logits[:n, :-1], pairs.labels[:n, 1:])
             lm_losses = -chosen_logps.sum_logps / chosen_logps.num_tokens
-        losses = rm_losses + self.config.lm_weight * lm_losses if self.config.lm_weight > 0 else rm_losses
+            losses = rm_losses + lm_weight * lm_losses
+            sums["lm_loss"] = lm_losses.detach().sum()
 
         chosen, rejected = chosen.detach(), rejected.detach()
         both = torch.cat([chosen, rejected]).to(torch.float64)
-        sums: Sums = {
+        sums |= {
             "items": torch.tensor(n),
             "tokens": pairs.attention_mask.sum(),
             "loss": losses.detach().sum(),
             "rm_loss": rm_losses.detach().sum(),
-            "lm_loss": lm_losses.detach().sum(),
             # A tie is half right: a head that gives every answer the same reward scores exactly 0.5.
             "rewards/accuracies": (chosen > rejected).sum() + 0.5 * (chosen == rejected).sum(),
             "rewards/chosen": chosen.sum(),
@@ -124,7 +124,7 @@ class RewardObjective(Objective):
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         pairs = sums["items"]
         means = {key: sums[key] / pairs for key in ("loss", "rm_loss", "lm_loss", "rewards/accuracies",
-                                                    "rewards/chosen", "rewards/rejected")}  # fmt: skip
+                                                    "rewards/chosen", "rewards/rejected") if key in sums}  # fmt: skip
         means["rewards/margins"] = means["rewards/chosen"] - means["rewards/rejected"]
         mean = (sums["rewards/chosen"] + sums["rewards/rejected"]) / (2 * pairs)
         means["rewards/mean"] = mean

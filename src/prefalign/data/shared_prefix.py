@@ -1,0 +1,136 @@
+"""Preference pairs as ONE sequence each, [prompt | chosen | rejected], packed several to a row: the prompt is
+computed once instead of twice, and rows carry almost no padding.
+
+A block attention mask keeps the result equal to scoring prompt + chosen and prompt + rejected separately:
+
+* prompt tokens attend causally to the prompt;
+* chosen tokens attend to the prompt and causally to chosen;
+* rejected tokens attend to the prompt and causally to rejected, never to chosen;
+* tokens of different pairs packed into one row never attend to each other (document masking).
+
+Position ids restart at 0 for each pair, and the rejected response's continue from the end of the prompt, as chosen's
+do: each response sees exactly the positions it would alone. The first token of BOTH responses is predicted by the
+last prompt position; every later token by the position before it in its own branch.
+
+Pairs are packed first-fit decreasing into rows as long as the longest pair, so attention (quadratic in row length)
+costs no more than one row per pair would, and padding shrinks to the gaps the packing leaves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..train.forward import CompletionIndex
+from .tokenize import TokenizedPair
+
+_PROMPT, _CHOSEN, _REJECTED, _PADDING = 0, 1, 2, -1
+
+
+@dataclass
+class SharedPrefixBatch:
+    """Packed rows [R, L] of pairs laid out as [prompt | chosen | rejected], with what the model and the loss need.
+
+    `attention_mask` is boolean [R, 1, L, L] (True: may attend). `index` scores sequence i < num_pairs as pair i's
+    chosen response and num_pairs + i as its rejected one, the order of `prefalign.data.collate.PairBatch`.
+    """
+
+    input_ids: Tensor
+    position_ids: Tensor
+    attention_mask: Tensor
+    index: CompletionIndex
+    num_pairs: int
+    num_tokens: int  # real (non-padding) tokens the model processes
+
+    def model_inputs(self) -> dict[str, Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
+
+    @property
+    def num_completion_tokens(self) -> int:
+        return int(self.index.targets.numel())
+
+    def split(self, per_sequence: Tensor) -> tuple[Tensor, Tensor]:
+        """(chosen, rejected) halves of a per-sequence tensor."""
+        return per_sequence[: self.num_pairs], per_sequence[self.num_pairs :]
+
+    def to(self, device: torch.device | str) -> SharedPrefixBatch:
+        return SharedPrefixBatch(self.input_ids.to(device), self.position_ids.to(device),
+                                 self.attention_mask.to(device), self.index.to(device), self.num_pairs,
+                                 self.num_tokens)  # fmt: skip
+
+
+def pack_rows(lengths: Sequence[int]) -> list[list[int]]:
+    """Indices of `lengths` grouped into rows of capacity max(lengths), first-fit decreasing (longest first)."""
+    capacity = max(lengths)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if row is None:
+            rows.append([])
+            room.append(capacity)
+            row = len(rows) - 1
+        rows[row].append(i)
+        room[row] -= lengths[i]
+    return rows
+
+
+def collate_shared_prefix(pairs: Sequence[TokenizedPair], pad_id: int) -> SharedPrefixBatch:
+    """Lay out and pack `pairs` (see the module docstring). Prompts and responses must be non-empty."""
+    if not pairs:
+        raise ValueError("collate_shared_prefix needs at least one pair")
+    num_pairs = len(pairs)
+    lengths = [len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
+    rows = pack_rows(lengths)
+    width = max(lengths)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    document = torch.full((len(rows), width), _PADDING, dtype=torch.long)
+    branch = torch.full((len(rows), width), _PADDING, dtype=torch.long)
+    positions: list[int] = []
+    targets: list[int] = []
+    sequences: list[int] = []
+    for r, members in enumerate(rows):
+        start = 0
+        for i in members:
+            pair = pairs[i]
+            prompt, chosen, rejected = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
+            if not (prompt and chosen and rejected):
+                raise ValueError(f"{pair.location or 'a pair'}: empty prompt or response; each needs a token")
+            end = start + lengths[i]
+            input_ids[r, start:end] = torch.tensor([*pair.prompt_ids, *pair.chosen_ids, *pair.rejected_ids])
+            position_ids[r, start:end] = torch.cat([torch.arange(prompt + chosen),
+                                                    torch.arange(prompt, prompt + rejected)])  # fmt: skip
+            document[r, start:end] = i
+            branch[r, start:end] = torch.tensor([_PROMPT] * prompt + [_CHOSEN] * chosen + [_REJECTED] * rejected)
+            row_offset = r * width
+            last_prompt = row_offset + start + prompt - 1
+            chosen_start = row_offset + start + prompt
+            rejected_start = chosen_start + chosen
+            # Chosen token k is predicted at the position before it; so is rejected token k >= 1, but rejected's
+            # first token is predicted at the last prompt position, like chosen's.
+            positions += [last_prompt, *range(chosen_start, chosen_start + chosen - 1)]
+            positions += [last_prompt, *range(rejected_start, rejected_start + rejected - 1)]
+            targets += [*pair.chosen_ids, *pair.rejected_ids]
+            sequences += [i] * chosen + [num_pairs + i] * rejected
+            start = end
+    index = CompletionIndex(torch.tensor(positions), torch.tensor(targets), torch.tensor(sequences), 2 * num_pairs)
+    return SharedPrefixBatch(input_ids, position_ids, block_mask(document, branch), index, num_pairs, sum(lengths))
+
+
+def block_mask(document: Tensor, branch: Tensor) -> Tensor:
+    """Boolean [R, 1, L, L] mask from per-token pair ids and branches (-1: padding); see the module docstring.
+
+    A padding position attends to itself only: a query row with nothing to attend to would make softmax NaN, and NaN
+    in a padding row still poisons the gradients through the attention backward."""
+    width = document.shape[1]
+    query_doc, key_doc = document.unsqueeze(2), document.unsqueeze(1)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same_pair = (query_doc == key_doc) & (query_doc != _PADDING)
+    rejected_sees_chosen = (branch.unsqueeze(2) == _REJECTED) & (branch.unsqueeze(1) == _CHOSEN)
+    allowed = same_pair & causal & ~rejected_sees_chosen
+    allowed |= torch.eye(width, dtype=torch.bool) & (query_doc == _PADDING)
+    return allowed.unsqueeze(1)

@@ -1,0 +1,123 @@
+"""Prefix sharing: [prompt | chosen | rejected] under a block mask scores each response exactly as alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_train_forward import load_tiny, random_pairs
+from test_train_support import single_thread  # noqa: F401  (an autouse fixture: importing it applies it here)
+
+from prefalign.data.collate import collate_pairs
+from prefalign.data.shared_prefix import collate_shared_prefix, pack_rows
+from prefalign.data.tokenize import TokenizedPair
+from prefalign.train.objectives import policy_forward
+
+
+def test_layout_positions_mask_and_predicting_positions_by_hand() -> None:
+    # prompt 10 11, chosen 20 21 22, rejected 30 31; a second pair packs beside it (capacity = the longest pair, 7).
+    batch = collate_shared_prefix([TokenizedPair([10, 11], [20, 21, 22], [30, 31]), TokenizedPair([12], [23], [32])],
+                                  pad_id=0)  # fmt: skip
+    assert batch.input_ids.tolist() == [[10, 11, 20, 21, 22, 30, 31], [12, 23, 32, 0, 0, 0, 0]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 2, 3], [0, 1, 1, 0, 0, 0, 0]]
+    assert batch.num_tokens == 10 and batch.num_pairs == 2
+    mask = batch.attention_mask[0, 0].int().tolist()
+    assert mask[4] == [1, 1, 1, 1, 1, 0, 0]  # last chosen token: prompt + chosen
+    assert mask[5] == [1, 1, 0, 0, 0, 1, 0]  # first rejected token: prompt + itself, not chosen
+    assert mask[6] == [1, 1, 0, 0, 0, 1, 1]
+    assert mask[1] == [1, 1, 0, 0, 0, 0, 0]  # prompt: causal
+    second = batch.attention_mask[1, 0].int().tolist()
+    assert second[2] == [1, 0, 1, 0, 0, 0, 0] and second[4] == [0, 0, 0, 0, 1, 0, 0]  # padding sees itself only
+    index = batch.index
+    # chosen 20 21 22 from positions 1 2 3; rejected 30 from the last prompt position 1, 31 from 5; row 2 at 7 + ...
+    assert index.positions.tolist() == [1, 2, 3, 1, 5, 7, 7]
+    assert index.targets.tolist() == [20, 21, 22, 30, 31, 23, 32]
+    assert index.sequences.tolist() == [0, 0, 0, 2, 2, 1, 3]
+
+
+def test_pack_rows_is_first_fit_decreasing() -> None:
+    assert pack_rows([5, 2, 3, 4, 1]) == [[0], [3, 4], [2, 1]]
+
+
+def _shared_and_plain(model: torch.nn.Module, pairs: list[TokenizedPair]) -> tuple[torch.Tensor, torch.Tensor]:
+    _, shared = policy_forward(model, collate_shared_prefix(pairs, pad_id=0))
+    _, plain = policy_forward(model, collate_pairs(pairs, pad_id=0))
+    assert torch.equal(shared.num_tokens, plain.num_tokens)
+    return shared.sum_logps, plain.sum_logps
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_shared_prefix_logps_and_gradients_equal_two_sequences_on_the_tiny_model(tiny_model_dir: Path,
+                                                                                  lora: bool) -> None:  # fmt: skip
+    model = load_tiny(tiny_model_dir, lora=lora)
+    pairs = random_pairs(model.get_output_embeddings().weight.shape[0], 6, seed=2)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    shared, plain = _shared_and_plain(model, pairs)
+    torch.testing.assert_close(shared, plain, atol=1e-4, rtol=0)
+    weights = torch.linspace(-1, 1, len(shared))  # any loss of the log-probs: its gradients must agree too
+    for ours, theirs in zip(torch.autograd.grad((shared * weights).sum(), trainable),
+                            torch.autograd.grad((plain * weights).sum(), trainable)):  # fmt: skip
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-3)
+
+
+def test_eager_attention_takes_the_block_mask_too(tiny_model_dir: Path) -> None:
+    from prefalign.models.loading import load_model
+
+    model = load_model(str(tiny_model_dir), device="cpu").eval()
+    model.config._attn_implementation = "eager"
+    pairs = random_pairs(model.get_output_embeddings().weight.shape[0], 3, seed=3)
+    with torch.no_grad():
+        shared, plain = _shared_and_plain(model, pairs)
+    torch.testing.assert_close(shared, plain, atol=1e-4, rtol=0)
+
+
+@pytest.mark.model
+@pytest.mark.shared
+def test_shared_prefix_equals_two_sequences_on_real_hh_pairs_and_smollm2(smollm2_dir: Path,
+                                                                         hh_test_path: Path) -> None:  # fmt: skip
+    from prefalign.data.loading import load_preferences
+    from prefalign.data.tokenize import TokenizeConfig, tokenize_preferences
+    from prefalign.models.loading import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(str(smollm2_dir))
+    records = load_preferences(str(hh_test_path), "hh").records[:4]
+    pairs, _ = tokenize_preferences(records, tokenizer, TokenizeConfig(max_length=96, max_prompt_length=64))
+    assert len(pairs) == 4 and all(p.chosen_ids != p.rejected_ids for p in pairs)
+    model = load_model(str(smollm2_dir), device="cpu").eval()
+    with torch.no_grad():
+        shared, plain = _shared_and_plain(model, pairs)
+    torch.testing.assert_close(shared, plain, atol=1e-4, rtol=0)
+
+
+def test_dpo_objective_gives_the_same_loss_metrics_and_kl_with_and_without_prefix_sharing(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from test_train_support import write_pairs
+
+    from prefalign.models.loading import load_model, load_tokenizer
+    from prefalign.models.tiny import save_tiny_model
+    from prefalign.train.config import DPOConfig
+    from prefalign.train.distributed import DistInfo
+    from prefalign.train.objectives import DPOObjective
+
+    single = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True)
+    reference = save_tiny_model(tmp_path / "ref", seed=1)  # a different reference, so rewards and KL are not 0
+    data = write_pairs(tmp_path / "p.jsonl", 5)
+    metrics = {}
+    for sharing in (True, False):
+        config = DPOConfig(model=str(tiny_model_dir), data=str(data), output_dir="x", ref_model=str(reference),
+                           prefix_sharing=sharing)  # fmt: skip
+        objective = DPOObjective(config)
+        items, _ = objective.load(config.data, load_tokenizer(config.model))
+        objective.setup(load_model(config.model, device="cpu").eval(), {config.data: items}, single)
+        with torch.no_grad():
+            policy = load_model(config.model, device="cpu").eval()
+            _, sums = objective.loss(policy, objective.collate(items))
+            batch = objective.collate(items)
+        assert (type(batch.pairs).__name__ == "SharedPrefixBatch") == sharing
+        metrics[sharing] = objective.metrics({key: float(value) for key, value in sums.items()})
+    shared, plain = metrics[True], metrics[False]
+    assert shared.keys() == plain.keys() and {"kl", "loss", "rewards/margins"} <= shared.keys()
+    for key in shared:
+        assert shared[key] == pytest.approx(plain[key], abs=1e-4), key
