@@ -18,7 +18,6 @@ Choices, and why:
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Callable, Iterable
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import PrefalignError
+from .fileio import write_jsonl_atomic
 
 Split = Literal["train", "heldout", "all"]
 SPLITS = ("train", "heldout", "all")
@@ -285,15 +285,4 @@ def write_prompts(records: Iterable[dict[str, Any]], path: str | os.PathLike[str
     path = Path(path)
     if not path.parent.is_dir():
         raise PrefalignError(f"{path}: no such directory {path.parent}")
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    count = 0
-    try:
-        with open(temporary, "w", encoding="utf-8") as out:
-            for record in records:
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return count
+    return write_jsonl_atomic(path, records)

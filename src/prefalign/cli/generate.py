@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..config import add_config_args, config_from_args
 from ..errors import DataError, PrefalignError
+from ..fileio import write_jsonl_atomic
 from ..generate import GenerationConfig
 
 # Fields the output adds to each input record; an input record may not carry them already.
@@ -105,20 +104,6 @@ def read_prompts(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _write_jsonl_atomically(rows: list[dict[str, Any]], path: Path) -> None:
-    # A temporary file beside the target, renamed over it: a killed run never leaves a truncated output.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            for row in rows:
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(GenerationConfig, args)
     if args.prompt is not None:
@@ -149,6 +134,6 @@ def run(args: argparse.Namespace) -> int:
         }
         for record, generation in zip(records, generations)
     ]
-    _write_jsonl_atomically(rows, args.output)
+    write_jsonl_atomic(args.output, rows)
     print(f"wrote {len(rows)} generations to {args.output}", file=sys.stderr)
     return 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -11,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, PrefalignError
+from ..fileio import write_jsonl_atomic
 from .formats import FORMATS, parse_record
 from .records import PreferenceRecord
 from .sources import open_source
@@ -96,18 +95,4 @@ def save_preferences(records: Iterable[PreferenceRecord], path: str | os.PathLik
         raise PrefalignError(f"{path}: preference output must be .jsonl or .jsonl.gz")
     if not path.parent.is_dir():
         raise PrefalignError(f"{path}: no such directory {path.parent}")
-    # A hidden name beside the target: same file system, so the final rename is atomic.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    count = 0
-    try:
-        with opener(temporary, "wb") as out:
-            for record in records:
-                line = json.dumps(record.to_json(), ensure_ascii=False, default=str)
-                out.write(line.encode("utf-8") + b"\n")
-                count += 1
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return count
+    return write_jsonl_atomic(path, (record.to_json() for record in records), default=str)

@@ -18,11 +18,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from ..data.records import Text
+from ..fileio import write_text_atomic
 from ..generate import Generation, GenerationConfig
 from .models import EvalModel
 
@@ -92,11 +92,7 @@ class ResultCache:
             return None
 
     def put(self, key: dict[str, Any], value: Any) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps({"key": key, "value": value}), encoding="utf-8")
-        os.replace(temporary, path)
+        write_text_atomic(self._path(key), json.dumps({"key": key, "value": value}))
 
 
 def _read(path: Path) -> dict[str, Generation]:

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelError
+from ..fileio import write_text_atomic
 from ..models.loading import resolve_model
 
 if TYPE_CHECKING:
@@ -100,10 +100,7 @@ class DigestMemo:
         return digest.hexdigest()
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(self._entries, indent=1), encoding="utf-8")
-        os.replace(temporary, self.path)
+        write_text_atomic(self.path, json.dumps(self._entries, indent=1))
 
 
 def model_identity(source: ModelSource, digests: DigestMemo) -> str:

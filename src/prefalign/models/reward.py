@@ -157,12 +157,19 @@ def load_reward_model(
 
 
 def load_reward_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    """The tokenizer a saved reward model was trained with: its own directory's, or (LoRA) its base model's."""
+    """The tokenizer a saved reward model was trained with: the one saved beside it (a training run's final/ has
+    it), else its base model's (training never changes the tokenizer)."""
     from .loading import load_tokenizer
 
     directory = reward_model_dir(path)
-    meta = read_meta(directory)
-    return load_tokenizer(meta["base_model"] if meta["adapter"] else str(directory))
+    if (directory / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        if tokenizer.pad_token is None:  # as load_tokenizer does; training padded with the same token
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+    return load_tokenizer(read_meta(directory)["base_model"])
 
 
 def with_untrained_head(spec: str, *, seed: int, device: str | None = None) -> RewardModel:

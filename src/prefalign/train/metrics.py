@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ..fileio import write_jsonl_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -91,11 +92,7 @@ class MetricsLogger:
 def write_summary(output_dir: Path, summary: dict[str, Any]) -> Path:
     """Write `output_dir/summary.json` atomically (temp file + rename); non-finite floats become null."""
     path = Path(output_dir) / SUMMARY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -158,11 +155,7 @@ def _truncate_after(path: Path, last_step: int) -> None:
     if not path.exists():
         return
     kept = [record for record in read_metrics(path) if record["step"] <= last_step]
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for record in kept:
-            handle.write(json.dumps(record, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    write_jsonl_atomic(path, kept, allow_nan=False)
 
 
 def _tensorboard_writer(log_dir: Path, resume_step: int | None) -> Any:
