@@ -5,7 +5,8 @@
 
 Both train SmolLM2-135M-Instruct for one epoch on the first N pairs of HH-RLHF harmless-base test (explicit prompt:
 the conversation so far as messages, then the two answers), batch 4 pairs, max length 256, beta 0.1, fp32; TRL at its
-defaults otherwise (gradient checkpointing on). Each run is a fresh subprocess, so its peak RSS (VmHWM) is its own,
+defaults otherwise (gradient checkpointing on), except bf16 off: TRL turns bf16 autocast on by default, on CPU too.
+Each run is a fresh subprocess, so its peak RSS (VmHWM) is its own,
 and the two frameworks alternate within each repeat so that a busy machine slows both alike.
 
 Timing counts optimizer steps only (not model loading or tokenization). "Real tokens" counts what a two-sequence
@@ -131,7 +132,8 @@ def run_trl(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
     config = DPOConfig(output_dir=str(workdir / "trl"), per_device_train_batch_size=BATCH_PAIRS, max_length=MAX_LENGTH,
                        beta=BETA, learning_rate=LEARNING_RATE[args.mode], num_train_epochs=1, logging_steps=1,
-                       save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=42)  # fmt: skip
+                       save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=42,
+                       bf16=False)  # fmt: skip  # TRL defaults to bf16 autocast, even on CPU; compare in fp32
     trainer = Recording(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                         peft_config=peft_config, callbacks=[Timed()])  # fmt: skip
     trainer.train()
@@ -201,7 +203,7 @@ def spawn(args: argparse.Namespace, role: str, mode: str, check: Path | None = N
                "--model", args.model, "--data", args.data]  # fmt: skip
     if check is not None:
         command += ["--check", str(check)]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, check=False, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         sys.exit(f"{role} ({mode}) failed with exit code {done.returncode}:\n{done.stderr[-4000:]}")

@@ -12,7 +12,11 @@ from test_train_support import single_thread  # noqa: F401  (an autouse fixture:
 from prefalign.data.collate import collate_pairs
 from prefalign.data.tokenize import TokenizedPair
 from prefalign.losses import IGNORE_INDEX, sequence_logps, token_kl
-from prefalign.train.forward import completion_kl, completion_states, plain_completion_index
+from prefalign.train.forward import (
+    completion_kl,
+    completion_states,
+    plain_completion_index,
+)
 
 
 def random_pairs(vocab: int, count: int, seed: int = 0) -> list[TokenizedPair]:
@@ -74,8 +78,8 @@ def test_completion_kl_equals_token_kl(tiny_model_dir: Path, lora: bool) -> None
             with adapter_disabled(policy):
                 return fn(policy)
     else:
-        from prefalign.models.tiny import save_tiny_model
         from prefalign.models.loading import load_model
+        from prefalign.models.tiny import save_tiny_model
 
         other = load_model(str(save_tiny_model(tiny_model_dir.parent / "other", seed=1)), device="cpu").eval()
 

@@ -52,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--model", required=True, help="a reward model directory, or a `rm train` OUTPUT_DIR")
     score.add_argument("--data", required=True, help="preference pairs or prompt/response rows (.jsonl[.gz], ...)")
     score.add_argument("-o", "--output", required=True, help="output JSON Lines file")
-    score.add_argument("--data-format", default="auto", help="record format of pairs: auto, hh, explicit, conversational")
+    score.add_argument(
+        "--data-format", default="auto", help="record format of pairs: auto, hh, explicit, conversational"
+    )
     score.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
     defaults = TokenizeConfig()
     score.add_argument("--max-length", type=int, default=defaults.max_length, help="most tokens of prompt + response")
@@ -60,8 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--prompt-format", default=defaults.prompt_format, choices=("auto", "chat", "raw"),
                        help="chat, raw, or auto (chat when possible)")  # fmt: skip
     score.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    score.add_argument("--untrained-head", action="store_true",
-                       help="--model is a plain causal LM: score with a fresh random head (a chance-level baseline)")
+    score.add_argument(
+        "--untrained-head",
+        action="store_true",
+        help="--model is a plain causal LM: score with a fresh random head (a chance-level baseline)",
+    )
     score.add_argument("--seed", type=int, default=42, help="seed of the --untrained-head draw")
     score.set_defaults(func=run_score)
 
@@ -92,8 +97,7 @@ def run_score(args: argparse.Namespace) -> int:
     score = _score_pairs if _holds_pairs(args.data) else _score_responses
     rows, summary = score(model, tokenizer, args, tokenize_config)
     with open(output, "w", encoding="utf-8") as out:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     print(f"prefalign: wrote {len(rows)} rows to {output}", file=sys.stderr)
     if summary is not None:
         summary_path = output.with_name(output.name.removesuffix(".jsonl") + ".summary.json")

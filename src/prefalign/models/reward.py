@@ -20,7 +20,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -120,9 +120,13 @@ def reward_model_dir(path: str | Path) -> Path:
     raise ModelError(f"{path}: not a reward model saved by `prefalign rm train` (no {META_FILE} in it or in final/)")
 
 
-def read_meta(directory: Path) -> dict:
-    meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
-    if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
+def read_meta(directory: Path) -> dict[str, Any]:
+    """The reward_model.json of a saved reward model, checked."""
+    try:
+        meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{directory / META_FILE}: unreadable ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
         raise ModelError(f"{directory / META_FILE}: not a {_FORMAT} version {_VERSION} file")
     return meta
 

@@ -17,13 +17,18 @@ from typing import TYPE_CHECKING
 import torch
 
 from ...data.collate import PairBatch, collate_pairs
-from ...data.shared_prefix import SharedPrefixBatch, collate_shared_prefix
 from ...data.loading import load_preferences
+from ...data.shared_prefix import SharedPrefixBatch, collate_shared_prefix
 from ...data.tokenize import TokenizedPair, TruncationReport, tokenize_preferences
 from ...losses import dpo_loss
 from ..forward import completion_kl, supports_block_masks
 from .base import Objective, Sums, policy_forward
-from .reference import Reference, build_reference, cache_settings, cached_reference_logps
+from .reference import (
+    Reference,
+    build_reference,
+    cache_settings,
+    cached_reference_logps,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

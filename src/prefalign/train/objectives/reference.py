@@ -26,10 +26,10 @@ from ...data.collate import PairBatch
 from ...data.shared_prefix import SharedPrefixBatch
 from ...errors import PrefalignError
 from ...losses import SequenceLogps
-from ..forward import CompletionStates
 from ...models.lora import adapter_disabled, is_lora
 from ...models.registry import prefalign_home
 from ...stages import file_digest
+from ..forward import CompletionStates
 from .base import autocast, policy_forward
 
 if TYPE_CHECKING:
