@@ -16,7 +16,7 @@ from .. import __version__
 from ..errors import PrefalignError
 
 # The order here is the order of `prefalign --help`.
-COMMAND_MODULES = ("demo", "models", "data", "generate", "prompts", "pairs", "train", "eval")
+COMMAND_MODULES = ("demo", "models", "data", "generate", "prompts", "pairs", "train", "reward", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
