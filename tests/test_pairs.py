@@ -214,7 +214,7 @@ def test_resume_with_other_settings_is_refused(tiny, tmp_path: Path):
 def test_bad_prompt_files_name_the_line(tmp_path: Path):
     path = tmp_path / "prompts.jsonl"
     path.write_text('{"prompt": "ok"}\n{"prompt": ""}\n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"prompts.jsonl:2: `prompt` must be a non-empty string"):
+    with pytest.raises(DataError, match=r"prompts.jsonl:2: empty prompt"):
         read_prompt_records(path)
     path.write_text('{"id": 1, "prompt": "a"}\n\n{"id": "1", "prompt": "b"}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"prompts.jsonl:3: id '1' repeats the id at .*prompts.jsonl:1"):

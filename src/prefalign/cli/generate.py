@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from ..config import add_config_args, config_from_args
-from ..errors import DataError, PrefalignError
+from ..data.prompt_files import check_prompt, read_prompts
 from ..fileio import write_jsonl_atomic
 from ..generate import GenerationConfig
 
@@ -40,76 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _check_prompt(value: Any, location: str) -> Any:
-    if isinstance(value, str):
-        if not value.strip():
-            raise DataError(location, "empty prompt")
-        return value
-    if isinstance(value, list) and value:
-        for i, message in enumerate(value):
-            if not (
-                isinstance(message, dict)
-                and isinstance(message.get("role"), str)
-                and isinstance(message.get("content"), str)
-            ):
-                raise DataError(location, f"prompt message {i + 1} is not a {{role, content}} pair of strings")
-        return value
-    raise DataError(location, "`prompt` must be a string or a non-empty list of {role, content} messages")
-
-
-def _record(value: Any, location: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise DataError(location, f"expected a JSON object with a `prompt` field, got {type(value).__name__}")
-    if "prompt" not in value:
-        raise DataError(location, "missing field `prompt`")
-    clashes = [name for name in OUTPUT_FIELDS if name in value]
-    if clashes:
-        raise DataError(location, f"field `{clashes[0]}` is written by generate; rename it in the input")
-    _check_prompt(value["prompt"], location)
-    return value
-
-
-def read_prompts(path: Path) -> list[dict[str, Any]]:
-    """The records of a prompts file, each with a valid `prompt`; DataError naming file:line on the first bad one."""
-    if not path.is_file():
-        raise PrefalignError(f"{path}: prompts file not found")
-    suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".json", ".txt"):
-        raise PrefalignError(f"{path}: prompts must be a .jsonl, .json or .txt file")
-    text = path.read_text(encoding="utf-8")
-    records = []
-    if suffix == ".json":
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{exc.lineno}", f"not valid JSON ({exc.msg})") from None
-        if not isinstance(items, list):
-            raise DataError(str(path), "a .json prompts file must hold a list of objects")
-        records = [_record(item, f"{path}: item {i + 1}") for i, item in enumerate(items)]
-    else:
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            location = f"{path}:{number}"
-            if suffix == ".txt":
-                records.append({"prompt": line})
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(location, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-            records.append(_record(value, location))
-    if not records:
-        raise PrefalignError(f"{path}: no prompts in this file")
-    return records
-
-
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(GenerationConfig, args)
     if args.prompt is not None:
-        records = [{"prompt": _check_prompt(args.prompt, "--prompt")}]
+        records = [{"prompt": check_prompt(args.prompt, "--prompt")}]
     else:
-        records = read_prompts(args.prompts)
+        records = read_prompts(args.prompts, reserved=OUTPUT_FIELDS, writer="generate")
 
     from ..generate import generate
     from ..models.loading import load_model, load_tokenizer

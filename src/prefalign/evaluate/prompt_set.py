@@ -41,7 +41,7 @@ def load_eval_prompts(source: str, limit: int | None = None) -> list[EvalPrompt]
         split = source.partition(":")[2] or "heldout"
         records = builtin_prompts(split=split)  # type: ignore[arg-type]  # builtin_prompts checks the split name
     else:
-        from ..cli.generate import read_prompts
+        from ..data.prompt_files import read_prompts
 
         records = read_prompts(Path(source))
     records = records[:limit] if limit is not None else records

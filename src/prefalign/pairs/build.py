@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..data.prompt_files import check_prompt
 from ..data.records import Text
 from ..errors import DataError, PrefalignError
 from ..generate import Generation, GenerationConfig, PromptFormat
@@ -138,12 +139,7 @@ def read_prompt_records(path: str | os.PathLike[str], limit: int | None = None) 
 def _prompt_record(row: Any, location: str, number: int) -> PromptRecord:
     if not isinstance(row, dict) or "prompt" not in row:
         raise DataError(location, "expected a JSON object with a `prompt` field")
-    prompt = row["prompt"]
-    valid_messages = isinstance(prompt, list) and prompt and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt
-    )
-    if not ((isinstance(prompt, str) and prompt.strip()) or valid_messages):
-        raise DataError(location, "`prompt` must be a non-empty string or a list of {role, content} messages")
+    prompt = check_prompt(row["prompt"], location)
     identifier = row.get("id", f"line-{number}")
     if not isinstance(identifier, (str, int)) or isinstance(identifier, bool):
         raise DataError(location, "`id` must be a string or a number")

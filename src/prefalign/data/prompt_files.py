@@ -1,0 +1,86 @@
+"""Prompt files, as generation, pair building and evaluation read them.
+
+A prompts file is JSON Lines (or a .json list) of objects with a `prompt` (a string, or chat messages) and any other
+fields the caller keeps (an `id`, a verifier's `instruction_id_list` and `kwargs`), or plain text with one prompt per
+line. Every problem is a `DataError` naming file:line (or item) and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError, PrefalignError
+
+
+def check_prompt(value: Any, location: str) -> Any:
+    """`value` if it is a non-blank string or a non-empty list of {role, content} messages; else DataError."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(location, "empty prompt")
+        return value
+    if isinstance(value, list) and value:
+        for i, message in enumerate(value):
+            if not (
+                isinstance(message, dict)
+                and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)
+            ):
+                raise DataError(location, f"prompt message {i + 1} is not a {{role, content}} pair of strings")
+        return value
+    raise DataError(location, "`prompt` must be a string or a non-empty list of {role, content} messages")
+
+
+def _record(value: Any, location: str, reserved: Iterable[str], writer: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise DataError(location, f"expected a JSON object with a `prompt` field, got {type(value).__name__}")
+    if "prompt" not in value:
+        raise DataError(location, "missing field `prompt`")
+    clashes = [name for name in reserved if name in value]
+    if clashes:
+        raise DataError(location, f"field `{clashes[0]}` is written by {writer}; rename it in the input")
+    check_prompt(value["prompt"], location)
+    return value
+
+
+def read_prompts(path: Path, reserved: Iterable[str] = (), writer: str = "this command") -> list[dict[str, Any]]:
+    """The records of a .jsonl, .json or .txt prompts file, each with a valid `prompt`.
+
+    `reserved` names fields the caller (`writer`, for the message) writes into its output: they are refused in the
+    input rather than silently overwritten.
+    """
+    path = Path(path)
+    reserved = tuple(reserved)
+    if not path.is_file():
+        raise PrefalignError(f"{path}: prompts file not found")
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".txt"):
+        raise PrefalignError(f"{path}: prompts must be a .jsonl, .json or .txt file")
+    text = path.read_text(encoding="utf-8")
+    records = []
+    if suffix == ".json":
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}", f"not valid JSON ({exc.msg})") from None
+        if not isinstance(items, list):
+            raise DataError(str(path), "a .json prompts file must hold a list of objects")
+        records = [_record(item, f"{path}: item {i + 1}", reserved, writer) for i, item in enumerate(items)]
+    else:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            location = f"{path}:{number}"
+            if suffix == ".txt":
+                records.append({"prompt": line})
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(location, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+            records.append(_record(value, location, reserved, writer))
+    if not records:
+        raise PrefalignError(f"{path}: no prompts in this file")
+    return records
