@@ -265,3 +265,59 @@ def test_weights_that_do_not_fit_the_model_are_a_clear_error(tmp_path, tiny_mode
     wide = torch.nn.Linear(2, 5)
     with pytest.raises(PrefalignError, match="weights do not fit this model.*size mismatch for weight"):
         load_checkpoint(narrow, model=wide, optimizer=torch.optim.SGD(wide.parameters(), lr=0.1), scheduler=None)
+
+
+def _lora_reward_model(tiny_model_dir):
+    from prefalign.models.reward import RewardModel
+
+    return RewardModel(_lora(_load_tiny(tiny_model_dir), dropout=0.0), str(tiny_model_dir))
+
+
+def _reward_step(model, optimizer) -> None:
+    ids = torch.randint(3, 500, (4, 12))
+    rewards = model(ids, torch.ones_like(ids), with_logits=False).rewards
+    (-torch.nn.functional.logsigmoid(rewards[:2] - rewards[2:])).mean().backward()
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def test_lora_reward_model_checkpoint_holds_the_adapter_and_head_only(tmp_path, tiny_model_dir):
+    torch.manual_seed(0)
+    model = _lora_reward_model(tiny_model_dir)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    _reward_step(model, optimizer)
+    path = save_checkpoint(tmp_path, 1, model=model, optimizer=optimizer, scheduler=None, trainer_state={}, keep_last=1)
+    saved = _params(model)
+    _reward_step(model, optimizer)
+    expected_next = _params(model)
+
+    assert not (path / "model.safetensors").exists()  # not the base weights: they never change
+    assert (path / "adapter" / "adapter_config.json").is_file()
+    from safetensors.torch import load_file
+
+    assert set(load_file(str(path / "head.safetensors"))) == {"reward_head.weight"}
+    weights = sum(p.stat().st_size for p in path.rglob("*.safetensors"))
+    assert weights < (tiny_model_dir / "model.safetensors").stat().st_size / 4
+
+    # A fresh reward model (new random head, zero adapter) resumes exactly: the head is restored with the adapter.
+    torch.manual_seed(5)
+    fresh = _lora_reward_model(tiny_model_dir)
+    assert not torch.equal(fresh.reward_head.weight, saved["reward_head.weight"])
+    fresh_optimizer = torch.optim.AdamW([p for p in fresh.parameters() if p.requires_grad], lr=1e-2)
+    load_checkpoint(path, model=fresh, optimizer=fresh_optimizer, scheduler=None)
+    _assert_same_params(_params(fresh), saved)
+    _reward_step(fresh, fresh_optimizer)
+    _assert_same_params(_params(fresh), expected_next)
+
+
+def test_a_plain_lora_checkpoint_does_not_resume_a_reward_model_or_back(tmp_path, tiny_model_dir):
+    rm = _lora_reward_model(tiny_model_dir)
+    plain = _lora(_load_tiny(tiny_model_dir))
+    rm_path = save_checkpoint(tmp_path / "rm", 1, model=rm, optimizer=torch.optim.SGD(rm.parameters(), lr=0.1),
+                              scheduler=None, trainer_state={}, keep_last=1)  # fmt: skip
+    plain_path = save_checkpoint(tmp_path / "plain", 1, model=plain, scheduler=None, trainer_state={}, keep_last=1,
+                                 optimizer=torch.optim.SGD(plain.parameters(), lr=0.1))  # fmt: skip
+    with pytest.raises(PrefalignError, match=r"weights around the adapter do not fit .*reward_head.weight"):
+        load_checkpoint(plain_path, model=rm, optimizer=torch.optim.SGD(rm.parameters(), lr=0.1), scheduler=None)
+    with pytest.raises(PrefalignError, match=r"weights around the adapter do not fit .*reward_head.weight"):
+        load_checkpoint(rm_path, model=plain, optimizer=torch.optim.SGD(plain.parameters(), lr=0.1), scheduler=None)

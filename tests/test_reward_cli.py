@@ -114,11 +114,35 @@ def test_score_a_plain_model_needs_untrained_head(tiny_model_dir: Path, tmp_path
 def test_rm_train_then_score_its_output_dir(tiny_model_dir: Path, tmp_path: Path) -> None:
     data, run = write_pairs(tmp_path / "p.jsonl", 8), tmp_path / "run"
     _rm(["train", "--model", str(tiny_model_dir), "--data", str(data), "--output-dir", str(run), "--lora",
-         "--max-steps", "2", "--batch-size", "4", "--lm-weight", "0", "--no-progress", "--no-plots",
-         "--no-tensorboard"])  # fmt: skip
+         "--lora-rank", "4", "--max-steps", "2", "--batch-size", "4", "--lm-weight", "0", "--learning-rate", "1e-2",
+         "--no-progress", "--no-plots", "--no-tensorboard"])  # fmt: skip
     assert all("lm_loss" not in row for row in _read(run / "metrics.jsonl"))
     assert _rm(["score", "--model", str(run), "--data", str(data), "-o", str(tmp_path / "s.jsonl")]) == 0
     assert json.loads((tmp_path / "s.summary.json").read_text())["pairs"] == 8
+
+    # final/ holds the adapter and the head, not the model: a fraction of the base model's size.
+    final = run / "final"
+    assert (final / "adapter_model.safetensors").is_file() and (final / "reward_head.safetensors").is_file()
+    assert not (final / "model.safetensors").exists()
+    size = sum(p.stat().st_size for p in final.iterdir() if p.suffix == ".safetensors")
+    assert size < (tiny_model_dir / "model.safetensors").stat().st_size / 4
+
+    # The same reward model in the full layout (merged) scores the same, through `rm score` and as a judge.
+    adapter_model = load_reward_model(run)
+    merged = adapter_model.merged_copy().save_pretrained(tmp_path / "merged")
+    assert _rm(["score", "--model", str(merged), "--data", str(data), "-o", str(tmp_path / "m.jsonl")]) == 0
+    for a, b in zip(_read(tmp_path / "s.jsonl"), _read(tmp_path / "m.jsonl"), strict=True):
+        assert a["reward_chosen"] == pytest.approx(b["reward_chosen"], abs=1e-5)
+        assert a["reward_rejected"] == pytest.approx(b["reward_rejected"], abs=1e-5)
+    items = [JudgeItem("Is water wet?", "Yes, it is."), JudgeItem("Is fire cold?", "no, I don't know")]
+    from_adapter = [s.value for s in load_judge(f"reward-model:{run}").score(items)]
+    from_merged = [s.value for s in load_judge(f"reward-model:{merged}").score(items)]
+    assert from_adapter == pytest.approx(from_merged, abs=1e-5)
+    # ...and the trained adapter matters: the base LM under the same head scores otherwise.
+    base = RewardModel(load_model(str(tiny_model_dir), device="cpu"), str(tiny_model_dir), adapter_model.reward_head)
+    untrained_lm = base.save_pretrained(tmp_path / "untrained_lm")
+    from_base = [s.value for s in load_judge(f"reward-model:{untrained_lm}").score(items)]
+    assert max(abs(a - b) for a, b in zip(from_adapter, from_base)) > 1e-4  # type: ignore[operator]
 
 
 def test_reward_model_judge_scores_and_compares_through_the_interface(saved_rm: Path) -> None:

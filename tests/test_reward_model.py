@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,60 @@ def test_saved_reward_model_reloads_with_the_same_rewards(tiny_model_dir: Path, 
 def test_loading_a_directory_that_is_not_a_reward_model_says_so(tiny_model_dir: Path) -> None:
     with pytest.raises(ModelError, match="not a reward model saved by `prefalign rm train`"):
         load_reward_model(tiny_model_dir)
+
+
+def _file_sizes(directory: Path) -> dict[str, int]:
+    return {p.relative_to(directory).as_posix(): p.stat().st_size for p in directory.rglob("*") if p.is_file()}
+
+
+def test_lora_reward_model_saves_adapter_and_head_only_and_peft_alone_rebuilds_it(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    model = _reward_model(tiny_model_dir, lora=True, seed=1)
+    ids, mask = _batch(tiny_model_dir)
+    with torch.no_grad():
+        expected = model(ids, mask).rewards
+    saved = model.save_pretrained(tmp_path / "rm")
+
+    sizes = _file_sizes(saved)
+    assert {"adapter_config.json", "adapter_model.safetensors", HEAD_FILE, META_FILE} <= set(sizes)
+    assert not {"model.safetensors", "pytorch_model.bin", "config.json"} & set(sizes)
+    base_weights = (tiny_model_dir / "model.safetensors").stat().st_size
+    assert sum(sizes.values()) < base_weights / 4  # rank-4 adapter + head: a fraction of the model
+    meta = json.loads((saved / META_FILE).read_text())
+    assert meta["adapter"] is True and meta["base_model"] == str(tiny_model_dir)
+    assert meta["hidden_size"] == model.config.hidden_size
+
+    # Standard files: peft and safetensors alone (no prefalign) give the same rewards.
+    lm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(meta["base_model"]), str(saved)).eval()
+    weight = load_file(str(saved / HEAD_FILE))["weight"]
+    assert tuple(weight.shape) == (1, meta["hidden_size"])
+    with torch.no_grad():
+        final = lm(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+        by_hand = final[torch.arange(ids.shape[0]), last_token_index(mask)] @ weight[0]
+    torch.testing.assert_close(by_hand, expected, atol=1e-5, rtol=0)
+
+
+def test_merged_copy_saves_a_standalone_full_reward_model_with_the_same_rewards(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    model = _reward_model(tiny_model_dir, lora=True, seed=1)
+    ids, mask = _batch(tiny_model_dir)
+    with torch.no_grad():
+        expected = model(ids, mask).rewards
+    adapter_dir = model.save_pretrained(tmp_path / "adapter")
+    merged_dir = model.merged_copy().save_pretrained(tmp_path / "merged")
+    assert model.is_lora  # merging a copy leaves the trained model as it was
+
+    assert (merged_dir / "config.json").is_file() and (merged_dir / "model.safetensors").is_file()
+    assert not (merged_dir / "adapter_config.json").exists()
+    assert json.loads((merged_dir / META_FILE).read_text())["adapter"] is False
+    from_adapter, merged = load_reward_model(adapter_dir), load_reward_model(merged_dir)
+    assert from_adapter.is_lora and not merged.is_lora
+    with torch.no_grad():
+        torch.testing.assert_close(from_adapter(ids, mask).rewards, expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(merged(ids, mask).rewards, expected, atol=1e-5, rtol=0)

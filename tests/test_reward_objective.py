@@ -106,7 +106,7 @@ def test_training_raises_validation_accuracy_and_margin(tiny_model_dir: Path, tm
     out = tmp_path / "run"
     config = RewardConfig(**quiet(model=str(tiny_model_dir), data=str(write_pairs(tmp_path / "pairs.jsonl", 16)),
                                   output_dir=str(out), max_steps=12, batch_size=4, learning_rate=3e-3,
-                                  eval_split=0.25, eval_steps=12, logging_steps=4))  # fmt: skip
+                                  eval_split=0.25, eval_steps=12, logging_steps=4, plots=True))  # fmt: skip
     result = train(config, RewardObjective(config))
     first, last = records_of(out, "eval")[0], records_of(out, "eval")[-1]
     assert first["step"] == 0 and last["step"] == 12
@@ -115,6 +115,10 @@ def test_training_raises_validation_accuracy_and_margin(tiny_model_dir: Path, tm
     assert last["rewards/accuracies"] == 1.0 and last["rm_loss"] < first["rm_loss"]
     assert isinstance(result.model, RewardModel)
     assert (out / "final" / "reward_model.json").is_file() and (out / "final" / "tokenizer_config.json").is_file()
+    from PIL import Image
+
+    with Image.open(out / "plots" / "rewards.png") as image:  # the head's outputs, not DPO's implicit rewards
+        assert image.text["Title"] == "Reward-head outputs"
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
@@ -128,7 +132,12 @@ def test_resumed_run_restores_the_head_and_matches_the_uninterrupted_one(
     whole = tmp_path / "whole"
     config = RewardConfig(**options, output_dir=str(whole))
     train(config, RewardObjective(config))
-    assert latest_checkpoint(whole) is not None and latest_checkpoint(whole).name == "step-3"  # type: ignore[union-attr]
+    checkpoint = latest_checkpoint(whole)
+    assert checkpoint is not None and checkpoint.name == "step-3"
+    # LoRA: the adapter and the head, never the unchanged base weights; a full fine-tune: every weight.
+    assert (checkpoint / "model.safetensors").is_file() != lora
+    assert (checkpoint / "adapter" / "adapter_model.safetensors").is_file() == lora
+    assert (checkpoint / "head.safetensors").is_file() == lora
 
     # The same run stopped after its step-3 checkpoint: its files as they were then, then --resume.
     resumed = tmp_path / "resumed"

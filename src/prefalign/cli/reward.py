@@ -35,8 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train --model with a reward head Linear(hidden, 1, bias=False) on the last real token of prompt "
         "+ response: loss = -log sigmoid(r_chosen - r_rejected - margin) + lm_weight * LM loss on the chosen "
         "response. A per-pair `margin` field is used when present. Writes OUTPUT_DIR/metrics.jsonl, plots/*.png, "
-        "summary.json, run.json, checkpoints/step-N/ and the reward model in final/ (reloaded, head included, by "
-        "`prefalign rm score --model OUTPUT_DIR`). Runs under `torchrun --nproc-per-node N` as is.",
+        "summary.json, run.json, checkpoints/step-N/ and the reward model in final/: with --lora the peft adapter and "
+        "the head only (checkpoints too), else the whole model and the head; either reloads, head included, with "
+        "`prefalign rm score --model OUTPUT_DIR`. Runs under `torchrun --nproc-per-node N` as is.",
     )
     train.add_argument("--config", help="YAML file of options (keys as the long options); the command line wins")
     add_config_args(train, RewardConfig)

@@ -14,7 +14,8 @@ from .base import Judge, JudgeItem, Score
 
 
 class RewardModelJudge(Judge):
-    """Scores responses with the reward model saved at `path` (a model directory, or a `rm train` run directory)."""
+    """Scores responses with the reward model saved at `path` (a model directory, or a `rm train` run directory):
+    an adapter with its head on top of the base model it names, or a full model with its head."""
 
     name = "reward-model"
 

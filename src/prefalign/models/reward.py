@@ -5,12 +5,17 @@
 The head has no bias: the pairwise loss only ever sees reward differences, so a bias would be a parameter no gradient
 reaches. The LM keeps its output layer, so one forward gives both the rewards and the logits an auxiliary LM loss needs.
 
-A saved reward model is a directory that reloads exactly, head included:
+A saved reward model is a directory that reloads exactly, head included, in one of two layouts:
 
-    reward_model.json          {"format": "prefalign-reward-model", "version": 1, "adapter": bool, "base_model": ...}
-    reward_head.safetensors    the head's weight [1, hidden_size]
-    + a full fine-tune: the LM as a Hugging Face model directory (config.json, model.safetensors, ...)
-    + LoRA: the peft adapter (adapter_config.json, adapter_model.safetensors); "base_model" names the model under it
+    reward_model.json          {"format": "prefalign-reward-model", "version": 1, "adapter": bool, "base_model": ...,
+                                "hidden_size": H}
+    reward_head.safetensors    the head's weight [1, H] ("weight", fp32)
+    + LoRA: the peft adapter (adapter_config.json, adapter_model.safetensors): only what was trained (19 MB for
+      SmolLM2-135M at rank 16 on every linear layer, against 540 MB for the model). "base_model" names the model
+      under it (a registry name, an absolute directory or a hub id);
+      peft alone rebuilds the LM: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), directory)
+    + a full fine-tune, or a LoRA model merged (`merged_copy`): the LM as a Hugging Face model directory
+      (config.json, model.safetensors, ...), standalone
 """
 
 from __future__ import annotations
@@ -103,6 +108,16 @@ class RewardModel(nn.Module):
                 "hidden_size": self.config.hidden_size}  # fmt: skip
         (path / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         return path
+
+    def merged_copy(self) -> RewardModel:
+        """A full reward model: the LoRA adapter folded into the LM's weights, under a copy of the head. Saved, it
+        needs no base model and no peft; `self` is left unchanged. A full fine-tune is returned as a copy too."""
+        import copy
+
+        from .lora import merged_copy
+
+        lm = merged_copy(self.lm) if self.is_lora else copy.deepcopy(self.lm)  # type: ignore[arg-type]
+        return RewardModel(lm, self.base_model, copy.deepcopy(self.reward_head)).train(self.training)
 
 
 def base_model_spec(spec: str) -> str:

@@ -3,16 +3,24 @@
 The families below are the curves that say whether preference training works (loss, reward gap, accuracy, KL, ...).
 Any other metric in the file gets a plot of its own, so a new objective's metrics are plotted without editing this
 module. Families the run did not log are skipped.
+
+The same metric name can mean different things per objective: DPO's "rewards/chosen" is its implicit reward
+beta * log(pi / pi_ref), a reward model's is the scalar its head outputs. The objective (from the caller, or from the
+run.json beside metrics.jsonl) picks the labels. Each PNG also carries its title and axis labels as text metadata.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .metrics import read_metrics
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -36,10 +44,16 @@ FAMILIES = (
         ylim=(-0.02, 1.02),
     ),
     Family("kl", "KL(policy ‖ reference), per completion token", "nats / token", ("kl",)),
-    Family("rewards", "Implicit rewards", "β · log-ratio", ("rewards/chosen", "rewards/rejected"), zero_line=True),
+    Family("rewards", "Rewards", "reward", ("rewards/chosen", "rewards/rejected"), zero_line=True),
     Family("logps", "Completion log-probabilities", "log p (sum over tokens)", ("logps/chosen", "logps/rejected")),
     Family("logratio", "Sequence log-ratio policy / reference", "nats / sequence", ("logratio",), zero_line=True),
 )
+
+# What "rewards" are, per objective (run.json's "command"): (title, y label) of the rewards family.
+REWARD_LABELS = {
+    "dpo": ("Implicit rewards (DPO)", "β · log(π / π_ref)"),
+    "rm": ("Reward-head outputs", "r(x, y): reward head at the last token"),
+}
 
 # Record fields that are positions in the run, not metrics.
 _NOT_METRICS = {"step", "split", "epoch"}
@@ -48,15 +62,38 @@ _SPLIT_COLOURS = {"train": "tab:blue", "eval": "tab:orange"}
 _SPLIT_LABELS = {"train": "train", "eval": "validation"}
 
 
-def make_plots(metrics_path: Path, out_dir: Path) -> list[Path]:
-    """Write `out_dir/<family>.png` for every family with data in `metrics_path`; return the paths written."""
-    series = _load_series(Path(metrics_path))
-    families = [family for family in FAMILIES if any(key in series for key in family.keys)]
-    claimed = {key for family in FAMILIES for key in family.keys}
+def make_plots(metrics_path: Path, out_dir: Path, objective: str | None = None) -> list[Path]:
+    """Write `out_dir/<family>.png` for every family with data in `metrics_path`; return the paths written.
+
+    `objective` ("dpo", "rm", ...) names what the run optimised, for the labels; by default it is read from the
+    run.json next to `metrics_path`, and without one the labels stay generic.
+    """
+    metrics_path = Path(metrics_path)
+    series = _load_series(metrics_path)
+    known = families_for(objective if objective is not None else run_objective(metrics_path.parent))
+    families = [family for family in known if any(key in series for key in family.keys)]
+    claimed = {key for family in known for key in family.keys}
     families += [Family(key.replace("/", "_"), key, key, (key,)) for key in sorted(series) if key not in claimed]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return [_plot(family, series, out_dir / f"{family.name}.png") for family in families]
+
+
+def families_for(objective: str | None) -> tuple[Family, ...]:
+    """FAMILIES, labelled for `objective`: the rewards family says what a reward is for it."""
+    if objective not in REWARD_LABELS:
+        return FAMILIES
+    title, ylabel = REWARD_LABELS[objective]
+    return tuple(replace(f, title=title, ylabel=ylabel) if f.name == "rewards" else f for f in FAMILIES)
+
+
+def run_objective(run_dir: Path) -> str | None:
+    """The objective of the training run in `run_dir` (its run.json's "command"), or None when that is unknown."""
+    try:
+        command = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8")).get("command")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    return command if isinstance(command, str) else None
 
 
 def _load_series(path: Path) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
@@ -78,6 +115,14 @@ def _is_number(value: Any) -> bool:
 
 
 def _plot(family: Family, series: dict[str, dict[str, tuple[list[int], list[float]]]], path: Path) -> Path:
+    fig = draw_family(family, series)
+    # PNG text chunks: what the curves are stays with the file, readable without looking at the picture.
+    fig.savefig(path, dpi=110, metadata={"Title": family.title, "Description": f"y: {family.ylabel}"})
+    return path
+
+
+def draw_family(family: Family, series: dict[str, dict[str, tuple[list[int], list[float]]]]) -> Figure:
+    """The figure of one family: each of its metrics per split (metric -> split -> (steps, values)) against steps."""
     # The object-oriented API with the Agg canvas: no pyplot global state, no display needed.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -118,8 +163,7 @@ def _plot(family: Family, series: dict[str, dict[str, tuple[list[int], list[floa
     ax.set_ylabel(family.ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", frameon=False)
-    fig.savefig(path, dpi=110)
-    return path
+    return fig
 
 
 def _split_order(split: str) -> tuple[int, str]:
