@@ -149,6 +149,29 @@ def test_eos_stops_a_row_and_sets_finish_reason(tiny) -> None:
     assert len(calls) == 3  # prefill + 2 steps: the batch stops as soon as every row is done
 
 
+def test_rows_that_finish_early_leave_the_batch_without_changing_the_others(tiny) -> None:
+    # Finished rows are dropped from the batch and its KV cache mid-decoding; every row must still get exactly what it
+    # gets alone, for sampling as for greedy, whichever rows leave and when.
+    model, tokenizer = tiny
+    config = GenerationConfig(max_new_tokens=12, temperature=1.0, seed=3)
+    free = generate(model, tokenizer, PROMPTS, config, progress=False)
+    # Stop tokens drawn from different steps of different rows, so rows leave the batch at different times.
+    stops = {free[0].token_ids[1], free[2].token_ids[4], free[3].token_ids[7]}
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, *stops]
+    try:
+        batched = generate(model, tokenizer, PROMPTS, config, progress=False)
+        alone = [generate(model, tokenizer, [p], config, progress=False)[0] for p in PROMPTS]
+    finally:
+        model.generation_config.eos_token_id = saved
+    assert [g.token_ids for g in batched] == [g.token_ids for g in alone]
+    lengths = [g.num_tokens for g in batched]
+    assert len(set(lengths)) >= 3 and max(lengths) > min(lengths)  # rows really did leave at different steps
+    for row, generation in zip(free, batched):  # each is the free run cut at its first stop token
+        cut = next((i + 1 for i, t in enumerate(row.token_ids) if t in stops), len(row.token_ids))
+        assert generation.token_ids == row.token_ids[:cut]
+
+
 def test_empty_raw_prompt_is_refused(tiny) -> None:
     model, tokenizer = tiny
     with pytest.raises(PrefalignError, match="prompt 2 is empty"):

@@ -1,55 +1,166 @@
-"""The demo pipeline on the tiny model: every stage runs, a rerun skips them, --from reruns from a stage."""
+"""The demo pipeline: every stage runs, a rerun skips them, --from reruns from a stage, a killed stage resumes.
+
+The core tests run on the tiny model with your-own-data inputs (a random model passes no verifier check, so it cannot
+make its own SFT data); the `model` test runs `prefalign demo --quick` end to end on SmolLM2, as CI does.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from prefalign.errors import PrefalignError
-from prefalign.pipeline import DemoConfig, run_demo
+from prefalign.pipeline import STAGES, DemoConfig, run_demo
+from prefalign.train.checkpoint import latest_checkpoint
 
-HH = [
-    {"chosen": "\n\nHuman: Hi there\n\nAssistant: Hello! How can I help?",
-     "rejected": "\n\nHuman: Hi there\n\nAssistant: Go away."},
-    {"chosen": "\n\nHuman: Name a color\n\nAssistant: Blue.", "rejected": "\n\nHuman: Name a color\n\nAssistant: Blue."},
-    {"chosen": "\n\nHuman: Two plus two?\n\nAssistant: Four.", "rejected": "\n\nHuman: Two plus two?\n\nAssistant: Five."},
+PAIRS = [
+    {"prompt": f"Name a thing number {i}.", "chosen": f"Thing {i} is a cup.", "rejected": f"I will not say {i}."}
+    for i in range(10)
 ]
+SFT = [{"prompt": f"Say hello {i}.", "completion": f"Hello {i}!"} for i in range(6)]
 
 
 @pytest.fixture
-def demo_config(tmp_path, tiny_model_dir) -> DemoConfig:
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in HH))
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(json.dumps({"prompt": "Say hello"}) + "\n" + json.dumps({"prompt": "Count to three"}) + "\n")
-    return DemoConfig(output_dir=str(tmp_path / "run"), model=str(tiny_model_dir), data=str(data),
-                      prompts=str(prompts), max_new_tokens=6, batch_size=2)
+def demo_config(tmp_path: Path, tiny_model_dir: Path) -> DemoConfig:
+    pairs, sft = tmp_path / "pairs.jsonl", tmp_path / "sft.jsonl"
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in PAIRS))
+    sft.write_text("".join(json.dumps(row) + "\n" for row in SFT))
+    return DemoConfig(output_dir=str(tmp_path / "run"), model=str(tiny_model_dir), sft_data=str(sft),
+                      preference_data=str(pairs), eval_limit=3, max_new_tokens=4, generation_batch_size=4,
+                      max_length=48, max_prompt_length=24, train_batch_size=4, lora_rank=4, sft_epochs=1,
+                      rm_epochs=1, dpo_epochs=1, heldout_fraction=0.3, kl_samples=1)
 
 
-def test_demo_runs_every_stage_then_skips_them(demo_config) -> None:
+def test_demo_runs_every_stage_then_skips_them(demo_config: DemoConfig) -> None:
     results = run_demo(demo_config)
-    assert [r.name for r in results] == ["base", "data", "generate", "report"]
+    assert [r.name for r in results] == list(STAGES)
     assert not any(r.skipped for r in results)
-
-    data_report = json.loads((results[1].directory / "data_report.json").read_text())
-    assert data_report["records"] == {"read": 3, "kept": 2, "rejected": 1}
-    generations = [json.loads(line) for line in (results[2].directory / "generations.jsonl").read_text().splitlines()]
-    assert [g["prompt"] for g in generations] == ["Say hello", "Count to three"]
-    assert all(0 < g["num_tokens"] <= 6 for g in generations)
-    report = (results[3].directory / "report.md").read_text()
-    assert "Read 3, kept 2, rejected 1." in report and "Count to three" in report
+    out = Path(demo_config.output_dir)
+    pairs = json.loads((out / "pairs" / "summary.json").read_text())
+    assert (pairs["pairs"], pairs["train_pairs"], pairs["heldout_pairs"]) == (10, 7, 3)
+    assert (out / "sft" / "final" / "merged" / "config.json").exists()
+    assert (out / "dpo" / "final" / "merged" / "config.json").exists()
+    evaluation = json.loads((out / "eval" / "report.json").read_text())
+    assert evaluation["labels"] == ["base", "sft", "dpo"] and evaluation["prompts"] == 3
+    report = (out / "report.md").read_text()
+    for name in STAGES:
+        assert f"| {name} |" in report
+    assert report.rstrip().splitlines()[-1].startswith("What dpo changed over sft, on 3 prompts")
+    assert (out / "report.html").read_text().count("What changed") >= 1
 
     again = run_demo(demo_config)
     assert all(r.skipped for r in again)
 
 
-def test_from_stage_reruns_that_stage_and_later_ones(demo_config) -> None:
+def test_reruns_redo_only_what_changed_or_what_from_names(demo_config: DemoConfig) -> None:
     run_demo(demo_config)
-    results = run_demo(demo_config, from_stage="generate")
-    assert {r.name: r.skipped for r in results} == {"base": True, "data": True, "generate": False, "report": False}
+    demo_config.beta = 0.2  # a DPO setting: DPO and the evaluation rerun, nothing before them
+    assert [r.name for r in run_demo(demo_config) if not r.skipped] == ["dpo", "eval"]
+    results = run_demo(demo_config, from_stage="reward")
+    assert [r.name for r in results if not r.skipped] == ["reward", "dpo", "eval"]
 
 
-def test_unknown_stage_is_a_clear_error(demo_config) -> None:
-    with pytest.raises(PrefalignError, match="unknown stage 'sft'"):
-        run_demo(demo_config, from_stage="sft")
+def test_user_data_with_a_limit_and_evaluation_on_the_heldout_pairs_prompts(demo_config: DemoConfig) -> None:
+    demo_config.data_limit, demo_config.eval_prompts = 8, "heldout-pairs"
+    run_demo(demo_config)
+    out = Path(demo_config.output_dir)
+    assert json.loads((out / "sft_data" / "sampling.json").read_text())["records"] == 6
+    pairs = json.loads((out / "pairs" / "summary.json").read_text())
+    assert (pairs["read"], pairs["used"], pairs["train_pairs"], pairs["heldout_pairs"]) == (10, 8, 6, 2)
+    heldout = [json.loads(line)["prompt"] for line in (out / "pairs" / "heldout.jsonl").read_text().splitlines()]
+    evaluation = json.loads((out / "eval" / "report.json").read_text())
+    assert evaluation["prompts"] == 2
+    assert [p["prompt"] for p in map(json.loads, (out / "pairs" / "heldout_prompts.jsonl").open())] == heldout
+    # No verifiable instructions in these prompts: the verifier is not asked; the reward model judges.
+    assert [r["judge"] for r in evaluation["pairwise"]] == [f"reward-model:{out / 'reward' / 'final'}"] * 2
+
+
+def test_the_example_config_loads() -> None:
+    from prefalign.config import build_config
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "demo-hh-rlhf.yaml"
+    config = build_config(DemoConfig, example)
+    assert config.preference_data == config.sft_data and config.preference_data.endswith("harmless-base-test.jsonl.gz")
+    assert config.eval_prompts == "heldout-pairs" and config.eval_judges == ["anthropic:claude-haiku-4-5"]
+
+
+def test_unknown_stage_is_a_clear_error(demo_config: DemoConfig) -> None:
+    with pytest.raises(PrefalignError, match="unknown stage 'nope'"):
+        run_demo(demo_config, from_stage="nope")
+
+
+def test_bad_settings_are_one_line_errors() -> None:
+    with pytest.raises(PrefalignError, match="--pair-samples must be at least 2"):
+        DemoConfig(pair_samples=1)
+    with pytest.raises(PrefalignError, match="--max-prompt-length must be below --max-length"):
+        DemoConfig(max_length=100, max_prompt_length=100)
+
+
+def _demo_command(config: DemoConfig, *extra: str) -> list[str]:
+    command = [sys.executable, "-m", "prefalign", "demo", "--output-dir", config.output_dir, "--model", config.model,
+               "--sft-data", str(config.sft_data), "--preference-data", str(config.preference_data)]
+    for name in ("eval_limit", "max_new_tokens", "generation_batch_size", "max_length", "max_prompt_length",
+                 "train_batch_size", "lora_rank", "heldout_fraction", "sft_epochs", "rm_epochs", "kl_samples"):
+        command += [f"--{name.replace('_', '-')}", str(getattr(config, name))]
+    return command + list(extra)
+
+
+def test_a_kill_during_training_resumes_without_redoing_finished_stages(demo_config: DemoConfig) -> None:
+    """SIGKILL the demo once DPO has written a checkpoint; the rerun skips the finished stages and resumes DPO."""
+    command = _demo_command(demo_config, "--dpo-epochs", "30", "--save-steps", "4")
+    out = Path(demo_config.output_dir)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while latest_checkpoint(out / "dpo.partial") is None:
+        if process.poll() is not None:
+            raise AssertionError(f"the demo ended before DPO's first checkpoint: {process.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("no DPO checkpoint within the timeout")
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "dpo").exists(), "DPO finished before the kill"
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    for name in ("base", "prompts", "sft_data", "sft", "pairs", "reward"):
+        assert f"[{name}] up to date, skipped" in finished.stderr
+    assert "[dpo] resuming the unfinished run" in finished.stderr
+    assert json.loads((out / "dpo" / "summary.json").read_text())["resumed_from"] is not None
+    assert (out / "report.md").exists()
+
+
+@pytest.mark.model
+def test_quick_demo_on_smollm2_produces_the_three_way_report(smollm2_dir: Path, tmp_path: Path, capsys) -> None:
+    """`prefalign demo --quick`, as CI runs it: every stage on the real model, then the report."""
+    from prefalign.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--output-dir", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert f"report: {out / 'report.md'}" in captured.out
+    for name in STAGES:  # each stage's time is printed at the end
+        assert any(line.startswith(name) for line in captured.err.splitlines()[-len(STAGES) - 2:])
+    sampling = json.loads((out / "sft_data" / "sampling.json").read_text())
+    assert 0 < sampling["kept"] <= sampling["prompts"] == 48
+    pairs = json.loads((out / "pairs" / "summary.json").read_text())
+    assert pairs["source"] == "built" and pairs["pairs"] == pairs["train_pairs"] + pairs["heldout_pairs"] >= 4
+    evaluation = json.loads((out / "eval" / "report.json").read_text())
+    assert evaluation["labels"] == ["base", "sft", "dpo"] and evaluation["prompts"] == 24
+    rows = {row["key"]: row for row in evaluation["table"]["rows"]}
+    for label in ("base", "sft", "dpo"):  # every model has an instruction-following rate with its interval
+        cell = rows["ifeval/prompt_strict"]["cells"][label]
+        assert cell["low"] <= cell["value"] <= cell["high"]
+    assert rows["ifeval/prompt_strict"]["delta"] is not None
+    assert any(key.startswith("judge/reward-model") for key in rows)
+    report = (out / "report.md").read_text()
+    assert "| Metric | base | sft | dpo | Δ dpo over sft (95% CI) |" in report
+    assert report.rstrip().splitlines()[-1].startswith("What dpo changed over sft, on 24 prompts")
+    assert (out / "report.html").stat().st_size > 10_000

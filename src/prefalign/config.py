@@ -104,11 +104,17 @@ def _coerce(value: Any, tp: Any, name: str, origin_label: str) -> Any:
     return value
 
 
-def build_config(cls: type[T], yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
-    """Defaults of `cls`, then the YAML file's values, then `overrides` (the options typed on the command line)."""
+def build_config(
+    cls: type[T],
+    yaml_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    preset: dict[str, Any] | None = None,
+) -> T:
+    """Defaults of `cls`, then `preset` (e.g. a `--quick` profile), then the YAML file's values, then `overrides` (the
+    options typed on the command line)."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(preset or {})
     if yaml_path is not None:
         path = Path(yaml_path)
         try:

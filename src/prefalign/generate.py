@@ -129,7 +129,7 @@ def _decode_batch(
     stop_ids: list[int],
     pad_id: int,
 ) -> list[list[int]]:
-    """Generate for prompts of any lengths at once; returns each row's new tokens (cut after its stop token)."""
+    """Generate for prompts of any lengths at once; returns each row's new tokens (ending at its stop token)."""
     import torch
 
     device = model.device
@@ -145,13 +145,17 @@ def _decode_batch(
     position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
     stop = torch.tensor(stop_ids, dtype=torch.long, device=device)
     uniforms = uniforms.to(device) if uniforms is not None else None
-    done = torch.zeros(rows, dtype=torch.bool, device=device)
     # The prefill needs the last position's logits only, not (rows, width, vocab). Every transformers causal LM takes
     # `logits_to_keep`; a custom (remote-code) model may not. A PEFT wrapper passes it on to the model it wraps.
     core = model.get_base_model() if hasattr(model, "get_base_model") else model
     parameters = inspect.signature(core.forward).parameters
     keep_last = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
-    cache, tokens, generated = None, input_ids, []
+    # `active[i]` is the input row that batch row i decodes. A row that emits a stop token leaves the batch (and its
+    # KV cache) at once, so the steps after it cost only what the unfinished rows need: responses differ in length,
+    # and without this a batch decodes as long as its longest answer at full width.
+    active = torch.arange(rows, device=device)
+    generated: list[list[int]] = [[] for _ in range(rows)]
+    cache, tokens = None, input_ids
     for step in range(config.max_new_tokens):
         out = model(
             input_ids=tokens,
@@ -162,22 +166,22 @@ def _decode_batch(
             **keep_last,
         )
         cache = out.past_key_values
-        step_uniforms = uniforms[:, step] if uniforms is not None else None
-        # Finished rows keep decoding with the others; everything after their stop token is cut off below.
+        step_uniforms = uniforms[active, step] if uniforms is not None else None
         next_tokens = sample_next(out.logits[:, -1, :], config.temperature, config.top_p, step_uniforms)
-        generated.append(next_tokens)
-        done |= torch.isin(next_tokens, stop)
-        if done.all():
+        for row, token in zip(active.tolist(), next_tokens.tolist()):
+            generated[row].append(token)
+        finished = torch.isin(next_tokens, stop)
+        if finished.all():
             break
+        if finished.any():
+            keep = (~finished).nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            active, next_tokens = active[keep], next_tokens[keep]
+            attention_mask, position_ids = attention_mask[keep], position_ids[keep]
         tokens = next_tokens.unsqueeze(-1)
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(rows, 1)], dim=-1)
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], dim=-1)
         position_ids = position_ids[:, -1:] + 1
-    results = []
-    stop_set = set(stop_ids)
-    for row in torch.stack(generated, dim=1).tolist():
-        end = next((i + 1 for i, token in enumerate(row) if token in stop_set), len(row))
-        results.append(row[:end])
-    return results
+    return generated
 
 
 def generate(

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 STAGE_FILE = "stage.json"
+PENDING_FILE = "stage.pending.json"  # in a .partial directory: the settings it is being built with
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -54,8 +55,14 @@ def run_stage(
     body: Callable[[Path], None],
     *,
     force: bool = False,
+    resumable: bool = False,
 ) -> StageResult:
-    """Run `body(work_dir)` unless `directory` already holds a finished run with the same settings."""
+    """Run `body(work_dir)` unless `directory` already holds a finished run with the same settings.
+
+    A `resumable` stage's body can pick up its own unfinished work (a training run's checkpoints, the lines a pair
+    builder already wrote): a `.partial` directory left by a killed run with the same settings is handed back to it
+    instead of being wiped.
+    """
     directory = Path(directory)
     digest = settings_digest(settings)
     marker = directory / STAGE_FILE
@@ -65,13 +72,20 @@ def run_stage(
             print(f"[{name}] up to date, skipped ({directory})", file=sys.stderr)
             return StageResult(name, directory, True, 0.0)
     work = directory.with_name(directory.name + ".partial")
+    pending = work / PENDING_FILE
     if work.exists():  # left by a killed run
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+        same = pending.exists() and json.loads(pending.read_text()).get("digest") == digest
+        if resumable and same and not force:
+            print(f"[{name}] resuming the unfinished run in {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    pending.write_text(json.dumps({"name": name, "digest": digest}))
     print(f"[{name}] running -> {directory}", file=sys.stderr)
     start = time.perf_counter()
     body(work)
     seconds = time.perf_counter() - start
+    pending.unlink()
     (work / STAGE_FILE).write_text(json.dumps({"name": name, "digest": digest, "settings": settings,
                                                "seconds": round(seconds, 2)}, indent=2, default=str))
     if directory.exists():

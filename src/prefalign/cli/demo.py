@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import add_config_args, config_from_args
+from ..config import add_config_args, build_config
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,9 +13,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "demo",
-        help="run the end-to-end demo (offline, on the embedded model)",
-        description="Run the end-to-end job as stages (" + ", ".join(STAGES) + "). Each stage writes its own "
-        "directory and is skipped when its settings and inputs are unchanged; a killed run picks up where it stopped.",
+        help="run the whole workflow: base -> SFT -> pairs -> reward model -> DPO -> three-way report",
+        description="Run the alignment workflow as stages (" + ", ".join(STAGES) + ") on the embedded model, "
+        "offline. Each stage writes its own directory and is skipped when its settings and inputs are unchanged; a "
+        "killed run picks up where it stopped. --config FILE.yaml runs it on your model, data and judges.",
     )
     parser.add_argument("--config", help="YAML file of options (command-line options override it)")
     parser.add_argument("--from", dest="from_stage", choices=STAGES, help="rerun from this stage on")
@@ -24,13 +25,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline import DemoConfig, run_demo
+    from ..pipeline import QUICK, DemoConfig, run_demo
 
-    config = config_from_args(DemoConfig, args)
+    config = build_config(DemoConfig, args.config, vars(args))
+    if config.quick:  # the quick profile sits under the YAML file and the command line: what you set still wins
+        config = build_config(DemoConfig, args.config, vars(args), preset=QUICK)
     results = run_demo(config, args.from_stage)
-    print("\nstage      time", file=sys.stderr)
+    print("\nstage       seconds", file=sys.stderr)
     for result in results:
-        state = "skipped" if result.skipped else f"{result.seconds:7.1f} s"
-        print(f"{result.name:<10} {state}", file=sys.stderr)
-    print(f"\nreport: {results[-1].directory / 'report.md'}")
+        state = "skipped" if result.skipped else f"{result.seconds:7.1f}"
+        print(f"{result.name:<10} {state:>8}", file=sys.stderr)
+    print(f"{'total':<10} {sum(r.seconds for r in results):8.1f}", file=sys.stderr)
+    print(f"\nreport: {results[-1].directory.parent / 'report.md'} (and report.html)")
     return 0

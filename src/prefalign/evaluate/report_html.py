@@ -17,6 +17,7 @@ from pathlib import Path
 from ..data.records import Text
 from .metrics import REFUSAL_WINDOW, REPETITION_N
 from .plots import model_colours, report_figures, training_figures
+from .narrative import what_changed
 from .results import EvalReport, key_deltas
 from .stats import LEVEL, RESAMPLES, SEED, Estimate
 from .table import CI_METHODS, Row
@@ -272,7 +273,9 @@ def render_html(report: EvalReport, plots: Path) -> str:
     sections = [
         ("summary", "Summary"), ("figures", "Figures"), ("pairwise", "Win rates"), ("heldout", "Held-out pairs"),
         ("instructions", "Instructions"), ("training", "Training"), ("responses", "Responses"), ("method", "Method"),
+        ("conclusion", "What changed"),
     ]
+    paragraph = what_changed(report)
     body = {
         "summary": f'<section id="summary"><h2>Summary</h2>{_summary(report)}{_main_table(report)}'
                    '<p class="muted">Value [95% interval]; hover a metric for its interval method. – : not '
@@ -284,6 +287,8 @@ def render_html(report: EvalReport, plots: Path) -> str:
         "training": _training(report, plots),
         "responses": _browser(report),
         "method": _method(report),
+        "conclusion": f'<section id="conclusion"><h2>What changed</h2><p>{esc(paragraph)}</p></section>'
+                      if paragraph else "",
     }
     nav = "".join(f'<a href="#{key}">{name}</a>' for key, name in sections if body[key])
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'

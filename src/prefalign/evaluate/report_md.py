@@ -1,6 +1,7 @@
 """`report.md`: the table with intervals, win rates, held-out accuracy, per-instruction results and how it was measured.
 
-`markdown_summary` is what the command prints at the end; `render_markdown` adds the details below it.
+`markdown_summary` is what the command prints at the end; `render_markdown` adds the details below it and ends with the
+"what changed" paragraph (`narrative.what_changed`).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .metrics import REFUSAL_WINDOW, REPETITION_N
+from .narrative import what_changed
 from .results import EvalReport
 from .stats import LEVEL, RESAMPLES, SEED
 from .table import format_delta, format_estimate
@@ -113,6 +115,9 @@ def render_markdown(report: EvalReport) -> str:
         lines += ["", "## Notes", "", *(f"- {note}" for note in report.notes)]
     lines += ["", "## Wall time", ""]
     lines += _table(["Stage", "Seconds"], [[stage, f"{seconds:.1f}"] for stage, seconds in report.timings.items()])
+    paragraph = what_changed(report)
+    if paragraph:
+        lines += ["", "## What changed", "", paragraph]
     return "\n".join(lines) + "\n"
 
 

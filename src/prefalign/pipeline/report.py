@@ -1,0 +1,92 @@
+"""The demo's own report: what each stage produced and how long it took, then the three-way evaluation report.
+
+`output_dir/report.md` is the stage summary followed by the evaluation's report (which ends with the "what changed"
+paragraph); `output_dir/report.html` is the evaluation's page (self-contained: its figures are embedded).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..stages import STAGE_FILE, StageResult
+from .config import DemoConfig
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def _training_line(run: Path, keys: tuple[tuple[str, str], ...]) -> str:
+    summary = _read(run / "summary.json")
+    if not summary:
+        return ""
+    parts = [f"{summary['steps']} steps"]
+    for key, name in keys:
+        for split in ("train", "eval"):
+            value = summary.get(split, {}).get(key)
+            if isinstance(value, (int, float)):
+                parts.append(f"{split} {name} {value:.3f}")
+    return ", ".join(parts)
+
+
+def _stage_facts(out: Path) -> dict[str, str]:
+    """One line per stage on what it produced, read back from its files."""
+    facts = {"base": _read(out / "base" / "model.json").get("path", "")}
+    prompts = out / "prompts"
+    if prompts.exists():
+        counts = [sum(1 for line in (prompts / f"{name}.jsonl").open() if line.strip()) for name in ("train", "heldout")]
+        facts["prompts"] = f"{counts[0]} train prompts, {counts[1]} held-out prompts"
+    sampling = _read(out / "sft_data" / "sampling.json")
+    if "kept" in sampling:
+        facts["sft_data"] = (f"{sampling['kept']} of {sampling['prompts']} prompts kept: {sampling['passed']} of "
+                             f"{sampling['samples']} samples passed every instruction check, {sampling['truncated']} "
+                             "were cut at the token limit")
+    elif sampling:
+        facts["sft_data"] = f"your data: {sampling.get('source')}"
+    facts["sft"] = _training_line(out / "sft", (("loss", "loss"),))
+    pairs = _read(out / "pairs" / "summary.json")
+    if pairs:
+        built = (f"from {pairs['prompts']} prompts: {pairs['ties']} ties and {pairs['judge_failures']} judge failures "
+                 f"skipped; " if pairs.get("source") == "built" else f"from {pairs.get('source')}: ")
+        facts["pairs"] = f"{built}{pairs['pairs']} pairs, {pairs['train_pairs']} train / {pairs['heldout_pairs']} held out"
+    facts["reward"] = _training_line(out / "reward", (("accuracy", "accuracy"),))
+    facts["dpo"] = _training_line(out / "dpo", (("rewards/margins", "reward gap"), ("rewards/accuracies", "accuracy"),
+                                                ("kl", "KL")))
+    return facts
+
+
+def write_demo_report(out: Path, results: list[StageResult], config: DemoConfig) -> Path:
+    """Write output_dir/report.md and report.html; return the .md path."""
+    facts = _stage_facts(out)
+    ran = {r.name: r for r in results}
+    rows = []
+    total = 0.0
+    for result in results:
+        built = _read(result.directory / STAGE_FILE).get("seconds", 0.0)
+        total += built
+        state = "skipped (unchanged)" if ran[result.name].skipped else "ran"
+        rows.append(f"| {result.name} | {facts.get(result.name, '')} | {built:.0f} | {state} |")
+    lines = [
+        "# prefalign demo: base → SFT → preference pairs → reward model → DPO → evaluation",
+        "",
+        f"Base model `{config.model}`; output in `{out}`."
+        + (" Quick profile (`--quick`): every stage small." if config.quick else ""),
+        "",
+        "| Stage | Result | Seconds (when built) | This run |",
+        "|---|---|---:|---|",
+        *rows,
+        f"| total | | {total:.0f} | |",
+        "",
+    ]
+    evaluation = out / "eval" / "report.md"
+    if evaluation.exists():
+        # The evaluation's headings move one level down under this report's title.
+        body = evaluation.read_text(encoding="utf-8")
+        lines += ["#" + line if line.startswith("#") else line for line in body.splitlines()]
+        shutil.copyfile(out / "eval" / "report.html", out / "report.html")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

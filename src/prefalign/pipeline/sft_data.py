@@ -1,0 +1,83 @@
+"""SFT data by rejection sampling: the model's own samples that a judge fully accepts become its training targets.
+
+For each prompt we draw `samples` responses (sample j with seed `seed + j`, so a prompt's samples do not depend on the
+batch) and keep the first one that finished on its own (not cut at the token limit) and scored 1.0, i.e. passed every
+verifiable instruction of the prompt. One response per prompt at most, so prompts the model finds easy are not
+over-represented. This is the "best-of-n then fine-tune" step of e.g. RAFT (Dong et al. 2023) and of Llama 2's
+rejection-sampling fine-tuning, with a verifier instead of a reward model.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..generate import GenerationConfig, generate
+from ..judges.base import Judge, JudgeItem
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass
+class SamplingReport:
+    prompts: int = 0
+    samples: int = 0
+    truncated: int = 0  # cut at max_new_tokens: never kept
+    unscored: int = 0  # the judge could not score them (e.g. a prompt without verifiable instructions)
+    passed: int = 0  # finished and accepted
+    kept: int = 0  # prompts with a kept response
+    by_instruction: dict[str, list[int]] = field(default_factory=dict)  # id -> [followed, seen] over all samples
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prompts": self.prompts, "samples": self.samples, "truncated": self.truncated, "unscored": self.unscored,
+            "passed": self.passed, "kept": self.kept,
+            "kept_fraction": self.kept / self.prompts if self.prompts else 0.0,
+            "instruction_followed_fraction": {
+                key: followed / seen for key, (followed, seen) in sorted(self.by_instruction.items())
+            },
+        }
+
+
+def rejection_sample(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[dict[str, Any]],
+    judge: Judge,
+    *,
+    samples: int,
+    generation: GenerationConfig,
+) -> tuple[list[dict[str, Any]], SamplingReport]:
+    """SFT rows `{"id", "prompt", "completion"}` (one per prompt at most) and what happened to every sample."""
+    report = SamplingReport(prompts=len(prompts))
+    kept: dict[int, dict[str, Any]] = {}
+    by_instruction: dict[str, Counter] = {}
+    texts = [p["prompt"] for p in prompts]
+    metas = [{k: p[k] for k in ("instruction_id_list", "kwargs") if k in p} for p in prompts]
+    for j in range(samples):
+        setting = GenerationConfig(**{**generation.__dict__, "seed": generation.seed + j})
+        outputs = generate(model, tokenizer, texts, setting)
+        scores = judge.score([JudgeItem(t, g.text, m) for t, g, m in zip(texts, outputs, metas)])
+        for index, (output, score) in enumerate(zip(outputs, scores)):
+            report.samples += 1
+            for result in score.details.get("instructions", []):
+                counter = by_instruction.setdefault(result["id"], Counter())
+                counter["followed"] += bool(result["strict"])
+                counter["seen"] += 1
+            if output.finish_reason != "eos":
+                report.truncated += 1
+                continue
+            if score.value is None:
+                report.unscored += 1
+                continue
+            if score.value < 1.0:
+                continue
+            report.passed += 1
+            if index not in kept and output.text:
+                kept[index] = {"id": prompts[index].get("id", f"#{index + 1}"), "prompt": texts[index],
+                               "completion": output.text, "sample": j}
+    report.kept = len(kept)
+    report.by_instruction = {key: [c["followed"], c["seen"]] for key, c in by_instruction.items()}
+    return [kept[i] for i in sorted(kept)], report
