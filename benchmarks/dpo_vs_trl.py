@@ -5,12 +5,17 @@
 
 Both train SmolLM2-135M-Instruct for one epoch on the first N pairs of HH-RLHF harmless-base test (explicit prompt:
 the conversation so far as messages, then the two answers), batch 4 pairs, max length 256, beta 0.1, fp32; TRL at its
-defaults otherwise (gradient checkpointing on), except bf16 off: TRL turns bf16 autocast on by default, on CPU too.
-Each run is a fresh subprocess, so its peak RSS (VmHWM) is its own,
-and the two frameworks alternate within each repeat so that a busy machine slows both alike.
+defaults otherwise (gradient checkpointing on, fused AdamW), except bf16 off: TRL turns bf16 autocast on by default,
+on CPU too. prefalign runs with its options `--gradient-checkpointing` (as TRL) and `--precompute-ref` (the reference
+log-probs come from one no-grad pass of the policy before its first update, so no reference copy is held; that pass is
+timed and counted in prefalign's time, as TRL's per-step reference forwards are in TRL's). Both take exact steps:
+global-norm clipping at 1.0, no approximation. Each run is a fresh subprocess (with an empty prefalign cache, so the
+reference pass really runs), so its peak RSS (VmHWM) is its own, and the two frameworks alternate within each repeat
+so that a busy machine slows both alike.
 
-Timing counts optimizer steps only (not model loading or tokenization). "Real tokens" counts what a two-sequence
-implementation processes without padding: prompt + chosen and prompt + rejected of every trained pair, for both.
+Timing counts optimizer steps only (not model loading or tokenization), plus prefalign's reference pass. "Real tokens"
+counts what a two-sequence implementation processes without padding: prompt + chosen and prompt + rejected of every
+trained pair, for both.
 
 Before timing, the first run of each mode checks that the two agree: first-step losses (both ln 2, the policy still
 equal to its reference) and the per-sequence log-probabilities of TRL's first batch, which prefalign scores from TRL's
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -70,6 +76,7 @@ def run_prefalign(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from prefalign.train.loop import train
     from prefalign.train.objectives import DPOObjective
 
+    os.environ["PREFALIGN_HOME"] = str(workdir / "home")  # an empty cache: the reference pass runs and is timed
     data = workdir / "pairs.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in first_pairs(args.data, args.pairs)))
     lora = args.mode == "lora"
@@ -78,13 +85,15 @@ def run_prefalign(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                        learning_rate=LEARNING_RATE[args.mode], logging_steps=1, save_steps=0, eval_steps=10**9,
                        progress=False, tensorboard=False, plots=False, lora=lora, lora_rank=LORA["r"],
                        lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                       lora_target_modules=LORA["targets"] if lora else ["all-linear"])  # fmt: skip
-    result = train(config, DPOObjective(config))
+                       lora_target_modules=LORA["targets"] if lora else ["all-linear"], precompute_ref=True,
+                       gradient_checkpointing=True)  # fmt: skip
+    objective = DPOObjective(config)
+    result = train(config, objective)
     records = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["split"] == "train"]
     items, _ = DPOObjective(config).load(str(data), load_tokenizer(args.model))
     sizes = [min(BATCH_PAIRS, len(items) - BATCH_PAIRS * i) for i in range(len(steps))]
-    seconds = sum(size / r["pairs_per_second"] for size, r in zip(sizes, steps))
+    seconds = sum(size / r["pairs_per_second"] for size, r in zip(sizes, steps)) + objective.precompute_seconds
     tokens = sum(2 * len(i.pair.prompt_ids) + len(i.pair.chosen_ids) + len(i.pair.rejected_ids) for i in items)
     return {"pairs": len(items), "seconds": seconds, "tokens": tokens, "first_loss": steps[0]["loss"]}
 

@@ -130,6 +130,7 @@ def test_precomputed_reference_matches_live_and_is_read_from_cache(
     live, _ = run("live")
     precomputed, objective = run("precomputed", precompute_ref=True)
     assert objective.reference is None  # no reference model kept in memory
+    assert objective.precompute_seconds > 0
     assert "computing reference log-probs of 8 pairs" in capsys.readouterr().err
     for a, b in zip(live, precomputed, strict=True):
         assert "kl" in a and "kl" not in b  # the exact KL needs the reference's logits, which a cache does not hold
@@ -145,6 +146,31 @@ def test_precomputed_reference_matches_live_and_is_read_from_cache(
     assert "read from" in capsys.readouterr().err
     assert shifted[0]["split"] == "eval" and abs(shifted[0]["rewards/chosen"] + 0.1) < 1e-6
     assert abs(shifted[0]["rewards/rejected"]) < 1e-6
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_takes_the_same_steps(tiny_model_dir: Path, tmp_path: Path, lora: bool) -> None:
+    from prefalign.train.forward import unwrap
+
+    data = write_pairs(tmp_path / "pairs.jsonl", 8)
+    options = quiet(model=str(tiny_model_dir), data=str(data), max_steps=2, learning_rate=1e-2 if lora else 1e-3,
+                    logging_steps=1, lora=lora, lora_rank=4)  # fmt: skip
+
+    def run(name: str, **extra: object) -> tuple[list[dict], torch.nn.Module]:
+        config = DPOConfig(**options, output_dir=str(tmp_path / name), **extra)
+        result = train(config, DPOObjective(config))
+        return records_of(tmp_path / name, "train"), result.model
+
+    plain, plain_model = run("plain")
+    checkpointed, checkpointed_model = run("checkpointed", gradient_checkpointing=True)
+    assert unwrap(checkpointed_model).is_activation_checkpointing
+    assert not unwrap(plain_model).is_activation_checkpointing
+    assert len(plain) == len(checkpointed) == 2 and plain[-1]["loss"] != plain[0]["loss"]  # it did learn
+    for a, b in zip(plain, checkpointed, strict=True):
+        for key in a.keys() - {"tokens_per_second", "pairs_per_second", "split"}:
+            assert abs(a[key] - b[key]) <= 1e-5 * max(1.0, abs(a[key])), key
+    for (name, p), (_, q) in zip(plain_model.named_parameters(), checkpointed_model.named_parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6), name
 
 
 @pytest.mark.parametrize(

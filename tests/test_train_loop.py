@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import math
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from prefalign.errors import PrefalignError
 from prefalign.train.distributed import DistInfo
-from prefalign.train.loop import DataOrder, lr_factor, my_share, split_eval
+from prefalign.train.config import SFTConfig
+from prefalign.train.loop import DataOrder, lr_factor, make_optimizer, my_share, split_eval
+from prefalign.train.memory import release_free_memory
 
 
 def test_each_epoch_is_a_seeded_permutation_in_global_batches() -> None:
@@ -48,3 +54,78 @@ def test_a_rank_without_items_gets_a_weightless_stand_in() -> None:
     ranks = [DistInfo(rank, 2, rank, torch.device("cpu"), rank == 0) for rank in (0, 1)]
     assert [my_share(["a", "b", "c"], info) for info in ranks] == [(["a", "c"], 1.0), (["b"], 1.0)]
     assert [my_share(["a"], info) for info in ranks] == [(["a"], 1.0), (["a"], 0.0)]
+
+
+def test_the_optimizer_is_fused_adamw_with_the_same_arithmetic(tmp_path: Path) -> None:
+    config = SFTConfig(model="m", data="d", output_dir=str(tmp_path), learning_rate=1e-2, weight_decay=0.1)
+    torch.manual_seed(0)
+    start, grad = torch.randn(64, 32), torch.randn(64, 32)
+    results = []
+    for fused in (True, False):
+        weight = torch.nn.Parameter(start.clone())
+        optimizer = make_optimizer([weight], config, torch.device("cpu"))
+        if not fused:
+            optimizer = torch.optim.AdamW([weight], lr=1e-2, weight_decay=0.1, fused=False)
+        assert optimizer.defaults["fused"] is fused
+        for _ in range(3):
+            weight.grad = grad.clone()
+            optimizer.step()
+        results.append(weight.detach())
+    assert not torch.equal(results[0], start)
+    assert torch.allclose(results[0], results[1], atol=1e-6)
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+GLIBC = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+
+
+@GLIBC
+def test_freed_memory_goes_back_to_the_system() -> None:
+    # 64 KiB blocks sit in glibc's heap, below its mmap threshold; the last one still alive pins the heap's top, so
+    # freeing the others returns nothing to the system until the heap is trimmed.
+    blocks = [torch.ones(16 * 1024) for _ in range(3000)]  # ~190 MiB, every page touched
+    keep = blocks[-1]
+    del blocks
+    before = _rss_mib()
+    release_free_memory()
+    assert _rss_mib() < before - 100
+    assert keep.sum() == 16 * 1024
+
+
+_LEAN_PROBE = """
+import torch
+from pathlib import Path
+from prefalign.train.memory import use_lean_allocator
+
+def rss_mib():
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+large = torch.ones(4 * 2**20)
+del large
+if LEAN:
+    use_lean_allocator()
+blocks = [torch.ones(2**19) for _ in range(100)]  # 100 x 2 MiB
+keep = blocks[-1]
+before = rss_mib()
+del blocks
+print(before - rss_mib())
+"""
+
+
+@GLIBC
+@pytest.mark.parametrize("lean", [False, True])
+def test_the_lean_allocator_returns_freed_megabyte_blocks_at_once(lean: bool) -> None:
+    # Freeing a 16 MiB block raises glibc's own mmap threshold past 2 MiB: 2 MiB blocks then come from the heap and
+    # stay resident once freed. With the lean allocator they are mmapped and go back as soon as they are freed. A fresh
+    # process each, as free heap space left by earlier tests would serve the blocks whatever the threshold.
+    probe = subprocess.run([sys.executable, "-c", _LEAN_PROBE.replace("LEAN", str(lean))], check=True,
+                           capture_output=True, text=True)  # fmt: skip
+    returned_mib = float(probe.stdout.split()[-1])
+    assert returned_mib > 150 if lean else returned_mib < 50

@@ -56,6 +56,16 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
     max_grad_norm: float = field(default=1.0, metadata=_help("clip the gradient's global norm to this (0: no clip)"))
     seed: int = field(default=42, metadata=_help("seed for initialisation, data order and the eval split"))
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata=_help("keep each layer's input only and recompute the rest in backward: activation memory of "
+                       "one layer instead of all, for one more forward pass (a third more step time on CPU)"),
+    )  # fmt: skip
+    release_memory: bool = field(
+        default=True,
+        metadata=_help("give freed memory back to the OS at once (glibc: blocks of 1 MiB and more are mmapped, the "
+                       "heap is trimmed every step): peak RSS stays near what is live, for some page faults"),
+    )  # fmt: skip
 
     # LoRA (peft).
     lora: bool = field(default=False, metadata=_help("train a LoRA adapter instead of every weight"))

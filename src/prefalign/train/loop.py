@@ -5,6 +5,11 @@ one iteration per optimizer step: this rank's micro-batches -> objective.loss ->
 synchronised across processes on the last micro-batch only) -> clip -> non-finite check -> update -> log -> validate
 -> checkpoint; and at the end the final model, plots and summary.
 
+Memory (what a full fine-tune cannot do without: fp32 weights, gradients and AdamW's two moments, 16 bytes per
+parameter): the fused AdamW kernel allocates no temporaries; `--gradient-checkpointing` keeps each layer's input only;
+`--release-memory` (default) keeps glibc from holding freed activations and gradients, so peak RSS is close to what is
+live.
+
 Two choices make resuming and multi-process runs exact:
 - The items of step s are a pure function of (seed, s): each epoch is a permutation seeded by (seed, epoch), and step
   s takes the next global batch of it. A checkpoint needs no data iterator state; the step number says where we are.
@@ -41,6 +46,7 @@ from .checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, s
 from .config import TrainConfig
 from .distributed import DistInfo, barrier, cleanup, init_distributed, reduce_metrics, shard
 from .health import HealthMonitor, truncation_warning
+from .memory import release_free_memory, use_lean_allocator
 from .metrics import MetricsLogger, progress_bar, write_summary
 from .objectives.base import Objective, autocast
 from .plots import make_plots
@@ -66,6 +72,8 @@ def train(config: TrainConfig, objective: Objective) -> TrainResult:
 
 def _train(config: TrainConfig, objective: Objective, info: DistInfo) -> TrainResult:
     started = time.perf_counter()
+    if config.release_memory:
+        use_lean_allocator()
     out = Path(config.output_dir)  # type: ignore[arg-type]  # required by TrainConfig.__post_init__
     say = _printer(info)
     _check_output_dir(out, config.resume)
@@ -87,12 +95,16 @@ def _train(config: TrainConfig, objective: Objective, info: DistInfo) -> TrainRe
 
     # Model: fp32 weights and optimizer state everywhere (bf16 autocast does the matmuls on CUDA).
     model = load_model(config.model, dtype=torch.float32, device=str(info.device))  # type: ignore[arg-type]
+    if config.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) and needs no input grads
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if config.lora:
         model = apply_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
                            target_modules=config.lora_target_modules)  # fmt: skip
     model = objective.prepare_model(model)  # e.g. the reward model's head on top: trained and saved with the rest
     model.train()
     objective.setup(model, items, info)  # before any update: DPO's reference is the policy as it is now
+    if config.release_memory:
+        release_free_memory()  # what loading, tokenizing and a reference pass freed
     if config.eval_data:
         train_items, eval_items = items[config.data], items[config.eval_data]
     else:
@@ -104,7 +116,7 @@ def _train(config: TrainConfig, objective: Objective, info: DistInfo) -> TrainRe
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids) if info.is_distributed else None
     train_model = ddp if ddp is not None else model
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.peak_learning_rate, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(params, config, info.device)
     per_step = config.batch_size * config.grad_accum * info.world_size
     order = DataOrder(len(train_items), per_step, config.seed)
     total_steps = config.max_steps or config.epochs * order.steps_per_epoch
@@ -179,6 +191,8 @@ def _train(config: TrainConfig, objective: Objective, info: DistInfo) -> TrainRe
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if config.release_memory:
+                release_free_memory()
             window.add(reduced, grad_norm, time.perf_counter() - step_started)
             bar.update()
 
@@ -252,6 +266,13 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
         return 1.0
     progress = (step - warmup) / max(1, total - warmup)
     return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over `params`. On CPU and CUDA the fused kernel: one pass over each tensor instead of a dozen
+    element-wise ops with their temporaries, so the update is faster and its memory peak lower (same arithmetic)."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(params, lr=config.peak_learning_rate, weight_decay=config.weight_decay, fused=fused)
 
 
 def add_sums(into: dict[str, torch.Tensor], sums: dict[str, torch.Tensor], weight: float = 1.0) -> None:

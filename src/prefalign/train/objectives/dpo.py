@@ -10,6 +10,7 @@ log-probability sums its completion tokens only, and vocabulary logits are built
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -58,6 +59,7 @@ class DPOObjective(Objective):
         self.reference: Reference | None = None
         self.pad_id = 0
         self.prefix_sharing = config.prefix_sharing  # setup() turns it off for models that take no block mask
+        self.precompute_seconds = 0.0  # wall time of the --precompute-ref pass (or of reading its cache)
 
     def load(self, source: str, tokenizer: PreTrainedTokenizerBase) -> tuple[list[DPOItem], TruncationReport]:
         data = load_preferences(source, self.config.data_format)
@@ -79,12 +81,15 @@ class DPOObjective(Objective):
         if not precompute:
             self.reference = reference
             return
+        started = time.perf_counter()
         for source, items in sources.items():
             settings = cache_settings(self.config, source, items, info.device)
             logps, _ = cached_reference_logps(reference, items, settings, self.collate, self.config.batch_size, info)
             for item, (chosen, rejected) in zip(items, logps.tolist()):
                 item.ref_logps = (chosen, rejected)
-        # The reference model is dropped here: training reads the log-probs from the items.
+        self.precompute_seconds = time.perf_counter() - started
+        # No reference model is kept: full fine-tuning scored with the policy itself (not yet updated), LoRA with its
+        # adapter off, --ref-model's copy is dropped here. Training reads the log-probs from the items.
 
     def collate(self, items: Sequence[DPOItem]) -> DPOBatch:
         tokenized = [item.pair for item in items]
