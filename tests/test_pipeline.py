@@ -34,7 +34,8 @@ def demo_config(tmp_path: Path, tiny_model_dir: Path) -> DemoConfig:
     sft.write_text("".join(json.dumps(row) + "\n" for row in SFT))
     return DemoConfig(output_dir=str(tmp_path / "run"), model=str(tiny_model_dir), sft_data=str(sft),
                       preference_data=str(pairs), eval_limit=3, max_new_tokens=4, generation_batch_size=4,
-                      max_length=48, max_prompt_length=24, train_batch_size=4, lora_rank=4, sft_epochs=1,
+                      max_length=48, max_prompt_length=24, train_batch_size=4, lora_rank=4, lora_layers=1,
+                      rm_lora_layers=1, sft_epochs=1,
                       rm_epochs=1, dpo_epochs=1, heldout_fraction=0.3, kl_samples=1)
 
 
@@ -107,7 +108,8 @@ def _demo_command(config: DemoConfig, *extra: str) -> list[str]:
     command = [sys.executable, "-m", "prefalign", "demo", "--output-dir", config.output_dir, "--model", config.model,
                "--sft-data", str(config.sft_data), "--preference-data", str(config.preference_data)]
     for name in ("eval_limit", "max_new_tokens", "generation_batch_size", "max_length", "max_prompt_length",
-                 "train_batch_size", "lora_rank", "heldout_fraction", "sft_epochs", "rm_epochs", "kl_samples"):
+                 "train_batch_size", "lora_rank", "lora_layers", "rm_lora_layers", "heldout_fraction", "sft_epochs",
+                 "rm_epochs", "kl_samples"):
         command += [f"--{name.replace('_', '-')}", str(getattr(config, name))]
     return command + list(extra)
 
@@ -149,11 +151,11 @@ def test_quick_demo_on_smollm2_produces_the_three_way_report(smollm2_dir: Path, 
     for name in STAGES:  # each stage's time is printed at the end
         assert any(line.startswith(name) for line in captured.err.splitlines()[-len(STAGES) - 2:])
     sampling = json.loads((out / "sft_data" / "sampling.json").read_text())
-    assert 0 < sampling["kept"] <= sampling["prompts"] == 48
+    assert 0 < sampling["kept"] <= sampling["prompts"] == 32
     pairs = json.loads((out / "pairs" / "summary.json").read_text())
     assert pairs["source"] == "built" and pairs["pairs"] == pairs["train_pairs"] + pairs["heldout_pairs"] >= 4
     evaluation = json.loads((out / "eval" / "report.json").read_text())
-    assert evaluation["labels"] == ["base", "sft", "dpo"] and evaluation["prompts"] == 24
+    assert evaluation["labels"] == ["base", "sft", "dpo"] and evaluation["prompts"] == 16
     rows = {row["key"]: row for row in evaluation["table"]["rows"]}
     for label in ("base", "sft", "dpo"):  # every model has an instruction-following rate with its interval
         cell = rows["ifeval/prompt_strict"]["cells"][label]
@@ -162,5 +164,5 @@ def test_quick_demo_on_smollm2_produces_the_three_way_report(smollm2_dir: Path, 
     assert any(key.startswith("judge/reward-model") for key in rows)
     report = (out / "report.md").read_text()
     assert "| Metric | base | sft | dpo | Δ dpo over sft (95% CI) |" in report
-    assert report.rstrip().splitlines()[-1].startswith("What dpo changed over sft, on 24 prompts")
+    assert report.rstrip().splitlines()[-1].startswith("What dpo changed over sft, on 16 prompts")
     assert (out / "report.html").stat().st_size > 10_000

@@ -40,7 +40,7 @@ class DemoConfig:
     sft_data: str | None = field(
         default=None, metadata=_help("your SFT data (prompt/completion, messages or preference records: chosen)")
     )
-    sft_prompts: int = field(default=192, metadata=_help("train prompts the base model samples for SFT"))
+    sft_prompts: int = field(default=112, metadata=_help("train prompts the base model samples for SFT"))
     sft_samples: int = field(default=2, metadata=_help("samples per prompt; the first that passes every check is kept"))
     sft_temperature: float = field(default=0.7, metadata=_help("temperature of the SFT samples"))
     sft_epochs: int = field(default=2, metadata=_help("SFT epochs"))
@@ -54,7 +54,7 @@ class DemoConfig:
         default=None, metadata=_help("use only the first N records of sft_data and preference_data")
     )
     judge: str = field(default="verifier", metadata=_help("judge that picks the better of two samples"))
-    pair_prompts: int = field(default=256, metadata=_help("train prompts to build pairs from"))
+    pair_prompts: int = field(default=160, metadata=_help("train prompts to build pairs from"))
     pair_samples: int = field(default=2, metadata=_help("samples per prompt; with more than 2, best vs worst"))
     pair_temperatures: list[float] = field(
         default_factory=lambda: [0.7, 1.2], metadata=_help("sampling temperatures, cycled over the samples")
@@ -69,7 +69,11 @@ class DemoConfig:
     train_batch_size: int = field(default=8, metadata=_help("examples (or pairs) per optimizer step"))
     save_steps: int = field(default=10, metadata=_help("checkpoint every N steps: a killed stage resumes from there"))
     lora_rank: int = field(default=16, metadata=_help("LoRA rank of the SFT, reward-model and DPO adapters"))
-    rm_epochs: int = field(default=2, metadata=_help("reward-model epochs"))
+    lora_layers: int | None = field(
+        default=15, metadata=_help("SFT and DPO adapt only the last N blocks (faster backward); none: every block")
+    )
+    rm_lora_layers: int | None = field(default=10, metadata=_help("the same for the reward model"))
+    rm_epochs: int = field(default=1, metadata=_help("reward-model epochs"))
     rm_learning_rate: float = field(default=2e-4, metadata=_help("reward-model learning rate (LoRA and head)"))
     beta: float = field(default=0.1, metadata=_help("DPO beta"))
     dpo_epochs: int = field(default=3, metadata=_help("DPO epochs"))
@@ -89,6 +93,9 @@ class DemoConfig:
                 raise PrefalignError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.data_limit is not None and self.data_limit < 1:
             raise PrefalignError(f"--data-limit must be at least 1, got {self.data_limit}")
+        for name in ("lora_layers", "rm_lora_layers"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise PrefalignError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.pair_samples < 2:
             raise PrefalignError(f"--pair-samples must be at least 2 (a pair needs two answers), got {self.pair_samples}")
         if not 0 < self.heldout_fraction < 1:
@@ -104,11 +111,11 @@ class DemoConfig:
 # `--quick`: every stage, small. Sized so the whole demo runs in a few minutes on 2 CPU cores (CI).
 QUICK: dict[str, Any] = {
     "output_dir": "runs/demo-quick",
-    "eval_limit": 24,
-    "max_new_tokens": 48,
-    "sft_prompts": 48,
+    "eval_limit": 16,
+    "max_new_tokens": 96,
+    "sft_prompts": 32,
     "sft_epochs": 1,
-    "pair_prompts": 48,
+    "pair_prompts": 32,
     "max_length": 192,
     "max_prompt_length": 112,
     "rm_epochs": 1,

@@ -23,7 +23,7 @@ def _training_line(run: Path, keys: tuple[tuple[str, str], ...]) -> str:
     summary = _read(run / "summary.json")
     if not summary:
         return ""
-    parts = [f"{summary['steps']} steps"]
+    parts = [f"{summary['steps']} step{'s' if summary['steps'] != 1 else ''}"]
     for key, name in keys:
         for split in ("train", "eval"):
             value = summary.get(split, {}).get(key)
@@ -52,7 +52,7 @@ def _stage_facts(out: Path) -> dict[str, str]:
         built = (f"from {pairs['prompts']} prompts: {pairs['ties']} ties and {pairs['judge_failures']} judge failures "
                  f"skipped; " if pairs.get("source") == "built" else f"from {pairs.get('source')}: ")
         facts["pairs"] = f"{built}{pairs['pairs']} pairs, {pairs['train_pairs']} train / {pairs['heldout_pairs']} held out"
-    facts["reward"] = _training_line(out / "reward", (("accuracy", "accuracy"),))
+    facts["reward"] = _training_line(out / "reward", (("rewards/accuracies", "accuracy"), ("rewards/margins", "margin")))
     facts["dpo"] = _training_line(out / "dpo", (("rewards/margins", "reward gap"), ("rewards/accuracies", "accuracy"),
                                                 ("kl", "KL")))
     return facts

@@ -142,7 +142,8 @@ def run_demo(config: DemoConfig, from_stage: str | None = None) -> list[StageRes
     sft_file = sft_data_dir / "sft.jsonl"
 
     # -- sft -----------------------------------------------------------------------------------------------------
-    sft_settings = {**common, "epochs": config.sft_epochs, "learning_rate": config.sft_learning_rate}
+    sft_settings = {**common, "epochs": config.sft_epochs, "learning_rate": config.sft_learning_rate,
+                    "lora_layers": config.lora_layers}
 
     def sft(work: Path) -> None:
         from ..train.config import SFTConfig
@@ -173,7 +174,8 @@ def run_demo(config: DemoConfig, from_stage: str | None = None) -> list[StageRes
                  "model": sft_model + "@" + _stage_digest(sft_dir)}
 
     # -- reward --------------------------------------------------------------------------------------------------
-    rm_settings = {**common, "epochs": config.rm_epochs, "learning_rate": config.rm_learning_rate, "lm_weight": 0.0}
+    rm_settings = {**common, "epochs": config.rm_epochs, "learning_rate": config.rm_learning_rate, "lm_weight": 0.0,
+                   "lora_layers": config.rm_lora_layers}
 
     def reward(work: Path) -> None:
         from ..train.config import RewardConfig
@@ -188,7 +190,7 @@ def run_demo(config: DemoConfig, from_stage: str | None = None) -> list[StageRes
 
     # -- dpo -----------------------------------------------------------------------------------------------------
     dpo_settings = {**common, "epochs": config.dpo_epochs, "learning_rate": config.dpo_learning_rate,
-                    "beta": config.beta, "precompute_ref": True}
+                    "beta": config.beta, "precompute_ref": True, "lora_layers": config.lora_layers}
 
     def dpo(work: Path) -> None:
         from ..train.config import DPOConfig
@@ -222,7 +224,7 @@ def run_demo(config: DemoConfig, from_stage: str | None = None) -> list[StageRes
             generation=GenerationConfig(seed=config.seed, **generation), judges=judges,
             pairs=str(heldout_pairs), reference="sft", beta=config.beta,
             runs={"sft": str(sft_dir), "dpo": str(dpo_dir)}, kl_samples=config.kl_samples,
-            kl_max_new_tokens=min(64, config.max_new_tokens),
+            kl_max_new_tokens=min(48, config.max_new_tokens),
             # Outside the stage directory: a rerun after retraining DPO regenerates only DPO's answers.
             cache_dir=out / "cache" / "eval",
         )

@@ -75,6 +75,9 @@ class TrainConfig:
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["all-linear"], metadata=_help("module names to adapt, or all-linear")
     )
+    lora_layers: int | None = field(
+        default=None, metadata=_help("adapt only the last N transformer blocks (the backward pass stops below them)")
+    )
     merge: bool = field(default=False, metadata=_help("with --lora, also save a merged model in final/merged"))
 
     # Reporting and saving.
@@ -112,6 +115,8 @@ class TrainConfig:
             raise PrefalignError(f"--learning-rate must be a positive number, got {self.learning_rate}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise PrefalignError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.lora_layers is not None and not self.lora:
+            raise PrefalignError("--lora-layers applies to a LoRA adapter: add --lora")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise PrefalignError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if self.merge and not self.lora:

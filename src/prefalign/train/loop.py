@@ -99,7 +99,7 @@ def _train(config: TrainConfig, objective: Objective, info: DistInfo) -> TrainRe
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if config.lora:
         model = apply_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
-                           target_modules=config.lora_target_modules)  # fmt: skip
+                           target_modules=config.lora_target_modules, last_layers=config.lora_layers)  # fmt: skip
     model = objective.prepare_model(model)  # e.g. the reward model's head on top: trained and saved with the rest
     model.train()
     objective.setup(model, items, info)  # before any update: DPO's reference is the policy as it is now
