@@ -40,7 +40,7 @@ class DemoConfig:
     sft_data: str | None = field(
         default=None, metadata=_help("your SFT data (prompt/completion, messages or preference records: chosen)")
     )
-    sft_prompts: int = field(default=112, metadata=_help("train prompts the base model samples for SFT"))
+    sft_prompts: int = field(default=96, metadata=_help("train prompts the base model samples for SFT"))
     sft_samples: int = field(default=2, metadata=_help("samples per prompt; the first that passes every check is kept"))
     sft_temperature: float = field(default=0.7, metadata=_help("temperature of the SFT samples"))
     sft_epochs: int = field(default=2, metadata=_help("SFT epochs"))
@@ -54,7 +54,7 @@ class DemoConfig:
         default=None, metadata=_help("use only the first N records of sft_data and preference_data")
     )
     judge: str = field(default="verifier", metadata=_help("judge that picks the better of two samples"))
-    pair_prompts: int = field(default=160, metadata=_help("train prompts to build pairs from"))
+    pair_prompts: int = field(default=144, metadata=_help("train prompts to build pairs from"))
     pair_samples: int = field(default=2, metadata=_help("samples per prompt; with more than 2, best vs worst"))
     pair_temperatures: list[float] = field(
         default_factory=lambda: [0.7, 1.2], metadata=_help("sampling temperatures, cycled over the samples")
