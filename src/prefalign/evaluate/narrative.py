@@ -58,7 +58,8 @@ def what_changed(report: EvalReport) -> str | None:
         if (result.model, result.baseline) != (model, baseline) or result.win_rate is None:
             continue
         c = result.counts
-        verdict = ("no preference distinguishable from a coin flip" if result.win_rate.low <= 0.5 <= result.win_rate.high
+        coin_flip = result.win_rate.low <= 0.5 <= result.win_rate.high
+        verdict = ("no preference distinguishable from a coin flip" if coin_flip
                    else f"{model} preferred" if result.win_rate.value > 0.5 else f"{baseline} preferred")
         lc = f", length-controlled {_fmt(result.lc_win_rate, 3)}" if result.lc_win_rate is not None else ""
         sentences.append(f"Judged pairwise by {result.judge}, {model} wins {_fmt(result.win_rate, 3)} against "

@@ -97,7 +97,9 @@ class DemoConfig:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise PrefalignError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.pair_samples < 2:
-            raise PrefalignError(f"--pair-samples must be at least 2 (a pair needs two answers), got {self.pair_samples}")
+            raise PrefalignError(
+                f"--pair-samples must be at least 2 (a pair needs two answers), got {self.pair_samples}"
+            )
         if not 0 < self.heldout_fraction < 1:
             raise PrefalignError(f"--heldout-fraction must be between 0 and 1, got {self.heldout_fraction}")
         if self.max_prompt_length >= self.max_length:

@@ -37,7 +37,8 @@ def _stage_facts(out: Path) -> dict[str, str]:
     facts = {"base": _read(out / "base" / "model.json").get("path", "")}
     prompts = out / "prompts"
     if prompts.exists():
-        counts = [sum(1 for line in (prompts / f"{name}.jsonl").open() if line.strip()) for name in ("train", "heldout")]
+        counts = [sum(1 for line in (prompts / f"{name}.jsonl").open() if line.strip())
+                  for name in ("train", "heldout")]
         facts["prompts"] = f"{counts[0]} train prompts, {counts[1]} held-out prompts"
     sampling = _read(out / "sft_data" / "sampling.json")
     if "kept" in sampling:
@@ -51,8 +52,10 @@ def _stage_facts(out: Path) -> dict[str, str]:
     if pairs:
         built = (f"from {pairs['prompts']} prompts: {pairs['ties']} ties and {pairs['judge_failures']} judge failures "
                  f"skipped; " if pairs.get("source") == "built" else f"from {pairs.get('source')}: ")
-        facts["pairs"] = f"{built}{pairs['pairs']} pairs, {pairs['train_pairs']} train / {pairs['heldout_pairs']} held out"
-    facts["reward"] = _training_line(out / "reward", (("rewards/accuracies", "accuracy"), ("rewards/margins", "margin")))
+        facts["pairs"] = (f"{built}{pairs['pairs']} pairs, {pairs['train_pairs']} train / "
+                          f"{pairs['heldout_pairs']} held out")
+    facts["reward"] = _training_line(out / "reward",
+                                     (("rewards/accuracies", "accuracy"), ("rewards/margins", "margin")))
     facts["dpo"] = _training_line(out / "dpo", (("rewards/margins", "reward gap"), ("rewards/accuracies", "accuracy"),
                                                 ("kl", "KL")))
     return facts

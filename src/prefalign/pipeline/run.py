@@ -74,8 +74,9 @@ def run_demo(config: DemoConfig, from_stage: str | None = None) -> list[StageRes
     # Settings every training stage shares; any change retrains.
     lengths = {"max_length": config.max_length, "max_prompt_length": config.max_prompt_length}
     lora = {"lora": True, "lora_rank": config.lora_rank, "lora_alpha": 2.0 * config.lora_rank}
-    common = {**lengths, **lora, "batch_size": config.train_batch_size, "seed": config.seed, "save_steps": config.save_steps,
-              "keep_checkpoints": 1, "resume": True, "progress": True, "tensorboard": True}
+    common = {**lengths, **lora, "batch_size": config.train_batch_size, "seed": config.seed,
+              "save_steps": config.save_steps, "keep_checkpoints": 1, "resume": True, "progress": True,
+              "tensorboard": True}
 
     # -- base ----------------------------------------------------------------------------------------------------
     def base(work: Path) -> None:
