@@ -10,7 +10,7 @@ rejection-sampling fine-tuning, with a verifier instead of a reward model.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..generate import GenerationConfig, generate
@@ -57,7 +57,7 @@ def rejection_sample(
     texts = [p["prompt"] for p in prompts]
     metas = [{k: p[k] for k in ("instruction_id_list", "kwargs") if k in p} for p in prompts]
     for j in range(samples):
-        setting = GenerationConfig(**{**generation.__dict__, "seed": generation.seed + j})
+        setting = replace(generation, seed=generation.seed + j)
         outputs = generate(model, tokenizer, texts, setting)
         scores = judge.score([JudgeItem(t, g.text, m) for t, g, m in zip(texts, outputs, metas)])
         for index, (output, score) in enumerate(zip(outputs, scores)):
