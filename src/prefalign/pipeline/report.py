@@ -58,19 +58,21 @@ def _stage_facts(out: Path) -> dict[str, str]:
                                      (("rewards/accuracies", "accuracy"), ("rewards/margins", "margin")))
     facts["dpo"] = _training_line(out / "dpo", (("rewards/margins", "reward gap"), ("rewards/accuracies", "accuracy"),
                                                 ("kl", "KL")))
+    evaluation = _read(out / "eval" / "report.json")
+    if evaluation:
+        facts["eval"] = f"{' vs '.join(evaluation['labels'])} on {evaluation['prompts']} prompts: below"
     return facts
 
 
 def write_demo_report(out: Path, results: list[StageResult], config: DemoConfig) -> Path:
     """Write output_dir/report.md and report.html; return the .md path."""
     facts = _stage_facts(out)
-    ran = {r.name: r for r in results}
     rows = []
     total = 0.0
     for result in results:
         built = _read(result.directory / STAGE_FILE).get("seconds", 0.0)
         total += built
-        state = "skipped (unchanged)" if ran[result.name].skipped else "ran"
+        state = "skipped (unchanged)" if result.skipped else "ran"
         rows.append(f"| {result.name} | {facts.get(result.name, '')} | {built:.0f} | {state} |")
     lines = [
         "# prefalign demo: base → SFT → preference pairs → reward model → DPO → evaluation",
