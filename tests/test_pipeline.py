@@ -7,18 +7,15 @@ make its own SFT data); the `model` test runs `prefalign demo --quick` end to en
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from test_train_support import kill_after_first_checkpoint
 
 from prefalign.errors import PrefalignError
 from prefalign.pipeline import STAGES, DemoConfig, run_demo
-from prefalign.train.checkpoint import latest_checkpoint
 
 PAIRS = [
     {"prompt": f"Name a thing number {i}.", "chosen": f"Thing {i} is a cup.", "rejected": f"I will not say {i}."}
@@ -119,16 +116,7 @@ def test_a_kill_during_training_resumes_without_redoing_finished_stages(demo_con
     command = _demo_command(demo_config, "--dpo-epochs", "30", "--save-steps", "4")
     out = Path(demo_config.output_dir)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while latest_checkpoint(out / "dpo.partial") is None:
-        if process.poll() is not None:
-            raise AssertionError(f"the demo ended before DPO's first checkpoint: {process.stderr.read()[-2000:]}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("no DPO checkpoint within the timeout")
-        time.sleep(0.01)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_after_first_checkpoint(process, out / "dpo.partial", timeout=300)
     assert not (out / "dpo").exists(), "DPO finished before the kill"
     finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-2000:]

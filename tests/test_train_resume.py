@@ -6,15 +6,20 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from test_train_support import assert_same_metrics, config_options, quiet, read_records, write_pairs
-from test_train_support import single_thread  # noqa: F401  (an autouse fixture: importing it applies it here)
+from test_train_support import (
+    assert_same_metrics,
+    config_options,
+    kill_after_first_checkpoint,
+    quiet,
+    read_records,
+    single_thread,  # noqa: F401  (an autouse fixture: importing it applies it here)
+    write_pairs,  # fmt: skip
+)
 
 from prefalign.errors import PrefalignError
-from prefalign.train.checkpoint import latest_checkpoint
 from prefalign.train.config import DPOConfig
 from prefalign.train.loop import train
 from prefalign.train.objectives import DPOObjective
@@ -24,20 +29,6 @@ def _start(config: DPOConfig) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same single thread as this process, for identical numerics
     return subprocess.Popen([sys.executable, "-m", "prefalign", "dpo", *config_options(config)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-
-
-def _kill_after_first_checkpoint(process: subprocess.Popen, output_dir: Path, timeout: float = 120.0) -> Path:
-    deadline = time.monotonic() + timeout
-    while (checkpoint := latest_checkpoint(output_dir)) is None:
-        if process.poll() is not None:
-            raise AssertionError(f"the run ended before its first checkpoint: {process.stderr.read().decode()[-2000:]}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("no checkpoint within the timeout")
-        time.sleep(0.01)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    return checkpoint
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora-with-dropout"])
@@ -53,7 +44,7 @@ def test_killed_and_resumed_run_matches_the_uninterrupted_one(tiny_model_dir: Pa
 
     interrupted = DPOConfig(**options, output_dir=str(tmp_path / "interrupted"))
     process = _start(interrupted)
-    checkpoint = _kill_after_first_checkpoint(process, tmp_path / "interrupted")
+    checkpoint = kill_after_first_checkpoint(process, tmp_path / "interrupted")
     assert process.returncode == -signal.SIGKILL
     assert not (tmp_path / "interrupted" / "final").exists(), "the run finished before it was killed"
 

@@ -7,12 +7,18 @@ chosen answer is always the same polite sentence, the rejected one always the sa
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+from prefalign.train.checkpoint import latest_checkpoint
 
 QUESTIONS = ["Is water wet?", "Is fire cold?", "Why is the sky blue?", "How do I bake bread?", "Can you help me?",
              "Do plants need light?", "What is two plus three?", "Is the heart a pump?"]  # fmt: skip
@@ -87,3 +93,20 @@ def config_options(config: Any) -> list[str]:
         else:
             argv += [option, str(value)]
     return argv
+
+
+def kill_after_first_checkpoint(process: subprocess.Popen, output_dir: Path, timeout: float = 120.0) -> Path:
+    """SIGKILL `process` as soon as a complete checkpoint appears in `output_dir`; return that checkpoint."""
+    deadline = time.monotonic() + timeout
+    while (checkpoint := latest_checkpoint(output_dir)) is None:
+        if process.poll() is not None:
+            err = process.stderr.read() if process.stderr else ""
+            err = err.decode() if isinstance(err, bytes) else err
+            raise AssertionError(f"the run ended before its first checkpoint: {err[-2000:]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("no checkpoint within the timeout")
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    return checkpoint
