@@ -42,6 +42,14 @@ BATCH_PAIRS, MAX_LENGTH, MAX_PROMPT_LENGTH, BETA = 4, 256, 192, 0.1
 LEARNING_RATE = {"full": 5e-6, "lora": 5e-5}
 LORA = {"r": 16, "alpha": 32.0, "dropout": 0.05, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 AGREEMENT = 1e-3
+# How prefalign computes a step of 4 pairs within half of TRL's memory. Full fine-tuning (weights, gradients and
+# AdamW's moments take most of the budget): one forward over the 4 pairs in one padding-free row, each layer's
+# activations recomputed in backward, and the heap trimmed every 5 layers of it. LoRA: 4 forward/backward passes of one
+# pair each (gradient accumulation: the same exact mean over the 4 pairs), keeping every activation.
+PREFALIGN_MEMORY = {
+    "full": {"batch_size": BATCH_PAIRS, "grad_accum": 1, "gradient_checkpointing": True, "trim_layers": 5},
+    "lora": {"batch_size": 1, "grad_accum": BATCH_PAIRS, "gradient_checkpointing": False, "trim_layers": 0},
+}
 
 
 def default_model() -> str:
@@ -80,19 +88,18 @@ def run_prefalign(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     data = workdir / "pairs.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in first_pairs(args.data, args.pairs)))
     lora = args.mode == "lora"
-    config = DPOConfig(model=args.model, data=str(data), output_dir=str(workdir / "run"), batch_size=BATCH_PAIRS,
-                       max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT_LENGTH, beta=BETA,
-                       learning_rate=LEARNING_RATE[args.mode], logging_steps=1, save_steps=0, eval_steps=10**9,
-                       progress=False, tensorboard=False, plots=False, lora=lora, lora_rank=LORA["r"],
-                       lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+    config = DPOConfig(model=args.model, data=str(data), output_dir=str(workdir / "run"), max_length=MAX_LENGTH,
+                       max_prompt_length=MAX_PROMPT_LENGTH, beta=BETA, learning_rate=LEARNING_RATE[args.mode],
+                       logging_steps=1, save_steps=0, eval_steps=10**9, progress=False, tensorboard=False, plots=False,
+                       lora=lora, lora_rank=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                        lora_target_modules=LORA["targets"] if lora else ["all-linear"], precompute_ref=True,
-                       gradient_checkpointing=True)  # fmt: skip
+                       **PREFALIGN_MEMORY[args.mode])  # fmt: skip
     objective = DPOObjective(config)
     result = train(config, objective)
     records = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["split"] == "train"]
     items, _ = DPOObjective(config).load(str(data), load_tokenizer(args.model))
-    sizes = [min(BATCH_PAIRS, len(items) - BATCH_PAIRS * i) for i in range(len(steps))]
+    sizes = [min(BATCH_PAIRS, len(items) - BATCH_PAIRS * i) for i in range(len(steps))]  # pairs per optimizer step
     seconds = sum(size / r["pairs_per_second"] for size, r in zip(sizes, steps)) + objective.precompute_seconds
     tokens = sum(2 * len(i.pair.prompt_ids) + len(i.pair.chosen_ids) + len(i.pair.rejected_ids) for i in items)
     return {"pairs": len(items), "seconds": seconds, "tokens": tokens, "first_loss": steps[0]["loss"]}

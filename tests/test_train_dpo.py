@@ -162,7 +162,9 @@ def test_gradient_checkpointing_takes_the_same_steps(tiny_model_dir: Path, tmp_p
         return records_of(tmp_path / name, "train"), result.model
 
     plain, plain_model = run("plain")
-    checkpointed, checkpointed_model = run("checkpointed", gradient_checkpointing=True)
+    # and trimming the heap every layer of the backward pass leaves the steps alone too
+    checkpointed, checkpointed_model = run("checkpointed", gradient_checkpointing=True, trim_layers=1)
+    assert float(torch.tensor(1e-39) * 1.0) == 0.0  # training on CPU flushes denormals (they stall CPU arithmetic)
     assert unwrap(checkpointed_model).is_activation_checkpointing
     assert not unwrap(plain_model).is_activation_checkpointing
     assert len(plain) == len(checkpointed) == 2 and plain[-1]["loss"] != plain[0]["loss"]  # it did learn

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import math
 import platform
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from prefalign.errors import PrefalignError
-from prefalign.train.distributed import DistInfo
 from prefalign.train.config import SFTConfig
+from prefalign.train.distributed import DistInfo
 from prefalign.train.loop import DataOrder, lr_factor, make_optimizer, my_share, split_eval
 from prefalign.train.memory import release_free_memory
 
@@ -98,34 +96,24 @@ def test_freed_memory_goes_back_to_the_system() -> None:
     assert keep.sum() == 16 * 1024
 
 
-_LEAN_PROBE = """
-import torch
-from pathlib import Path
-from prefalign.train.memory import use_lean_allocator
+def test_trim_in_backward_trims_at_every_nth_layer_and_leaves_gradients_alone(tiny_model_dir, monkeypatch):
+    from prefalign.models.loading import load_model
+    from prefalign.train import memory
 
-def rss_mib():
-    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS:"))
-    return int(line.split()[1]) / 1024
-
-large = torch.ones(4 * 2**20)
-del large
-if LEAN:
-    use_lean_allocator()
-blocks = [torch.ones(2**19) for _ in range(100)]  # 100 x 2 MiB
-keep = blocks[-1]
-before = rss_mib()
-del blocks
-print(before - rss_mib())
-"""
-
-
-@GLIBC
-@pytest.mark.parametrize("lean", [False, True])
-def test_the_lean_allocator_returns_freed_megabyte_blocks_at_once(lean: bool) -> None:
-    # Freeing a 16 MiB block raises glibc's own mmap threshold past 2 MiB: 2 MiB blocks then come from the heap and
-    # stay resident once freed. With the lean allocator they are mmapped and go back as soon as they are freed. A fresh
-    # process each, as free heap space left by earlier tests would serve the blocks whatever the threshold.
-    probe = subprocess.run([sys.executable, "-c", _LEAN_PROBE.replace("LEAN", str(lean))], check=True,
-                           capture_output=True, text=True)  # fmt: skip
-    returned_mib = float(probe.stdout.split()[-1])
-    assert returned_mib > 150 if lean else returned_mib < 50
+    model = load_model(str(tiny_model_dir), device="cpu").train()
+    layers = memory.decoder_layers(model)
+    assert len(layers) == model.config.num_hidden_layers >= 2
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    calls = []
+    monkeypatch.setattr(memory, "release_free_memory", lambda: calls.append(1))
+    handles = memory.trim_in_backward(model, 2)
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert len(calls) == len(handles) == len(layers) // 2  # layers 2, 4, ...: one trim each, during backward
+    for before, param in zip(plain, model.parameters()):
+        torch.testing.assert_close(param.grad, before, atol=0, rtol=0)
+    with torch.no_grad():
+        model(input_ids=ids)  # no gradient, no hook
+    assert len(calls) == len(layers) // 2

@@ -12,19 +12,26 @@ Position ids restart at 0 for each pair, and the rejected response's continue fr
 do: each response sees exactly the positions it would alone. The first token of BOTH responses is predicted by the
 last prompt position; every later token by the position before it in its own branch.
 
-Pairs are packed first-fit decreasing into rows as long as the longest pair, so attention (quadratic in row length)
-costs no more than one row per pair would, and padding shrinks to the gaps the packing leaves.
+Two layouts:
+
+* `collate_pair_row` (the default where the model allows it): every pair of the batch end to end in ONE row with no
+  padding at all; attention runs per pair over its own blocks only (`prefalign.train.pair_attention`).
+* `collate_shared_prefix`: for models whose attention takes a 4D mask but not pair attention. Pairs are packed
+  first-fit decreasing into rows as long as the longest pair, so attention (quadratic in row length, whatever the mask
+  keeps) costs no more than one row per pair would, and padding shrinks to the gaps the packing leaves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..train.forward import CompletionIndex
+from ..train.pair_attention import SPANS_KWARG, PairSpans
 from .tokenize import TokenizedPair
 
 _PROMPT, _CHOSEN, _REJECTED, _PADDING = 0, 1, 2, -1
@@ -32,20 +39,24 @@ _PROMPT, _CHOSEN, _REJECTED, _PADDING = 0, 1, 2, -1
 
 @dataclass
 class SharedPrefixBatch:
-    """Packed rows [R, L] of pairs laid out as [prompt | chosen | rejected], with what the model and the loss need.
+    """Rows [R, L] of pairs laid out as [prompt | chosen | rejected], with what the model and the loss need.
 
-    `attention_mask` is boolean [R, 1, L, L] (True: may attend). `index` scores sequence i < num_pairs as pair i's
-    chosen response and num_pairs + i as its rejected one, the order of `prefalign.data.collate.PairBatch`.
+    Either `attention_mask` is boolean [R, 1, L, L] (True: may attend), or R is 1 and `spans` says where each pair
+    is, for pair attention. `index` scores sequence i < num_pairs as pair i's chosen response and num_pairs + i as its
+    rejected one, the order of `prefalign.data.collate.PairBatch`.
     """
 
     input_ids: Tensor
     position_ids: Tensor
-    attention_mask: Tensor
+    attention_mask: Tensor | None
     index: CompletionIndex
     num_pairs: int
     num_tokens: int  # real (non-padding) tokens the model processes
+    spans: PairSpans | None = None
 
-    def model_inputs(self) -> dict[str, Tensor]:
+    def model_inputs(self) -> dict[str, Any]:
+        if self.spans is not None:
+            return {"input_ids": self.input_ids, "position_ids": self.position_ids, SPANS_KWARG: self.spans}
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": self.position_ids}
 
     @property
@@ -57,9 +68,9 @@ class SharedPrefixBatch:
         return per_sequence[: self.num_pairs], per_sequence[self.num_pairs :]
 
     def to(self, device: torch.device | str) -> SharedPrefixBatch:
-        return SharedPrefixBatch(self.input_ids.to(device), self.position_ids.to(device),
-                                 self.attention_mask.to(device), self.index.to(device), self.num_pairs,
-                                 self.num_tokens)  # fmt: skip
+        mask = self.attention_mask.to(device) if self.attention_mask is not None else None
+        return SharedPrefixBatch(self.input_ids.to(device), self.position_ids.to(device), mask, self.index.to(device),
+                                 self.num_pairs, self.num_tokens, self.spans)  # fmt: skip
 
 
 def pack_rows(lengths: Sequence[int]) -> list[list[int]]:
@@ -90,35 +101,76 @@ def collate_shared_prefix(pairs: Sequence[TokenizedPair], pad_id: int) -> Shared
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)
     document = torch.full((len(rows), width), _PADDING, dtype=torch.long)
     branch = torch.full((len(rows), width), _PADDING, dtype=torch.long)
-    positions: list[int] = []
-    targets: list[int] = []
-    sequences: list[int] = []
+    scoring = _Scoring(num_pairs)
     for r, members in enumerate(rows):
         start = 0
         for i in members:
-            pair = pairs[i]
-            prompt, chosen, rejected = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
-            if not (prompt and chosen and rejected):
-                raise ValueError(f"{pair.location or 'a pair'}: empty prompt or response; each needs a token")
             end = start + lengths[i]
-            input_ids[r, start:end] = torch.tensor([*pair.prompt_ids, *pair.chosen_ids, *pair.rejected_ids])
-            position_ids[r, start:end] = torch.cat([torch.arange(prompt + chosen),
-                                                    torch.arange(prompt, prompt + rejected)])  # fmt: skip
+            _place(pairs[i], i, input_ids[r], position_ids[r], r * width + start, start, scoring)
             document[r, start:end] = i
-            branch[r, start:end] = torch.tensor([_PROMPT] * prompt + [_CHOSEN] * chosen + [_REJECTED] * rejected)
-            row_offset = r * width
-            last_prompt = row_offset + start + prompt - 1
-            chosen_start = row_offset + start + prompt
-            rejected_start = chosen_start + chosen
-            # Chosen token k is predicted at the position before it; so is rejected token k >= 1, but rejected's
-            # first token is predicted at the last prompt position, like chosen's.
-            positions += [last_prompt, *range(chosen_start, chosen_start + chosen - 1)]
-            positions += [last_prompt, *range(rejected_start, rejected_start + rejected - 1)]
-            targets += [*pair.chosen_ids, *pair.rejected_ids]
-            sequences += [i] * chosen + [num_pairs + i] * rejected
+            branch[r, start:end] = _branches(pairs[i])
             start = end
-    index = CompletionIndex(torch.tensor(positions), torch.tensor(targets), torch.tensor(sequences), 2 * num_pairs)
-    return SharedPrefixBatch(input_ids, position_ids, block_mask(document, branch), index, num_pairs, sum(lengths))
+    return SharedPrefixBatch(input_ids, position_ids, block_mask(document, branch), scoring.index(), num_pairs,
+                             sum(lengths))  # fmt: skip
+
+
+def collate_pair_row(pairs: Sequence[TokenizedPair], pad_id: int = 0) -> SharedPrefixBatch:
+    """All `pairs` end to end in one [1, T] row, no padding, for pair attention (see the module docstring).
+    `pad_id` is unused (there is no padding); it is accepted so both layouts collate alike."""
+    if not pairs:
+        raise ValueError("collate_pair_row needs at least one pair")
+    lengths = [len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
+    total = sum(lengths)
+    input_ids = torch.empty((1, total), dtype=torch.long)
+    position_ids = torch.empty((1, total), dtype=torch.long)
+    scoring = _Scoring(len(pairs))
+    spans = []
+    start = 0
+    for i, pair in enumerate(pairs):
+        _place(pair, i, input_ids[0], position_ids[0], start, start, scoring)
+        spans.append((start, len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)))
+        start += lengths[i]
+    return SharedPrefixBatch(input_ids, position_ids, None, scoring.index(), len(pairs), total, tuple(spans))
+
+
+class _Scoring:
+    """The completion index of a batch, built pair by pair."""
+
+    def __init__(self, num_pairs: int):
+        self.num_pairs = num_pairs
+        self.positions: list[int] = []
+        self.targets: list[int] = []
+        self.sequences: list[int] = []
+
+    def index(self) -> CompletionIndex:
+        return CompletionIndex(torch.tensor(self.positions), torch.tensor(self.targets), torch.tensor(self.sequences),
+                               2 * self.num_pairs)  # fmt: skip
+
+
+def _place(pair: TokenizedPair, i: int, ids: Tensor, positions: Tensor, flat_start: int, start: int,
+           scoring: _Scoring) -> None:  # fmt: skip
+    """Write pair i's tokens and position ids into a row at `start` (flat position `flat_start` in the batch), and
+    add its completion tokens to `scoring`."""
+    prompt, chosen, rejected = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
+    if not (prompt and chosen and rejected):
+        raise ValueError(f"{pair.location or 'a pair'}: empty prompt or response; each needs a token")
+    end = start + prompt + chosen + rejected
+    ids[start:end] = torch.tensor([*pair.prompt_ids, *pair.chosen_ids, *pair.rejected_ids])
+    positions[start:end] = torch.cat([torch.arange(prompt + chosen), torch.arange(prompt, prompt + rejected)])
+    last_prompt = flat_start + prompt - 1
+    chosen_start = flat_start + prompt
+    rejected_start = chosen_start + chosen
+    # Chosen token k is predicted at the position before it; so is rejected token k >= 1, but rejected's first token
+    # is predicted at the last prompt position, like chosen's.
+    scoring.positions += [last_prompt, *range(chosen_start, chosen_start + chosen - 1)]
+    scoring.positions += [last_prompt, *range(rejected_start, rejected_start + rejected - 1)]
+    scoring.targets += [*pair.chosen_ids, *pair.rejected_ids]
+    scoring.sequences += [i] * chosen + [scoring.num_pairs + i] * rejected
+
+
+def _branches(pair: TokenizedPair) -> Tensor:
+    return torch.tensor([_PROMPT] * len(pair.prompt_ids) + [_CHOSEN] * len(pair.chosen_ids)
+                        + [_REJECTED] * len(pair.rejected_ids))  # fmt: skip
 
 
 def block_mask(document: Tensor, branch: Tensor) -> Tensor:

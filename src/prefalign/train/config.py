@@ -63,8 +63,13 @@ class TrainConfig:
     )  # fmt: skip
     release_memory: bool = field(
         default=True,
-        metadata=_help("give freed memory back to the OS at once (glibc: blocks of 1 MiB and more are mmapped, the "
-                       "heap is trimmed every step): peak RSS stays near what is live, for some page faults"),
+        metadata=_help("trim the heap after every step (glibc, milliseconds): between steps, RSS is what is live"),
+    )  # fmt: skip
+    trim_layers: int = field(
+        default=0,
+        metadata=_help("also trim the heap after the forward pass and every N decoder layers of the backward pass "
+                       "(0: off): the lowest peak RSS, 0.2 GiB less on a 135M full fine-tune with gradient "
+                       "checkpointing, for a few percent of step time"),
     )  # fmt: skip
 
     # LoRA (peft).
@@ -111,6 +116,8 @@ class TrainConfig:
             raise PrefalignError(f"--max-steps must be at least 1, got {self.max_steps}")
         if self.save_steps < 0:
             raise PrefalignError(f"--save-steps must be 0 or more, got {self.save_steps}")
+        if self.trim_layers < 0:
+            raise PrefalignError(f"--trim-layers must be 0 or more, got {self.trim_layers}")
         if self.learning_rate is not None and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise PrefalignError(f"--learning-rate must be a positive number, got {self.learning_rate}")
         if not 0.0 <= self.warmup_ratio < 1.0:

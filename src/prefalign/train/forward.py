@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ..losses import IGNORE_INDEX, SequenceLogps
+from .pair_attention import ATTENTION_NAME, SPANS_KWARG, enable_pair_attention
 
 # Rows of [rows, V] logits built at a time: 256 x 49k fp32 is 50 MB, large enough to keep the matmul efficient.
 HEAD_CHUNK = 256
@@ -194,17 +195,22 @@ def completion_states(model: torch.nn.Module, inputs: dict[str, Tensor], index: 
 def supports_block_masks(model: torch.nn.Module) -> bool:
     """Whether `model` takes a custom 4D attention mask (transformers' sdpa and eager attention do; flash does not)."""
     config = getattr(unwrap(model), "config", None)
-    return getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+    return getattr(config, "_attn_implementation", None) in ("sdpa", "eager", ATTENTION_NAME)
 
 
 def model_inputs(model: torch.nn.Module, batch: Any) -> dict[str, Tensor]:
     """The keyword arguments `batch` passes to `model`: its own `model_inputs()` if it has one, else ids + mask.
 
-    A boolean 4D mask becomes additive (0 or the dtype's minimum) for eager attention, which adds it to the scores."""
+    A one-row pair batch (spans instead of a mask) needs a model switched to pair attention. A boolean 4D mask
+    becomes additive (0 or the dtype's minimum) for eager attention, which adds it to the scores."""
     if not hasattr(batch, "model_inputs"):
         return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
     inputs = batch.model_inputs()
-    mask = inputs["attention_mask"]
+    mask = inputs.get("attention_mask")
+    if SPANS_KWARG in inputs:
+        if not enable_pair_attention(model):  # checked once per model, then cached
+            raise ValueError("this model's attention cannot run pair attention; use the 4D-mask layout")
+        return inputs
     if mask.dim() != 4:
         return inputs
     if not supports_block_masks(model):

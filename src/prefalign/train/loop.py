@@ -7,8 +7,12 @@ synchronised across processes on the last micro-batch only) -> clip -> non-finit
 
 Memory (what a full fine-tune cannot do without: fp32 weights, gradients and AdamW's two moments, 16 bytes per
 parameter): the fused AdamW kernel allocates no temporaries; `--gradient-checkpointing` keeps each layer's input only;
-`--release-memory` (default) keeps glibc from holding freed activations and gradients, so peak RSS is close to what is
-live.
+`--release-memory` (default) trims the heap after every step; `--trim-layers N` also after the forward pass and every N
+layers of the backward pass, so peak RSS is close to what is live.
+
+On CPU, denormal floats are flushed to zero while training: a gradient full of values below 1.2e-38 (exp() of large
+negative scores does it) otherwise makes a backward pass several times slower (measured: 11 s instead of 3 s on one
+SmolLM2 batch), and values that small change no log-probability.
 
 Two choices make resuming and multi-process runs exact:
 - The items of step s are a pure function of (seed, s): each epoch is a permutation seeded by (seed, epoch), and step
@@ -46,7 +50,7 @@ from .checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, s
 from .config import TrainConfig
 from .distributed import DistInfo, barrier, cleanup, init_distributed, reduce_metrics, shard
 from .health import HealthMonitor, truncation_warning
-from .memory import release_free_memory, use_lean_allocator
+from .memory import release_free_memory, trim_in_backward
 from .metrics import MetricsLogger, progress_bar, write_summary
 from .objectives.base import Objective, autocast
 from .plots import make_plots
@@ -72,8 +76,8 @@ def train(config: TrainConfig, objective: Objective) -> TrainResult:
 
 def _train(config: TrainConfig, objective: Objective, info: DistInfo) -> TrainResult:
     started = time.perf_counter()
-    if config.release_memory:
-        use_lean_allocator()
+    if info.device.type == "cpu":
+        torch.set_flush_denormal(True)  # see the module docstring: denormals stall CPU arithmetic
     out = Path(config.output_dir)  # type: ignore[arg-type]  # required by TrainConfig.__post_init__
     say = _printer(info)
     _check_output_dir(out, config.resume)
@@ -102,6 +106,8 @@ def _train(config: TrainConfig, objective: Objective, info: DistInfo) -> TrainRe
                            target_modules=config.lora_target_modules, last_layers=config.lora_layers)  # fmt: skip
     model = objective.prepare_model(model)  # e.g. the reward model's head on top: trained and saved with the rest
     model.train()
+    if config.trim_layers:
+        trim_in_backward(model, config.trim_layers)
     objective.setup(model, items, info)  # before any update: DPO's reference is the policy as it is now
     if config.release_memory:
         release_free_memory()  # what loading, tokenizing and a reference pass freed
@@ -176,6 +182,8 @@ def _train(config: TrainConfig, objective: Objective, info: DistInfo) -> TrainRe
                 with ddp.no_sync() if ddp is not None and not last_micro else nullcontext():
                     with autocast(info.device):
                         loss_sum, sums = objective.loss(train_model, batch)
+                    if config.trim_layers:
+                        release_free_memory()  # what the forward pass freed, before backward allocates gradients
                     (loss_sum * (weight * info.world_size / global_count)).backward()
                 add_sums(step_sums, sums, weight)
             max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf

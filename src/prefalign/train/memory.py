@@ -1,7 +1,15 @@
 """Keeping a training process's resident memory close to what is live (glibc's allocator; no-ops elsewhere).
 
 Full fine-tuning needs fp32 weights, gradients and AdamW's two moments, 16 bytes per parameter; everything above that
-is activations and what the allocator holds. These two functions deal with the second.
+is activations and what the allocator holds. The functions here deal with the second.
+
+glibc keeps freed heap memory resident, and the holes between blocks still alive grow the heap during a step. Trimming
+(`malloc_trim`, milliseconds) hands every free page back. After every optimizer step that keeps RSS between steps at
+what is live; `trim_in_backward` also trims after the forward pass and every few decoder layers of the backward pass,
+so the peak, at the end of backward when all gradients exist, carries no forward-pass leftovers either. Measured on
+SmolLM2-135M full fine-tuning with gradient checkpointing: 2.81 GiB peak instead of 3.0, for about 8% more step time.
+(Serving every block of 1 MiB or more with mmap gives the same peak, but pays page faults for every activation: about
+1.4x the step time.)
 """
 
 from __future__ import annotations
@@ -11,27 +19,14 @@ import ctypes.util
 import functools
 from typing import Any
 
-# glibc keeps blocks below its mmap threshold in heaps it never shrinks by itself (it raises that threshold up to
-# 32 MiB as soon as a large block is freed): a step's activations and gradients, freed there, stay resident, and
-# the holes between blocks still alive grow RSS from step to step. Measured on SmolLM2-135M full fine-tuning: 0.35 GiB
-# more peak RSS than what is live, and +1.8 GiB of RSS after a few steps without trimming.
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
-_LEAN_MMAP_THRESHOLD = 1 << 20
+import torch
 
 
 @functools.cache
 def _glibc() -> Any:
     name = ctypes.util.find_library("c")
     libc = ctypes.CDLL(name) if name else None
-    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
-
-
-def use_lean_allocator() -> None:
-    """From now on serve blocks of 1 MiB and more (activations, gradients, logits chunks) with mmap, so that freeing
-    one returns it to the OS at once. glibc only (a no-op elsewhere); it holds for the rest of the process."""
-    libc = _glibc()
-    if libc is not None:
-        libc.mallopt(_M_MMAP_THRESHOLD, _LEAN_MMAP_THRESHOLD)
+    return libc if hasattr(libc, "malloc_trim") else None
 
 
 def release_free_memory() -> None:
@@ -41,3 +36,27 @@ def release_free_memory() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's transformer blocks, in order: transformers' checkpointable layers (any wrapper around them)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
+
+
+def trim_in_backward(model: torch.nn.Module, every: int) -> list[Any]:
+    """Trim the heap when the backward pass reaches every `every`-th decoder layer (a gradient hook on that layer's
+    output, registered as the forward pass goes by). Returns the forward-hook handles (`.remove()` undoes it)."""
+
+    def on_forward(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        if torch.is_grad_enabled() and isinstance(hidden, torch.Tensor) and hidden.requires_grad:
+            hidden.register_hook(_trim_and_pass)
+
+    layers = decoder_layers(model)
+    return [layer.register_forward_hook(on_forward) for layer in layers[every - 1 :: every]]
+
+
+def _trim_and_pass(_grad: torch.Tensor) -> None:
+    release_free_memory()  # the gradient itself goes on unchanged (the hook returns None)

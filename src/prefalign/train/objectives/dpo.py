@@ -2,9 +2,11 @@
 
 Each batch holds every pair's chosen and rejected sequence, so the policy and the reference each score both
 completions in ONE forward pass. By default (`--prefix-sharing`) a pair is one sequence [prompt | chosen | rejected]
-under a block attention mask, packed several to a row (`prefalign.data.shared_prefix`): the prompt is computed once
-and padding nearly vanishes; `--no-prefix-sharing` pads chosen and rejected rows side by side. A sequence's
-log-probability sums its completion tokens only, and vocabulary logits are built at those tokens alone.
+(`prefalign.data.shared_prefix`), so the prompt is computed once: all pairs of a batch end to end in one row with no
+padding, under pair attention (`prefalign.train.pair_attention`), or, for models whose attention cannot run it,
+packed several to a row under a block attention mask. `--no-prefix-sharing` pads chosen and rejected rows side by
+side. A sequence's log-probability sums its completion tokens only, and vocabulary logits are built at those tokens
+alone.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import torch
 
 from ...data.collate import PairBatch, collate_pairs
 from ...data.loading import load_preferences
-from ...data.shared_prefix import SharedPrefixBatch, collate_shared_prefix
+from ...data.shared_prefix import SharedPrefixBatch, collate_pair_row, collate_shared_prefix
 from ...data.tokenize import TokenizedPair, TruncationReport, tokenize_preferences
 from ...losses import dpo_loss
 from ..forward import completion_kl, supports_block_masks
+from ..pair_attention import enable_pair_attention
 from .base import Objective, Sums, policy_forward
 from .reference import (
     Reference,
@@ -59,6 +62,7 @@ class DPOObjective(Objective):
         self.reference: Reference | None = None
         self.pad_id = 0
         self.prefix_sharing = config.prefix_sharing  # setup() turns it off for models that take no block mask
+        self.pair_rows = False  # setup() turns it on where the models run pair attention: one padding-free row
         self.precompute_seconds = 0.0  # wall time of the --precompute-ref pass (or of reading its cache)
 
     def load(self, source: str, tokenizer: PreTrainedTokenizerBase) -> tuple[list[DPOItem], TruncationReport]:
@@ -78,6 +82,8 @@ class DPOObjective(Objective):
             print("prefalign: note: this model's attention takes no block mask; --prefix-sharing off (slower)",
                   file=sys.stderr)  # fmt: skip
             self.prefix_sharing = False
+        if self.prefix_sharing:
+            self.pair_rows = enable_pair_attention(model) and enable_pair_attention(reference.model)
         if not precompute:
             self.reference = reference
             return
@@ -95,7 +101,8 @@ class DPOObjective(Objective):
         tokenized = [item.pair for item in items]
         # A pair with an empty prompt has no position to predict its responses' first tokens from: pad it instead.
         if self.prefix_sharing and all(pair.prompt_ids for pair in tokenized):
-            pairs: PairBatch | SharedPrefixBatch = collate_shared_prefix(tokenized, self.pad_id).to(self.device)
+            collate = collate_pair_row if self.pair_rows else collate_shared_prefix
+            pairs: PairBatch | SharedPrefixBatch = collate(tokenized, self.pad_id).to(self.device)
         else:
             pairs = collate_pairs(tokenized, self.pad_id).to(self.device)
         ref_logps = None

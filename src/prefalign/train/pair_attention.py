@@ -1,0 +1,127 @@
+"""Attention for preference pairs laid end to end in ONE row with no padding: [p1 c1 r1 | p2 c2 r2 | ...].
+
+The model's projections, norms and MLPs see a [1, T] row of real tokens only; attention alone must know where the
+pairs are. It runs per pair, two `scaled_dot_product_attention` calls each:
+
+* prompt + chosen: plain causal attention over that span (`is_causal=True`, so the kernel skips the upper triangle);
+* rejected: its queries attend to the prompt's keys and causally to its own, never to chosen's: keys [prompt |
+  rejected] under a lower-right causal mask (`tril(diagonal=len(prompt))`).
+
+That is exactly the block mask of `prefalign.data.shared_prefix.block_mask`, but computed without the masked-out
+blocks: a packed row of L tokens costs L^2 per head under a 4D mask, whatever share of it the mask keeps; here each
+pair costs only its own causal blocks, and no padding is computed anywhere.
+
+The spans travel with the forward call as the keyword argument `SPANS_KWARG`, which transformers hands through the
+model and each decoder layer to the attention function (gradient checkpointing keeps it for the recompute too). The
+function is registered with transformers' `AttentionInterface` as `ATTENTION_NAME`: plain SDPA whenever a call
+carries no spans, so generation and every other use of the model are unchanged. `enable_pair_attention` switches a
+model to it after checking, on a toy batch, that the result equals the 4D-mask layout: a model whose attention does
+not dispatch through transformers' interface keeps the mask layout instead.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ATTENTION_NAME = "prefalign_pairs"
+SPANS_KWARG = "prefalign_pair_spans"
+# (start, prompt length, chosen length, rejected length) of each pair in the row, as Python ints (no device sync).
+PairSpans = tuple[tuple[int, int, int, int], ...]
+
+# Kernels differ (causal flag vs mask) in their last bits; a wrong layout is off by whole nats.
+_CHECK_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-8}  # other dtypes: 5e-2
+_CHECKED: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()  # per model: the check's answer
+
+
+def pair_attention(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
+                   dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> tuple[Tensor, None]:  # fmt: skip
+    """transformers' attention-function signature: query [1, H, T, D], key and value [1, KV, T, D]; returns the
+    output as [1, T, H, D]. Without spans in `kwargs`, transformers' own SDPA attention."""
+    spans: PairSpans | None = kwargs.pop(SPANS_KWARG, None)
+    if spans is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)  # fmt: skip
+    if query.shape[0] != 1:
+        raise ValueError(f"pair attention takes one row; got {query.shape[0]}")
+    options = {"scale": scaling, "dropout_p": dropout if module.training else 0.0,
+               "enable_gqa": key.shape[1] != query.shape[1]}  # fmt: skip
+    pieces = []
+    for start, prompt, chosen, rejected in spans:
+        shared = slice(start, start + prompt + chosen)
+        pieces.append(F.scaled_dot_product_attention(query[:, :, shared], key[:, :, shared], value[:, :, shared],
+                                                     is_causal=True, **options))  # fmt: skip
+        own = slice(start + prompt + chosen, start + prompt + chosen + rejected)
+        keys = torch.cat([key[:, :, start : start + prompt], key[:, :, own]], dim=2)
+        values = torch.cat([value[:, :, start : start + prompt], value[:, :, own]], dim=2)
+        # Rejected token i sees every prompt key and rejected keys 0..i: column c is kept when c <= i + prompt.
+        mask = torch.ones(rejected, prompt + rejected, dtype=torch.bool, device=query.device).tril(diagonal=prompt)
+        pieces.append(F.scaled_dot_product_attention(query[:, :, own], keys, values, attn_mask=mask, **options))
+    out = torch.cat(pieces, dim=2)
+    if out.shape[2] != query.shape[2]:
+        raise ValueError(f"pair spans cover {out.shape[2]} positions of a {query.shape[2]}-token row")
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register() -> None:
+    """Make `ATTENTION_NAME` known to transformers (idempotent): the function above, and SDPA's mask builder."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    AttentionInterface.register(ATTENTION_NAME, pair_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+
+
+def enable_pair_attention(model: torch.nn.Module) -> bool:
+    """Switch `model` (its transformers config, shared by every layer) from SDPA to pair attention if that gives the
+    same log-probabilities as the 4D-mask layout on a toy batch; True when the model now runs pair attention."""
+    from .forward import unwrap
+
+    inner = unwrap(model)
+    config = getattr(inner, "config", None)
+    implementation = getattr(config, "_attn_implementation", None)
+    if config is None or implementation not in ("sdpa", ATTENTION_NAME):
+        return False
+    if implementation == ATTENTION_NAME and _CHECKED.get(inner):
+        return True
+    register()
+    config._attn_implementation = ATTENTION_NAME
+    works = _same_as_mask_layout(model)
+    _CHECKED[inner] = works
+    if not works:
+        config._attn_implementation = "sdpa"
+    return works
+
+
+def _same_as_mask_layout(model: torch.nn.Module) -> bool:
+    """Score two toy pairs in one row with pair attention and in 4D-mask packed rows; compare the log-probs."""
+    from ..data.shared_prefix import collate_pair_row, collate_shared_prefix
+    from ..data.tokenize import TokenizedPair
+    from .forward import completion_states, unwrap
+
+    weight = unwrap(model).get_input_embeddings().weight
+    vocab = weight.shape[0]
+
+    def ids(*tokens: int) -> list[int]:
+        return [token % vocab for token in tokens]
+
+    pairs = [TokenizedPair(ids(3, 7, 11), ids(5, 2), ids(9, 4, 6)), TokenizedPair(ids(8), ids(1, 12, 10), ids(13))]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():  # inputs straight to the model: `forward.model_inputs` would ask for this very check
+            row, packed = (completion_states(model, batch.model_inputs(), batch.index).sequence_logps()
+                           for batch in (collate_pair_row(pairs).to(weight.device),
+                                         collate_shared_prefix(pairs, pad_id=0).to(weight.device)))  # fmt: skip
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    finally:
+        model.train(was_training)
+    tolerance = _CHECK_TOLERANCE.get(weight.dtype, 5e-2)
+    return bool(torch.allclose(row.sum_logps, packed.sum_logps, atol=tolerance, rtol=0))
