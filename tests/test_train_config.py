@@ -53,6 +53,7 @@ def test_defaults_and_learning_rate_by_objective_and_lora() -> None:
         ({"lora": True, "ref_model": "other"}, "drop --ref-model"),
         ({"batch_size": 0}, "--batch-size must be at least 1"),
         ({"eval_split": 1.0}, "--eval-split"),
+        ({"trim_layers": -1}, "--trim-layers must be 0 or more"),
     ],
 )
 def test_bad_options_are_one_line_errors(options: dict, message: str) -> None:

@@ -117,3 +117,4 @@ def test_trim_in_backward_trims_at_every_nth_layer_and_leaves_gradients_alone(ti
     with torch.no_grad():
         model(input_ids=ids)  # no gradient, no hook
     assert len(calls) == len(layers) // 2
+    assert memory.trim_in_backward(model, len(layers) + 1) == []  # nothing to hook: the loop says so

@@ -106,8 +106,9 @@ def _train(config: TrainConfig, objective: Objective, info: DistInfo) -> TrainRe
                            target_modules=config.lora_target_modules, last_layers=config.lora_layers)  # fmt: skip
     model = objective.prepare_model(model)  # e.g. the reward model's head on top: trained and saved with the rest
     model.train()
-    if config.trim_layers:
-        trim_in_backward(model, config.trim_layers)
+    if config.trim_layers and not trim_in_backward(model, config.trim_layers):
+        say(f"note: --trim-layers {config.trim_layers}: this model has no such transformers decoder layer to hook; "
+            "the heap is trimmed between steps only")
     objective.setup(model, items, info)  # before any update: DPO's reference is the policy as it is now
     if config.release_memory:
         release_free_memory()  # what loading, tokenizing and a reference pass freed
