@@ -88,12 +88,28 @@ def run_prefalign(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     data = workdir / "pairs.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in first_pairs(args.data, args.pairs)))
     lora = args.mode == "lora"
-    config = DPOConfig(model=args.model, data=str(data), output_dir=str(workdir / "run"), max_length=MAX_LENGTH,
-                       max_prompt_length=MAX_PROMPT_LENGTH, beta=BETA, learning_rate=LEARNING_RATE[args.mode],
-                       logging_steps=1, save_steps=0, eval_steps=10**9, progress=False, tensorboard=False, plots=False,
-                       lora=lora, lora_rank=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                       lora_target_modules=LORA["targets"] if lora else ["all-linear"], precompute_ref=True,
-                       **PREFALIGN_MEMORY[args.mode])  # fmt: skip
+    config = DPOConfig(
+        model=args.model,
+        data=str(data),
+        output_dir=str(workdir / "run"),
+        max_length=MAX_LENGTH,
+        max_prompt_length=MAX_PROMPT_LENGTH,
+        beta=BETA,
+        learning_rate=LEARNING_RATE[args.mode],
+        logging_steps=1,
+        save_steps=0,
+        eval_steps=10**9,
+        progress=False,
+        tensorboard=False,
+        plots=False,
+        lora=lora,
+        lora_rank=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        lora_dropout=LORA["dropout"],
+        lora_target_modules=LORA["targets"] if lora else ["all-linear"],
+        precompute_ref=True,
+        **PREFALIGN_MEMORY[args.mode],
+    )
     objective = DPOObjective(config)
     result = train(config, objective)
     records = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
@@ -111,17 +127,27 @@ def run_trl(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    rows = [{"prompt": r["prompt"], "chosen": [{"role": "assistant", "content": r["chosen"]}],
-             "rejected": [{"role": "assistant", "content": r["rejected"]}]}
-            for r in first_pairs(args.data, args.pairs)]  # fmt: skip
+    rows = [
+        {
+            "prompt": r["prompt"],
+            "chosen": [{"role": "assistant", "content": r["chosen"]}],
+            "rejected": [{"role": "assistant", "content": r["rejected"]}],
+        }
+        for r in first_pairs(args.data, args.pairs)
+    ]
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     peft_config = None
     if args.mode == "lora":
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                                 target_modules=LORA["targets"], task_type="CAUSAL_LM")  # fmt: skip
+        peft_config = LoraConfig(
+            r=LORA["r"],
+            lora_alpha=LORA["alpha"],
+            lora_dropout=LORA["dropout"],
+            target_modules=LORA["targets"],
+            task_type="CAUSAL_LM",
+        )
     timing = {"seconds": 0.0, "tokens": 0, "pairs": 0, "check_seconds": 0.0}
     check: dict[str, Any] = {}
 
@@ -146,16 +172,38 @@ def run_trl(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     timing["check_seconds"] += time.perf_counter() - started
             return super().compute_loss(model, inputs, *rest, **kwargs)
 
-    config = DPOConfig(output_dir=str(workdir / "trl"), per_device_train_batch_size=BATCH_PAIRS, max_length=MAX_LENGTH,
-                       beta=BETA, learning_rate=LEARNING_RATE[args.mode], num_train_epochs=1, logging_steps=1,
-                       save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=42,
-                       bf16=False)  # fmt: skip  # TRL defaults to bf16 autocast, even on CPU; compare in fp32
-    trainer = Recording(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                        peft_config=peft_config, callbacks=[Timed()])  # fmt: skip
+    config = DPOConfig(
+        output_dir=str(workdir / "trl"),
+        per_device_train_batch_size=BATCH_PAIRS,
+        max_length=MAX_LENGTH,
+        beta=BETA,
+        learning_rate=LEARNING_RATE[args.mode],
+        num_train_epochs=1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=42,
+        bf16=False,
+    )  # TRL defaults to bf16 autocast, even on CPU; compare in fp32
+    trainer = Recording(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[Timed()],
+    )
     trainer.train()
     first_loss = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
-    return {"pairs": timing["pairs"], "seconds": timing["seconds"] - timing["check_seconds"],
-            "tokens": timing["tokens"], "first_loss": first_loss, "check": check}  # fmt: skip
+    return {
+        "pairs": timing["pairs"],
+        "seconds": timing["seconds"] - timing["check_seconds"],
+        "tokens": timing["tokens"],
+        "first_loss": first_loss,
+        "check": check,
+    }
 
 
 def trl_first_batch(model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -190,8 +238,9 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
     trl = json.loads(Path(args.check).read_text())
     model = load_model(args.model, dtype=torch.float32, device="cpu")
     if args.mode == "lora":
-        model = apply_lora(model, rank=LORA["r"], alpha=LORA["alpha"], dropout=LORA["dropout"],
-                           target_modules=LORA["targets"])  # fmt: skip
+        model = apply_lora(
+            model, rank=LORA["r"], alpha=LORA["alpha"], dropout=LORA["dropout"], target_modules=LORA["targets"]
+        )
     model.eval()
     batch = collate_shared_prefix([TokenizedPair(*triple) for triple in trl["pairs"]], pad_id=0)
     with torch.no_grad():
@@ -215,8 +264,20 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def spawn(args: argparse.Namespace, role: str, mode: str, check: Path | None = None) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--worker", role, "--mode", mode, "--pairs", str(args.pairs),
-               "--model", args.model, "--data", args.data]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        role,
+        "--mode",
+        mode,
+        "--pairs",
+        str(args.pairs),
+        "--model",
+        args.model,
+        "--data",
+        args.data,
+    ]
     if check is not None:
         command += ["--check", str(check)]
     done = subprocess.run(command, check=False, capture_output=True, text=True)
@@ -231,31 +292,43 @@ def agree(args: argparse.Namespace, mode: str, trl: dict[str, Any], ours: dict[s
     dump.write_text(json.dumps(trl["check"]))
     check = spawn(args, "check", mode, dump)
     losses = abs(trl["first_loss"] - ours["first_loss"])
-    print(f"[{mode}] first-step loss: TRL {trl['first_loss']:.6f}, prefalign {ours['first_loss']:.6f} "
-          f"(|diff| {losses:.2e}; ln 2 = {math.log(2):.6f})")  # fmt: skip
-    print(f"[{mode}] per-sequence log-probs of TRL's first batch ({len(check['trl'])} sequences, TRL's token ids): "
-          f"max |diff| {check['max_abs_diff']:.2e}")  # fmt: skip
+    print(
+        f"[{mode}] first-step loss: TRL {trl['first_loss']:.6f}, prefalign {ours['first_loss']:.6f} "
+        f"(|diff| {losses:.2e}; ln 2 = {math.log(2):.6f})"
+    )
+    print(
+        f"[{mode}] per-sequence log-probs of TRL's first batch ({len(check['trl'])} sequences, TRL's token ids): "
+        f"max |diff| {check['max_abs_diff']:.2e}"
+    )
     if losses > AGREEMENT or check["max_abs_diff"] > AGREEMENT:
         sys.exit(f"[{mode}] TRL and prefalign disagree beyond {AGREEMENT}: stopping before timing")
 
 
 def rates(run: dict[str, Any]) -> dict[str, float]:
-    return {"pairs/s": run["pairs"] / run["seconds"], "tokens/s": run["tokens"] / run["seconds"],
-            "peak RSS GiB": run["peak_rss_gib"]}  # fmt: skip
+    return {
+        "pairs/s": run["pairs"] / run["seconds"],
+        "tokens/s": run["tokens"] / run["seconds"],
+        "peak RSS GiB": run["peak_rss_gib"],
+    }
 
 
 def report(mode: str, runs: dict[str, list[dict[str, Any]]]) -> None:
-    medians = {name: {key: statistics.median(rates(r)[key] for r in rs) for key in ("pairs/s", "tokens/s",
-                                                                                      "peak RSS GiB")}
-               for name, rs in runs.items()}  # fmt: skip
+    medians = {
+        name: {key: statistics.median(rates(r)[key] for r in rs) for key in ("pairs/s", "tokens/s", "peak RSS GiB")}
+        for name, rs in runs.items()
+    }
     trl, ours = medians["trl"], medians["prefalign"]
-    print(f"\n{mode}: medians of {len(runs['trl'])} run(s), {runs['trl'][0]['pairs']} pairs (TRL) / "
-          f"{runs['prefalign'][0]['pairs']} pairs (prefalign)")  # fmt: skip
+    print(
+        f"\n{mode}: medians of {len(runs['trl'])} run(s), {runs['trl'][0]['pairs']} pairs (TRL) / "
+        f"{runs['prefalign'][0]['pairs']} pairs (prefalign)"
+    )
     print(f"  {'':10} {'pairs/s':>9} {'tokens/s':>9} {'peak RSS GiB':>13}")
     for name, row in (("TRL", trl), ("prefalign", ours)):
         print(f"  {name:10} {row['pairs/s']:9.3f} {row['tokens/s']:9.1f} {row['peak RSS GiB']:13.2f}")
-    print(f"  {'ratio':10} {ours['pairs/s'] / trl['pairs/s']:8.2f}x {ours['tokens/s'] / trl['tokens/s']:8.2f}x "
-          f"{ours['peak RSS GiB'] / trl['peak RSS GiB']:12.2f}x")  # fmt: skip
+    print(
+        f"  {'ratio':10} {ours['pairs/s'] / trl['pairs/s']:8.2f}x {ours['tokens/s'] / trl['tokens/s']:8.2f}x "
+        f"{ours['peak RSS GiB'] / trl['peak RSS GiB']:12.2f}x"
+    )
 
 
 def main() -> None:
@@ -285,8 +358,11 @@ def main() -> None:
                 for name in order:
                     runs[name].append(spawn(args, name, mode))
                     rate = rates(runs[name][-1])
-                    print(f"[{mode}] run {repeat + 1} {name}: {rate['pairs/s']:.3f} pairs/s, "
-                          f"{rate['tokens/s']:.1f} tokens/s, peak {rate['peak RSS GiB']:.2f} GiB", flush=True)
+                    print(
+                        f"[{mode}] run {repeat + 1} {name}: {rate['pairs/s']:.3f} pairs/s, "
+                        f"{rate['tokens/s']:.1f} tokens/s, peak {rate['peak RSS GiB']:.2f} GiB",
+                        flush=True,
+                    )
                 if repeat == 0:
                     agree(args, mode, runs["trl"][0], runs["prefalign"][0], Path(tmp))
             report(mode, runs)

@@ -10,4 +10,7 @@ if [ "${CI:-}" = "true" ] && ! command -v chromium >/dev/null 2>&1 && [ "$(id -u
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ||
         echo "prefalign: could not install chromium; the report test will skip" >&2
 fi
+# Lint and format first: a lint error fails the run before the (slower) tests start.
+ruff check src tests benchmarks
+ruff format --check src tests benchmarks
 exec python -m pytest -q "$@"

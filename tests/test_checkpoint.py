@@ -79,8 +79,13 @@ def _round_trip(tmp_path, model, optimizer, scheduler):
     _train_step(model, optimizer, scheduler)
     _train_step(model, optimizer, scheduler)
     path = save_checkpoint(
-        tmp_path, 2, model=model, optimizer=optimizer, scheduler=scheduler,
-        trainer_state={"epoch": 0, "batches_seen": 2}, keep_last=3,
+        tmp_path,
+        2,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        trainer_state={"epoch": 0, "batches_seen": 2},
+        keep_last=3,
     )
     saved = (_params(model), copy.deepcopy(optimizer.state_dict()), scheduler.state_dict(), scheduler.get_last_lr())
     expected_draws = _draws()
@@ -112,7 +117,13 @@ def test_full_model_round_trip_restores_weights_optimizer_scheduler_and_rng(tmp_
     path, saved = _round_trip(tmp_path, model, optimizer, scheduler)
 
     assert sorted(p.name for p in path.iterdir()) == [
-        "COMPLETE", "model.safetensors", "optimizer.pt", "rng.json", "rng.pt", "scheduler.pt", "trainer_state.json",
+        "COMPLETE",
+        "model.safetensors",
+        "optimizer.pt",
+        "rng.json",
+        "rng.pt",
+        "scheduler.pt",
+        "trainer_state.json",
     ]
     # A freshly loaded model gets the trained weights, and its embeddings stay tied.
     fresh = _load_tiny(tiny_model_dir)
@@ -127,7 +138,7 @@ def test_lora_round_trip_saves_only_the_adapter(tmp_path, tiny_model_dir):
     torch.manual_seed(0)
     model = _lora(_load_tiny(tiny_model_dir))
     optimizer, scheduler = _optimizer_and_scheduler(model)
-    path, saved = _round_trip(tmp_path, model, optimizer, scheduler)
+    path, _saved = _round_trip(tmp_path, model, optimizer, scheduler)
 
     assert not (path / "model.safetensors").exists()
     from safetensors.torch import load_file
@@ -172,8 +183,13 @@ def test_ddp_wrapped_model_is_saved_unwrapped(tmp_path):
 def _save_linear(tmp_path, step: int, keep_last: int = 2, optimizer=None):
     model = torch.nn.Linear(2, 2)
     return save_checkpoint(
-        tmp_path, step, model=model, optimizer=optimizer or torch.optim.SGD(model.parameters(), lr=0.1),
-        scheduler=None, trainer_state={"step": -1}, keep_last=keep_last,
+        tmp_path,
+        step,
+        model=model,
+        optimizer=optimizer or torch.optim.SGD(model.parameters(), lr=0.1),
+        scheduler=None,
+        trainer_state={"step": -1},
+        keep_last=keep_last,
     )
 
 
@@ -221,8 +237,13 @@ def test_saving_an_existing_step_replaces_it(tmp_path):
     _save_linear(tmp_path, 3)
     model = torch.nn.Linear(2, 2)
     path = save_checkpoint(
-        tmp_path, 3, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), scheduler=None,
-        trainer_state={"epoch": 1}, keep_last=2,
+        tmp_path,
+        3,
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        scheduler=None,
+        trainer_state={"epoch": 1},
+        keep_last=2,
     )
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-3"]
     assert json.loads((path / "trainer_state.json").read_text()) == {"epoch": 1, "step": 3}
@@ -237,7 +258,13 @@ def test_per_rank_rng_states(tmp_path):
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     path = save_checkpoint(
-        tmp_path, 1, model=model, optimizer=optimizer, scheduler=None, trainer_state={}, keep_last=1,
+        tmp_path,
+        1,
+        model=model,
+        optimizer=optimizer,
+        scheduler=None,
+        trainer_state={},
+        keep_last=1,
         rng_states=[rank0, rank1],
     )
     load_checkpoint(path, model=model, optimizer=optimizer, scheduler=None, rank=1)
@@ -313,10 +340,24 @@ def test_lora_reward_model_checkpoint_holds_the_adapter_and_head_only(tmp_path, 
 def test_a_plain_lora_checkpoint_does_not_resume_a_reward_model_or_back(tmp_path, tiny_model_dir):
     rm = _lora_reward_model(tiny_model_dir)
     plain = _lora(_load_tiny(tiny_model_dir))
-    rm_path = save_checkpoint(tmp_path / "rm", 1, model=rm, optimizer=torch.optim.SGD(rm.parameters(), lr=0.1),
-                              scheduler=None, trainer_state={}, keep_last=1)  # fmt: skip
-    plain_path = save_checkpoint(tmp_path / "plain", 1, model=plain, scheduler=None, trainer_state={}, keep_last=1,
-                                 optimizer=torch.optim.SGD(plain.parameters(), lr=0.1))  # fmt: skip
+    rm_path = save_checkpoint(
+        tmp_path / "rm",
+        1,
+        model=rm,
+        optimizer=torch.optim.SGD(rm.parameters(), lr=0.1),
+        scheduler=None,
+        trainer_state={},
+        keep_last=1,
+    )
+    plain_path = save_checkpoint(
+        tmp_path / "plain",
+        1,
+        model=plain,
+        scheduler=None,
+        trainer_state={},
+        keep_last=1,
+        optimizer=torch.optim.SGD(plain.parameters(), lr=0.1),
+    )
     with pytest.raises(PrefalignError, match=r"weights around the adapter do not fit .*reward_head.weight"):
         load_checkpoint(plain_path, model=rm, optimizer=torch.optim.SGD(rm.parameters(), lr=0.1), scheduler=None)
     with pytest.raises(PrefalignError, match=r"weights around the adapter do not fit .*reward_head.weight"):

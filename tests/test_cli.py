@@ -19,8 +19,8 @@ def _all_command_paths() -> list[list[str]]:
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
                 for name, sub in action.choices.items():
-                    paths.append(prefix + [name])
-                    walk(sub, prefix + [name])
+                    paths.append([*prefix, name])
+                    walk(sub, [*prefix, name])
 
     walk(build_parser(), [])
     return paths
@@ -34,7 +34,7 @@ def test_there_are_subcommands() -> None:
 @pytest.mark.parametrize("path", _all_command_paths(), ids=lambda p: " ".join(p))
 def test_help_on_every_subcommand(path: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(path + ["--help"])
+        main([*path, "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: prefalign " + " ".join(path))

@@ -195,9 +195,7 @@ def test_convert_to_explicit_refuses_multi_message_completions_and_leaves_the_ol
     out_path.write_text("old\n")
     code, _, err = run(["data", "convert", str(source), "-o", str(out_path), "--to", "explicit"], capsys)
     assert code == 2
-    assert err == (
-        f"prefalign: error: {source}:1: 'chosen' holds 2 messages; an explicit completion is one string\n"
-    )
+    assert err == (f"prefalign: error: {source}:1: 'chosen' holds 2 messages; an explicit completion is one string\n")
     assert out_path.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["multi.jsonl", "out.jsonl"]  # no temporary file left
 

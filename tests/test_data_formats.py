@@ -209,7 +209,8 @@ def test_to_conversational_and_to_explicit_reshape_without_losing_text():
 
 
 def test_to_explicit_refuses_a_completion_of_several_messages():
-    record = PreferenceRecord(prompt=[user("q")], chosen=[assistant("a"), assistant("b")], rejected=[assistant("c")],
-                              location="x.jsonl:4")
+    record = PreferenceRecord(
+        prompt=[user("q")], chosen=[assistant("a"), assistant("b")], rejected=[assistant("c")], location="x.jsonl:4"
+    )
     with pytest.raises(DataError, match=r"^x\.jsonl:4: 'chosen' holds 2 messages; an explicit completion is one"):
         to_explicit(record)

@@ -94,14 +94,23 @@ def test_two_processes_under_torchrun(tmp_path):
     script.write_text(_WORKER)
     env = {key: value for key, value in os.environ.items() if key not in _TORCHRUN_VARS}
     env["OMP_NUM_THREADS"] = "1"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               str(script), str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(script),
+        str(tmp_path),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
 
     results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert [(r["rank"], r["local_rank"], r["world_size"], r["is_main"]) for r in results] == [
-        (0, 0, 2, True), (1, 1, 2, False),
+        (0, 0, 2, True),
+        (1, 1, 2, False),
     ]
     assert [r["shard"] for r in results] == [[0, 2, 4, 6], [1, 3, 5]]
     for r in results:  # every rank sees the global sums, in the dtypes it passed

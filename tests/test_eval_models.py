@@ -69,8 +69,9 @@ def test_kl_of_a_model_from_itself_is_zero_and_from_another_is_positive(tiny_mod
     config = GenerationConfig(max_new_tokens=6, temperature=1.0, seed=3)
     samples = [generate(policy.model, policy.tokenizer, [p.prompt for p in PROMPTS], config, progress=False)]
 
-    same = kl_from_base(policy, EvalModel("copy", str(tiny_model_dir), digests), PROMPTS, samples,
-                        prompt_format="auto", batch_size=4)
+    same = kl_from_base(
+        policy, EvalModel("copy", str(tiny_model_dir), digests), PROMPTS, samples, prompt_format="auto", batch_size=4
+    )
     assert same.kl == [0.0, 0.0] and same.logratio == [0.0, 0.0]
     assert same.tokens == [float(len(s.token_ids)) for s in samples[0]]
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from helpers.fake_llm_server import FakeLLMServer, Reply
 
+from helpers.fake_llm_server import FakeLLMServer, Reply
 from prefalign.evaluate.pairwise import compare, uses_pointwise_compare, verdicts_from_scores
 from prefalign.evaluate.prompt_set import EvalPrompt
 from prefalign.judges import JudgeItem, VerifierJudge, load_judge
@@ -33,8 +33,10 @@ def test_verifier_win_rate_and_symmetry():
 def test_comparing_from_pointwise_scores_gives_the_judges_own_verdicts():
     judge = VerifierJudge()
     assert uses_pointwise_compare(judge)
-    scores = {label: judge.score([JudgeItem(p.prompt, r, p.meta) for p, r in zip(PROMPTS, texts)])
-              for label, texts in RESPONSES.items()}
+    scores = {
+        label: judge.score([JudgeItem(p.prompt, r, p.meta) for p, r in zip(PROMPTS, texts)])
+        for label, texts in RESPONSES.items()
+    }
     from_scores = verdicts_from_scores(scores["dpo"], scores["sft"])
     direct = judge.compare([p.prompt for p in PROMPTS], RESPONSES["dpo"], RESPONSES["sft"], [p.meta for p in PROMPTS])
     assert [v.preferred for v in from_scores] == [v.preferred for v in direct]

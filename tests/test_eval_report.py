@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.fake_llm_server import FakeLLMServer, Reply
 
+from helpers.fake_llm_server import FakeLLMServer, Reply
 from prefalign.cli import eval as eval_cli
 from prefalign.errors import PrefalignError
 from prefalign.evaluate.config import EvalConfig
@@ -30,7 +30,7 @@ from prefalign.generate import Generation, GenerationConfig
 from prefalign.prompts import builtin_prompts
 
 LABELS = ["base", "sft", "dpo"]
-PAYLOAD = "<script>alert(1)</script><img src=x onerror=\"console.log('injected')\"> & \"quotes\" </pre>"
+PAYLOAD = '<script>alert(1)</script><img src=x onerror="console.log(\'injected\')"> & "quotes" </pre>'
 CELL = re.compile(r"^[+-]?\d+\.\d+ \[[+-]?\d+\.\d+, [+-]?\d+\.\d+\]$")
 
 
@@ -74,46 +74,92 @@ def workspace(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("eval")
     models = {label: _lively_model(tiny_model_dir, root / label, seed) for seed, label in enumerate(LABELS)}
     prompts = root / "prompts.jsonl"
-    records = builtin_prompts(split="heldout")[:5] + [{"id": "chat", "prompt": [{"role": "user", "content": "Hi"}]}]
+    records = [*builtin_prompts(split="heldout")[:5], {"id": "chat", "prompt": [{"role": "user", "content": "Hi"}]}]
     prompts.write_text("".join(json.dumps(r) + "\n" for r in records))
     pairs = root / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"},
-        {"prompt": "Say hi.", "chosen": "Hello there!", "rejected": "Go away."},
-        {"prompt": "Name a colour.", "chosen": "blue", "rejected": "the number seven"},
-    ]))
+    pairs.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"},
+                {"prompt": "Say hi.", "chosen": "Hello there!", "rejected": "Go away."},
+                {"prompt": "Name a colour.", "chosen": "blue", "rejected": "the number seven"},
+            ]
+        )
+    )
     run_dir = root / "runs" / "dpo"
     run_dir.mkdir(parents=True)
-    run_dir.joinpath("metrics.jsonl").write_text("".join(
-        json.dumps({"step": s, "split": split, "loss": 0.7 - 0.01 * s, "rewards/margins": 0.02 * s}) + "\n"
-        for s in range(1, 21) for split in (["train", "eval"] if s % 5 == 0 else ["train"])))
+    run_dir.joinpath("metrics.jsonl").write_text(
+        "".join(
+            json.dumps({"step": s, "split": split, "loss": 0.7 - 0.01 * s, "rewards/margins": 0.02 * s}) + "\n"
+            for s in range(1, 21)
+            for split in (["train", "eval"] if s % 5 == 0 else ["train"])
+        )
+    )
     with pytest.MonkeyPatch.context() as patch, FakeLLMServer(api_key="sk-test") as server:
         patch.setenv("OPENAI_API_KEY", "sk-test")
         server.answer_with(_judge_answer)
         out = root / "out"
-        argv = ["eval", *(f"--model={label}={path}" for label, path in models.items()),
-                "--prompts", str(prompts), "--pairs", str(pairs), "--run", f"dpo={run_dir}",
-                "--judge", "verifier", "--judge", "openai:judge", "--judge-base-url", server.base_url + "/v1",
-                "--judge-cache", str(root / "judge.sqlite"), "--output-dir", str(out),
-                "--max-new-tokens", "12", "--batch-size", "8",
-                "--kl-samples", "1", "--kl-max-new-tokens", "6"]
+        argv = [
+            "eval",
+            *(f"--model={label}={path}" for label, path in models.items()),
+            "--prompts",
+            str(prompts),
+            "--pairs",
+            str(pairs),
+            "--run",
+            f"dpo={run_dir}",
+            "--judge",
+            "verifier",
+            "--judge",
+            "openai:judge",
+            "--judge-base-url",
+            server.base_url + "/v1",
+            "--judge-cache",
+            str(root / "judge.sqlite"),
+            "--output-dir",
+            str(out),
+            "--max-new-tokens",
+            "12",
+            "--batch-size",
+            "8",
+            "--kl-samples",
+            "1",
+            "--kl-max-new-tokens",
+            "6",
+        ]
         code, printed = _cli(argv)
         # Later runs write elsewhere but share the first run's cache.
         config = EvalConfig(
-            models=list(models.items()), prompts=str(prompts), output_dir=root / "rerun", pairs=str(pairs),
+            models=list(models.items()),
+            prompts=str(prompts),
+            output_dir=root / "rerun",
+            pairs=str(pairs),
             cache_dir=out / "cache",
-            generation=GenerationConfig(max_new_tokens=12, batch_size=8), judges=["verifier", "openai:judge"],
+            generation=GenerationConfig(max_new_tokens=12, batch_size=8),
+            judges=["verifier", "openai:judge"],
             judge_options={"base_url": server.base_url + "/v1", "cache_path": root / "judge.sqlite"},
-            runs={"dpo": str(run_dir)}, kl_samples=1, kl_max_new_tokens=6,
+            runs={"dpo": str(run_dir)},
+            kl_samples=1,
+            kl_max_new_tokens=6,
         )
         rerun = run_evaluation(config, progress=False, say=lambda message: None)
         requests_before_extension = len(server.requests)
         extra = _lively_model(tiny_model_dir, root / "dpo2", seed=7)
-        extended_config = replace(config, models=[*models.items(), ("dpo2", str(extra))], runs={},
-                                  output_dir=root / "extended")
+        extended_config = replace(
+            config, models=[*models.items(), ("dpo2", str(extra))], runs={}, output_dir=root / "extended"
+        )
         extended = run_evaluation(extended_config, progress=False, say=lambda message: None)
-        yield {"root": root, "out": out, "code": code, "printed": printed, "rerun": rerun, "extended": extended,
-               "requests_before_extension": requests_before_extension, "server": server}
+        yield {
+            "root": root,
+            "out": out,
+            "code": code,
+            "printed": printed,
+            "rerun": rerun,
+            "extended": extended,
+            "requests_before_extension": requests_before_extension,
+            "server": server,
+        }
 
 
 def _markdown_table(text: str) -> list[list[str]]:
@@ -139,11 +185,19 @@ def test_every_number_in_the_table_has_its_interval(workspace):
     header, rows = table[0], table[1:]
     assert header[-1] == "Δ dpo over sft (95% CI)" and len(rows) >= 15
     names = [row[0] for row in rows]
-    for expected in ("IFEval prompt-level accuracy (strict)", "IFEval instruction-level accuracy (loose)",
-                     "Judge score: openai:judge", "Response length (tokens)", "Refusal rate (phrase list)",
-                     "Repeated 4-grams (fraction)", "KL from base (nats/response, sampled)",
-                     "Implicit-reward accuracy, held-out pairs (ref sft)", "Win rate vs sft (verifier)",
-                     "LC win rate vs sft (openai:judge)", "Win rate vs base (openai:judge)"):
+    for expected in (
+        "IFEval prompt-level accuracy (strict)",
+        "IFEval instruction-level accuracy (loose)",
+        "Judge score: openai:judge",
+        "Response length (tokens)",
+        "Refusal rate (phrase list)",
+        "Repeated 4-grams (fraction)",
+        "KL from base (nats/response, sampled)",
+        "Implicit-reward accuracy, held-out pairs (ref sft)",
+        "Win rate vs sft (verifier)",
+        "LC win rate vs sft (openai:judge)",
+        "Win rate vs base (openai:judge)",
+    ):
         assert expected in names, expected
     numbers = 0
     for row in rows:
@@ -164,8 +218,11 @@ def test_report_json_holds_every_result(workspace):
     report = json.loads((workspace["out"] / "report.json").read_text())
     assert report["labels"] == LABELS and report["prompts"] == 6
     assert [(p["model"], p["baseline"], p["judge"]) for p in report["pairwise"]] == [
-        ("dpo", "sft", "verifier"), ("dpo", "sft", "openai:judge"),
-        ("sft", "base", "verifier"), ("sft", "base", "openai:judge")]
+        ("dpo", "sft", "verifier"),
+        ("dpo", "sft", "openai:judge"),
+        ("sft", "base", "verifier"),
+        ("sft", "base", "openai:judge"),
+    ]
     for result in report["pairwise"]:
         # The verifier cannot score the chat prompt (no instructions); the LLM judge scores all six.
         assert result["failures"] == (1 if result["judge"] == "verifier" else 0)
@@ -229,9 +286,21 @@ def _chromium() -> str | None:
 def _run_chromium(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess:
     browser = _chromium()
     assert browser is not None
-    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-               "--enable-logging=stderr", "--v=0", *extra, page.as_uri()]
+    command = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        *extra,
+        page.as_uri(),
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 

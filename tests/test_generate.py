@@ -55,9 +55,7 @@ def _hf_greedy(model, tokenizer, prompts, max_new_tokens: int) -> list[list[int]
     rows = [prompt_token_ids(p, tokenizer, "auto") for p in prompts]
     tokenizer.padding_side = "left"
     batch = tokenizer.pad({"input_ids": rows}, return_tensors="pt")
-    out = model.generate(
-        **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-    )
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     eos = tokenizer.eos_token_id
     new = out[:, batch["input_ids"].shape[1] :].tolist()
     return [row[: row.index(eos) + 1] if eos in row else row for row in new]
@@ -249,13 +247,18 @@ def test_cli_prompts_file_to_jsonl(tiny, model_dir: Path, tmp_path: Path) -> Non
     config.write_text("max_new_tokens: 4\ntemperature: 0.8\n")
     out = tmp_path / "out" / "gen.jsonl"
     args = ["generate", "--model", str(model_dir), "--prompts", str(prompts), "-o", str(out)]
-    assert main(args + ["--config", str(config), "--seed", "3"]) == 0
+    assert main([*args, "--config", str(config), "--seed", "3"]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] if "id" in r else r["tags"] for r in rows] == [7, ["geo"]]
     assert rows[1]["prompt"] == PROMPTS[2]
     assert rows[0]["generation"] == {
-        "max_new_tokens": 4, "temperature": 0.8, "top_p": 1.0, "seed": 3, "batch_size": 16, "prompt_format": "auto"
-    }  # fmt: skip
+        "max_new_tokens": 4,
+        "temperature": 0.8,
+        "top_p": 1.0,
+        "seed": 3,
+        "batch_size": 16,
+        "prompt_format": "auto",
+    }
     assert all(r["model"] == str(model_dir) and r["finish_reason"] in ("eos", "length") for r in rows)
     model, tokenizer = tiny
     settings = GenerationConfig(max_new_tokens=4, temperature=0.8, seed=3)

@@ -18,7 +18,7 @@ def test_kl_spike_warns_once_per_episode():
     values = [0.10, 0.11, 0.09, 0.10, 0.12, 0.10, 0.60, 0.70, 0.11, 0.10, 0.10, 0.10, 0.65]
     fired = _feed(monitor, "train", "kl", values)
     assert [step for step, _ in fired] == [7, 13]  # 0.70 right after 0.60 is the same episode
-    step, message = fired[0]
+    _step, message = fired[0]
     assert message.startswith("step 7: train KL spike: 0.6 nats/token is 6.0x its recent median 0.1")
     assert "\n" not in message
 
@@ -61,8 +61,18 @@ def _feed_pairs(monitor, split, pairs):
 
 def test_chosen_logps_falling_while_the_gap_grows():
     monitor = HealthMonitor(logp_window=4)
-    pairs = [(-40, 0.0), (-41, 0.1), (-42, 0.2), (-43, 0.3), (-44, 0.4), (-43.5, 0.5), (-44, 0.6), (-45, 0.7),
-             (-46, 0.8), (-47, 0.9)]
+    pairs = [
+        (-40, 0.0),
+        (-41, 0.1),
+        (-42, 0.2),
+        (-43, 0.3),
+        (-44, 0.4),
+        (-43.5, 0.5),
+        (-44, 0.6),
+        (-45, 0.7),
+        (-46, 0.8),
+        (-47, 0.9),
+    ]
     fired = _feed_pairs(monitor, "train", pairs)
     # Steps 1-4 fall 4 times in a row: warn at 4; 5 continues the episode; 6 rises (ends it); 6-9 fall again: warn.
     assert [step for step, _ in fired] == [4, 9]
@@ -79,8 +89,14 @@ def test_chosen_logps_falling_with_a_shrinking_gap_or_rising_do_not_warn():
     # Rising chosen log-probs: healthy.
     assert _feed_pairs(HealthMonitor(logp_window=4), "train", [(-40 + i, 0.1 * i) for i in range(10)]) == []
     # Noise: not monotone.
-    assert _feed_pairs(HealthMonitor(logp_window=4), "train", [(-40, 0.0), (-41, 0.1), (-40.5, 0.2), (-42, 0.3),
-                                                               (-43, 0.4), (-42.9, 0.5)]) == []
+    assert (
+        _feed_pairs(
+            HealthMonitor(logp_window=4),
+            "train",
+            [(-40, 0.0), (-41, 0.1), (-40.5, 0.2), (-42, 0.3), (-43, 0.4), (-42.9, 0.5)],
+        )
+        == []
+    )
 
 
 def test_missing_and_non_finite_values_are_ignored():

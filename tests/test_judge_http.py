@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.fake_llm_server import ANTHROPIC_PATH, OPENAI_PATH, FakeLLMServer, Reply
 
+from helpers.fake_llm_server import ANTHROPIC_PATH, OPENAI_PATH, FakeLLMServer, Reply
 from prefalign.errors import PrefalignError
 from prefalign.judges import JudgeItem, VerifierJudge, load_judge
 from prefalign.judges.http import RetryPolicy, retry_after_seconds
@@ -20,8 +20,11 @@ API_KEY = "sk-test-5ecret-Key-0042"
 
 def prefer_good(prompt: str) -> Reply:
     """A position-unbiased fake judge: it prefers whichever answer says GOOD, wherever it stands."""
-    return Reply(text="Both answer. The GOOD one wins. [[A]]" if prompt.index("GOOD") < prompt.index("BAD")
-                 else "Both answer. The GOOD one wins. [[B]]")
+    return Reply(
+        text="Both answer. The GOOD one wins. [[A]]"
+        if prompt.index("GOOD") < prompt.index("BAD")
+        else "Both answer. The GOOD one wins. [[B]]"
+    )
 
 
 @pytest.fixture
@@ -34,8 +37,13 @@ def server(monkeypatch: pytest.MonkeyPatch):
 
 def make_judge(server: FakeLLMServer, tmp_path: Path, spec: str = "openai:judge-model", **options):
     base_url = server.base_url + ("/v1" if spec.startswith("openai:") else "")
-    options = {"cache_path": tmp_path / "cache.sqlite", "timeout": 2.0, "max_retries": 2, "backoff_base": 0.001,
-               **options}
+    options = {
+        "cache_path": tmp_path / "cache.sqlite",
+        "timeout": 2.0,
+        "max_retries": 2,
+        "backoff_base": 0.001,
+        **options,
+    }
     return load_judge(spec, base_url=base_url, **options)
 
 
@@ -57,8 +65,14 @@ def test_consistent_verdicts_in_both_orders(server: FakeLLMServer, tmp_path: Pat
     assert request.body["model"] == "judge-model" and request.body["temperature"] == 0.0
     assert {r.prompt.index("GOOD") < r.prompt.index("BAD") for r in server.requests} == {True, False}
     assert sum("Name a colour." in r.prompt for r in server.requests) == 2
-    assert judge.stats() == {"requests": 4, "cache_hits": 0, "retries": 0, "failures": 0, "unparseable": 0,
-                             "inconsistent": 0}
+    assert judge.stats() == {
+        "requests": 4,
+        "cache_hits": 0,
+        "retries": 0,
+        "failures": 0,
+        "unparseable": 0,
+        "inconsistent": 0,
+    }
 
 
 def test_position_biased_judge_gives_an_inconsistent_tie(server: FakeLLMServer, tmp_path: Path):
@@ -134,8 +148,9 @@ def test_a_rerun_is_answered_from_the_cache_without_requests(server: FakeLLMServ
     assert len(server.requests) == 8
 
 
-def test_api_key_goes_in_the_header_and_nowhere_else(server: FakeLLMServer, tmp_path: Path,
-                                                     caplog: pytest.LogCaptureFixture):
+def test_api_key_goes_in_the_header_and_nowhere_else(
+    server: FakeLLMServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     server.answer_with(prefer_good)
     server.reply(Reply(status=429, text="slow down", headers={"retry-after-ms": "10"}))
     caplog.set_level(logging.DEBUG)
@@ -150,8 +165,9 @@ def test_api_key_goes_in_the_header_and_nowhere_else(server: FakeLLMServer, tmp_
     assert API_KEY not in repr(judge.client) and API_KEY not in repr(verdicts)
 
 
-def test_key_from_a_named_variable_and_key_errors(server: FakeLLMServer, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch):
+def test_key_from_a_named_variable_and_key_errors(
+    server: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     server.answer_with(prefer_good)
     monkeypatch.delenv("OPENAI_API_KEY")
     monkeypatch.setenv("MY_JUDGE_KEY", API_KEY)
@@ -206,31 +222,35 @@ def test_concurrency_limit(server: FakeLLMServer, tmp_path: Path):
 def test_custom_template_file(server: FakeLLMServer, tmp_path: Path):
     server.answer_with(prefer_good)
     template = tmp_path / "judge.txt"
-    template.write_text("Q={question} | A={answer_a} | B={answer_b} | JSON stays: {\"x\": 1}. Reply [[A]]/[[B]]/[[C]]")
+    template.write_text('Q={question} | A={answer_a} | B={answer_b} | JSON stays: {"x": 1}. Reply [[A]]/[[B]]/[[C]]')
     judge = make_judge(server, tmp_path, template=template)
     assert judge.compare(["2+2?"], ["GOOD 4"], ["BAD {answer_b}"])[0].preferred == "a"
     assert {r.prompt for r in server.requests} == {
         'Q=2+2? | A=GOOD 4 | B=BAD {answer_b} | JSON stays: {"x": 1}. Reply [[A]]/[[B]]/[[C]]',
-        'Q=2+2? | A=BAD {answer_b} | B=GOOD 4 | JSON stays: {"x": 1}. Reply [[A]]/[[B]]/[[C]]'}
+        'Q=2+2? | A=BAD {answer_b} | B=GOOD 4 | JSON stays: {"x": 1}. Reply [[A]]/[[B]]/[[C]]',
+    }
     broken = tmp_path / "broken.txt"
     broken.write_text("Only {question} and {answer_a}")
     with pytest.raises(PrefalignError, match=r"broken.txt: .*lacks the placeholder\(s\) \{answer_b\}"):
         make_judge(server, tmp_path, template=broken)
 
 
-@pytest.mark.parametrize("answer,expected", [
-    ("Reasoning... [[A]]", "A"),
-    ("Format is [[A]], [[B]] or [[C]]. My verdict: [[B]]", "B"),
-    ("[[ c ]]", "C"),
-    ("[[Tie]]", "C"),
-    ("Final verdict: Assistant B", "B"),
-    ("The verdict is a tie.", "C"),
-    ("Overall, Assistant A is clearly better than B.", "A"),
-    ("Response A is better in tone, response B is better in facts.", None),
-    ("It's a tie: both are fine.", "C"),
-    ("I cannot judge this.", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "answer,expected",
+    [
+        ("Reasoning... [[A]]", "A"),
+        ("Format is [[A]], [[B]] or [[C]]. My verdict: [[B]]", "B"),
+        ("[[ c ]]", "C"),
+        ("[[Tie]]", "C"),
+        ("Final verdict: Assistant B", "B"),
+        ("The verdict is a tie.", "C"),
+        ("Overall, Assistant A is clearly better than B.", "A"),
+        ("Response A is better in tone, response B is better in facts.", None),
+        ("It's a tie: both are fine.", "C"),
+        ("I cannot judge this.", None),
+        ("", None),
+    ],
+)
 def test_parse_verdict(answer: str, expected: str | None):
     assert parse_verdict(answer) == expected
 

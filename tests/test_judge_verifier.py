@@ -45,8 +45,11 @@ CASES = [
     ("keywords:frequency", "apple pie and apple juice", "one apple only"),
     ("keywords:forbidden_words", "I like apples.", "I like a banana."),
     ("keywords:letter_frequency", "A zebra.", "Zany zebras zigzag."),
-    ("language:response_language", "The weather is lovely today and we will walk to the park.",
-     "Il fait très beau aujourd'hui et nous allons marcher jusqu'au parc."),
+    (
+        "language:response_language",
+        "The weather is lovely today and we will walk to the park.",
+        "Il fait très beau aujourd'hui et nous allons marcher jusqu'au parc.",
+    ),
     ("length_constraints:number_sentences", "One. Two! Three?", "Dr. Smith came home. He slept."),
     ("length_constraints:number_paragraphs", "First part.\n\n***\n\nSecond part.", "Only one part."),
     ("length_constraints:number_words", "Short and sweet.", "This answer has far more than ten words in it, clearly."),
@@ -135,14 +138,22 @@ def test_thinking_block_is_ignored_and_empty_response_fails_all():
     assert empty.value == 0.0 and empty.details["instructions"] == [{"id": ids[0], "strict": False, "loose": False}]
 
 
-@pytest.mark.parametrize("meta,message", [
-    ({}, "no verifiable instructions"),
-    ({"instruction_id_list": ["no:such"], "kwargs": [{}]}, "unknown instruction id 'no:such'"),
-    ({"instruction_id_list": ["keywords:existence"], "kwargs": [{}]}, "needs argument(s) keywords"),
-    ({"instruction_id_list": ["length_constraints:number_words"], "kwargs": [{"num_words": 5, "relation": "about"}]},
-     "bad arguments"),
-    ({"instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}, {}]}, "1 instruction ids but 2 kwargs"),
-])
+@pytest.mark.parametrize(
+    "meta,message",
+    [
+        ({}, "no verifiable instructions"),
+        ({"instruction_id_list": ["no:such"], "kwargs": [{}]}, "unknown instruction id 'no:such'"),
+        ({"instruction_id_list": ["keywords:existence"], "kwargs": [{}]}, "needs argument(s) keywords"),
+        (
+            {
+                "instruction_id_list": ["length_constraints:number_words"],
+                "kwargs": [{"num_words": 5, "relation": "about"}],
+            },
+            "bad arguments",
+        ),
+        ({"instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}, {}]}, "1 instruction ids but 2 kwargs"),
+    ],
+)
 def test_unscorable_prompts_give_none_with_a_reason(meta: dict, message: str):
     score = VerifierJudge().score([JudgeItem("prompt", "response", meta)])[0]
     assert score.value is None
@@ -153,8 +164,12 @@ def test_compare_prefers_the_response_following_more_instructions():
     judge = VerifierJudge()
     meta = {"instruction_id_list": ["punctuation:no_comma", "change_case:english_lowercase"], "kwargs": [{}, {}]}
     follows_both = "there are no commas in this plain english sentence"
-    verdicts = judge.compare(["p", "p", "p"], [follows_both, "Yes, Sir", "same text"],
-                             ["Has, a comma", "still, bad", "same text"], [meta, meta, meta])
+    verdicts = judge.compare(
+        ["p", "p", "p"],
+        [follows_both, "Yes, Sir", "same text"],
+        ["Has, a comma", "still, bad", "same text"],
+        [meta, meta, meta],
+    )
     assert [v.preferred for v in verdicts] == ["a", "tie", "tie"]
     assert (verdicts[0].score_a, verdicts[0].score_b) == (1.0, 0.0)
 
@@ -169,18 +184,29 @@ def test_language_detection_is_deterministic():
 def test_offline_sentence_and_word_splitting():
     assert count_sentences("Dr. Smith came home at 5.30 p.m. today. He slept! Did he? Yes...") == 4
     assert count_sentences("") == 0
-    assert tokenize_words("HELLO, World. Isn't it GREAT?") == ["HELLO", ",", "World", ".", "Is", "n't", "it",
-                                                                "GREAT", "?"]
+    assert tokenize_words("HELLO, World. Isn't it GREAT?") == [
+        "HELLO",
+        ",",
+        "World",
+        ".",
+        "Is",
+        "n't",
+        "it",
+        "GREAT",
+        "?",
+    ]
 
 
 def test_describe_instruction():
     no_comma = "In your entire response, refrain from the use of any commas."
     assert describe_instruction("punctuation:no_comma") == no_comma
-    assert "at least 3 sentences" in describe_instruction("length_constraints:number_sentences",
-                                                           ARGUMENTS["length_constraints:number_sentences"])
+    assert "at least 3 sentences" in describe_instruction(
+        "length_constraints:number_sentences", ARGUMENTS["length_constraints:number_sentences"]
+    )
     ending = describe_instruction("startend:end_checker", {"end_phrase": "Any other questions?"})
-    assert ending == ("Finish your response with this exact phrase Any other questions?. "
-                      "No other words should follow this phrase.")
+    assert ending == (
+        "Finish your response with this exact phrase Any other questions?. No other words should follow this phrase."
+    )
     with pytest.raises(PrefalignError, match="unknown instruction id"):
         describe_instruction("nope")
     with pytest.raises(PrefalignError, match="needs argument"):

@@ -32,12 +32,12 @@ def t64(*values: float) -> torch.Tensor:
 #   chosen log-ratio   = -1.0 - (-2.0) = 1.0     -> chosen reward   = 0.4 * 1.0  = 0.4
 #   rejected log-ratio = -3.0 - (-2.5) = -0.5    -> rejected reward = 0.4 * -0.5 = -0.2
 #   h = 1.5, beta * h = 0.6
-PAIR = dict(
-    policy_chosen_logps=t64(-1.0),
-    policy_rejected_logps=t64(-3.0),
-    ref_chosen_logps=t64(-2.0),
-    ref_rejected_logps=t64(-2.5),
-)
+PAIR = {
+    "policy_chosen_logps": t64(-1.0),
+    "policy_rejected_logps": t64(-3.0),
+    "ref_chosen_logps": t64(-2.0),
+    "ref_rejected_logps": t64(-2.5),
+}
 BETA = 0.4
 Z = 0.6  # beta * h
 EPS = 0.1

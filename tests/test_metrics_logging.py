@@ -28,7 +28,11 @@ def test_records_are_json_lines_flushed_as_written(tmp_path):
     text = (tmp_path / "metrics.jsonl").read_text()
     assert "NaN" not in text and "Infinity" not in text  # strict JSON: non-finite values are null
     assert _lines(tmp_path / "metrics.jsonl")[1] == {
-        "step": 2, "split": "eval", "loss": None, "kl": None, "rewards/accuracies": 0.5
+        "step": 2,
+        "split": "eval",
+        "loss": None,
+        "kl": None,
+        "rewards/accuracies": 0.5,
     }
     with pytest.raises(ValueError, match="reserved"):
         MetricsLogger(tmp_path / "other", tensorboard=False).log(3, "train", {"step": 1.0})
@@ -99,7 +103,12 @@ def test_tensorboard_resume_replaces_the_steps_after_the_checkpoint(tmp_path):
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [
-        (1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0), (6, 60.0),
+        (1, 1.0),
+        (2, 2.0),
+        (3, 3.0),
+        (4, 40.0),
+        (5, 50.0),
+        (6, 60.0),
     ]
 
 

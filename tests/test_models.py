@@ -210,7 +210,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 def test_concurrent_pull_waits_for_the_lock_then_finds_the_model(home: Path, tmp_path: Path) -> None:
     models_root().mkdir(parents=True)
-    lock = open(models_root() / f".{NAME}.lock", "a+")
+    lock = open(models_root() / f".{NAME}.lock", "a+")  # noqa: SIM115  (held for the test; closed at the end)
     fcntl.flock(lock, fcntl.LOCK_EX)  # we play the first pull
     # The second pull must not reach pip (it would fail: no index) while it waits, nor after: the model is there.
     waiting = _pull_in_subprocess(home, {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(tmp_path)})

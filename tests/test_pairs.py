@@ -33,8 +33,10 @@ ALWAYS_FOLLOWED = {"instruction_id_list": ["keywords:forbidden_words"], "kwargs"
 
 
 def write_prompts(path: Path, count: int, *, extra: list[dict] | None = None) -> Path:
-    rows = [{"id": f"p{i:02d}", "prompt": f"Write a short note about topic number {i}.", **CONTAINS_RE}
-            for i in range(count)]
+    rows = [
+        {"id": f"p{i:02d}", "prompt": f"Write a short note about topic number {i}.", **CONTAINS_RE}
+        for i in range(count)
+    ]
     with open(path, "w", encoding="utf-8") as out:
         for row in rows + (extra or []):
             out.write(json.dumps(row) + "\n")
@@ -52,7 +54,7 @@ def tiny(tiny_model_dir: Path):
     return load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
 
 
-CONFIG = dict(max_new_tokens=16, batch_size=4)
+CONFIG = {"max_new_tokens": 16, "batch_size": 4}
 
 
 def run_build(tiny, prompts_file: Path, output: Path, **options) -> BuildReport:
@@ -62,16 +64,33 @@ def run_build(tiny, prompts_file: Path, output: Path, **options) -> BuildReport:
     return build_pairs(model, tokenizer, VerifierJudge(), prompts, output, config, model_name="tiny")
 
 
-def test_cli_build_writes_only_loadable_pairs_and_records_skips(tiny_model_dir: Path, tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]):
+def test_cli_build_writes_only_loadable_pairs_and_records_skips(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
     special = [
         {"id": "tie", "prompt": "Say anything.", **ALWAYS_FOLLOWED},  # both samples follow it: always a tie
         {"id": "no-instructions", "prompt": "Say anything."},  # the verifier cannot score it: a judge failure
     ]
     prompts = write_prompts(tmp_path / "prompts.jsonl", 12, extra=special)
     out = tmp_path / "pairs.jsonl"
-    code = main(["pairs", "build", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--judge", "verifier",
-                 "-o", str(out), "--max-new-tokens", "16", "--batch-size", "4"])
+    code = main(
+        [
+            "pairs",
+            "build",
+            "--model",
+            str(tiny_model_dir),
+            "--prompts",
+            str(prompts),
+            "--judge",
+            "verifier",
+            "-o",
+            str(out),
+            "--max-new-tokens",
+            "16",
+            "--batch-size",
+            "4",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0
     pairs, skipped = read_lines(out), read_lines(skipped_path(out))
@@ -92,8 +111,11 @@ def test_cli_build_writes_only_loadable_pairs_and_records_skips(tiny_model_dir: 
             sample = line[side]
             assert (sample["temperature"], sample["seed"]) == ([0.7, 1.2][sample["index"]], sample["index"])
             assert sample["top_p"] == 0.95 and 1 <= sample["num_tokens"] <= 16
-        assert line["judge_details"]["chosen"]["instructions"][0] == {"id": "keywords:existence", "strict": True,
-                                                                       "loose": True}
+        assert line["judge_details"]["chosen"]["instructions"][0] == {
+            "id": "keywords:existence",
+            "strict": True,
+            "loose": True,
+        }
     by_id = {line["id"]: line for line in skipped}
     assert by_id["tie"]["status"] == "tie" and [s["score"] for s in by_id["tie"]["samples"]] == [1.0, 1.0]
     assert by_id["no-instructions"]["status"] == "judge_failure"
@@ -156,8 +178,9 @@ def test_resume_after_a_stop_and_a_torn_line_gives_the_same_files(tiny, tmp_path
 
     resumed = tmp_path / "resumed.jsonl"
     with pytest.raises(Stop):
-        build_pairs(model, tokenizer, VerifierJudge(), prompts, resumed, config, model_name="tiny",
-                    on_batch=stop_after(2))
+        build_pairs(
+            model, tokenizer, VerifierJudge(), prompts, resumed, config, model_name="tiny", on_batch=stop_after(2)
+        )
     done_lines = len(read_lines(resumed)) + len(read_lines(skipped_path(resumed)))
     assert done_lines == 8  # two batches of four
     # A kill in the middle of writing the second batch: its last pair line is cut short.
@@ -171,21 +194,37 @@ def test_resume_after_a_stop_and_a_torn_line_gives_the_same_files(tiny, tmp_path
     assert skipped_path(resumed).read_bytes() == skipped_path(whole).read_bytes()
 
     # Everything done: a rerun generates nothing and changes nothing.
-    again = build_pairs(model, tokenizer, VerifierJudge(), prompts, resumed, config, model_name="tiny",
-                        on_batch=stop_after(1))
+    again = build_pairs(
+        model, tokenizer, VerifierJudge(), prompts, resumed, config, model_name="tiny", on_batch=stop_after(1)
+    )
     assert (again.resumed, again.pairs) == (12, report.pairs)
     assert resumed.read_bytes() == whole.read_bytes()
 
 
 def test_sigkill_mid_run_then_rerun_gives_the_same_files(tiny_model_dir: Path, tmp_path: Path):
     prompts = write_prompts(tmp_path / "prompts.jsonl", 12)
-    common = ["pairs", "build", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--judge", "verifier",
-              "--max-new-tokens", "16", "--batch-size", "2"]
+    common = [
+        "pairs",
+        "build",
+        "--model",
+        str(tiny_model_dir),
+        "--prompts",
+        str(prompts),
+        "--judge",
+        "verifier",
+        "--max-new-tokens",
+        "16",
+        "--batch-size",
+        "2",
+    ]
     whole, killed = tmp_path / "whole.jsonl", tmp_path / "killed.jsonl"
     assert main([*common, "-o", str(whole)]) == 0
 
-    process = subprocess.Popen([sys.executable, "-m", "prefalign", *common, "-o", str(killed)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prefalign", *common, "-o", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     try:
         while not any(p.exists() and p.stat().st_size for p in (killed, skipped_path(killed))):
@@ -206,8 +245,11 @@ def test_resume_with_other_settings_is_refused(tiny, tmp_path: Path):
     prompts = write_prompts(tmp_path / "prompts.jsonl", 2)
     out = tmp_path / "pairs.jsonl"
     run_build(tiny, prompts, out)
-    with pytest.raises(PrefalignError, match=r"pairs.jsonl(.skipped.jsonl)?:1: written with generation .* resume "
-                                             r"with the same settings"):
+    with pytest.raises(
+        PrefalignError,
+        match=r"pairs.jsonl(.skipped.jsonl)?:1: written with generation .* resume "
+        r"with the same settings",
+    ):
         run_build(tiny, prompts, out, seed=1)
 
 
@@ -224,7 +266,9 @@ def test_bad_prompt_files_name_the_line(tmp_path: Path):
         read_prompt_records(path)
     path.write_text('{"prompt": "a"}\n{"prompt": [{"role": "user", "content": "b"}]}\nnot json\n', encoding="utf-8")
     assert [(p.id, p.prompt) for p in read_prompt_records(path, limit=2)] == [
-        ("line-1", "a"), ("line-2", [{"role": "user", "content": "b"}])]
+        ("line-1", "a"),
+        ("line-2", [{"role": "user", "content": "b"}]),
+    ]
 
 
 def test_bad_options_are_one_line_errors(tiny_model_dir: Path, tmp_path: Path, capsys):
@@ -234,8 +278,10 @@ def test_bad_options_are_one_line_errors(tiny_model_dir: Path, tmp_path: Path, c
         ([*base, "-o", str(tmp_path / "pairs.json")], "the pairs file must be .jsonl"),
         ([*base, "-o", str(tmp_path / "p.jsonl"), "--num-samples", "1"], "--num-samples must be at least 2"),
         ([*base, "-o", str(tmp_path / "p.jsonl"), "--temperatures", "0"], "temperatures must be positive"),
-        ([*base, "-o", str(tmp_path / "p.jsonl"), "--judge-base-url", "http://127.0.0.1:1"],
-         "--judge-base-url apply only to openai: and anthropic: judges"),
+        (
+            [*base, "-o", str(tmp_path / "p.jsonl"), "--judge-base-url", "http://127.0.0.1:1"],
+            "--judge-base-url apply only to openai: and anthropic: judges",
+        ),
     ]
     for argv, message in cases:
         assert main(argv) == 2
@@ -243,17 +289,30 @@ def test_bad_options_are_one_line_errors(tiny_model_dir: Path, tmp_path: Path, c
         assert err.startswith("prefalign: error: ") and message in err and err.count("\n") == 1, err
 
 
-def _pair(chosen: str, rejected: str, chosen_score: float, rejected_score: float, temperature: float,
-          chosen_results: list[bool], rejected_results: list[bool]) -> dict:
+def _pair(
+    chosen: str,
+    rejected: str,
+    chosen_score: float,
+    rejected_score: float,
+    temperature: float,
+    chosen_results: list[bool],
+    rejected_results: list[bool],
+) -> dict:
     ids = ["punctuation:no_comma", "detectable_format:title"][: len(chosen_results)]
 
     def details(results: list[bool]) -> dict:
         return {"instructions": [{"id": i, "strict": r, "loose": r} for i, r in zip(ids, results)]}
 
-    return {"prompt": "p", "chosen": chosen, "rejected": rejected, "chosen_score": chosen_score,
-            "rejected_score": rejected_score, "chosen_sample": {"temperature": temperature, "finish_reason": "eos"},
-            "rejected_sample": {"temperature": 1.2, "finish_reason": "length"},
-            "judge_details": {"chosen": details(chosen_results), "rejected": details(rejected_results)}}
+    return {
+        "prompt": "p",
+        "chosen": chosen,
+        "rejected": rejected,
+        "chosen_score": chosen_score,
+        "rejected_score": rejected_score,
+        "chosen_sample": {"temperature": temperature, "finish_reason": "eos"},
+        "rejected_sample": {"temperature": 1.2, "finish_reason": "length"},
+        "judge_details": {"chosen": details(chosen_results), "rejected": details(rejected_results)},
+    }
 
 
 def test_stats_by_hand(tmp_path: Path, capsys):
@@ -264,8 +323,9 @@ def test_stats_by_hand(tmp_path: Path, capsys):
         _pair("same", "diff", 1.0, 0.0, 1.2, [True], [False]),  # equal lengths
     ]
     out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    skips = [{"id": i, "status": s} for i, s in enumerate(["tie", "tie", "judge_failure", "no_distinct_responses",
-                                                           "tie"])]
+    skips = [
+        {"id": i, "status": s} for i, s in enumerate(["tie", "tie", "judge_failure", "no_distinct_responses", "tie"])
+    ]
     skipped_path(out).write_text("".join(json.dumps(s) + "\n" for s in skips), encoding="utf-8")
     stats = pair_stats(out)
     assert stats["pairs"] == 3 and stats["prompts"] == 8
@@ -280,7 +340,12 @@ def test_stats_by_hand(tmp_path: Path, capsys):
     assert stats["chosen_by_temperature"] == {"0.7": 2, "1.2": 1}
     assert stats["truncated"] == {"chosen": 0.0, "rejected": 1.0}
     assert stats["instructions"]["punctuation:no_comma"] == {
-        "pairs": 3, "chosen_strict": 2 / 3, "rejected_strict": 1 / 3, "chosen_loose": 2 / 3, "rejected_loose": 1 / 3}
+        "pairs": 3,
+        "chosen_strict": 2 / 3,
+        "rejected_strict": 1 / 3,
+        "chosen_loose": 2 / 3,
+        "rejected_loose": 1 / 3,
+    }
     assert stats["instructions"]["detectable_format:title"]["pairs"] == 2
     assert stats["instructions"]["detectable_format:title"]["chosen_strict"] == 1.0
 
@@ -297,8 +362,14 @@ def test_stats_of_a_file_without_pairs_or_skips(tmp_path: Path):
     out = tmp_path / "pairs.jsonl"
     out.write_text("", encoding="utf-8")
     skipped_path(out).write_text(json.dumps({"id": "a", "status": "tie"}) + "\n", encoding="utf-8")
-    assert pair_stats(out) == {"source": str(out), "pairs": 0, "bad_lines": 0, "prompts": 1, "tie_rate": 1.0,
-                               "skipped": {"tie": 1, "judge_failure": 0, "no_distinct_responses": 0}}
+    assert pair_stats(out) == {
+        "source": str(out),
+        "pairs": 0,
+        "bad_lines": 0,
+        "prompts": 1,
+        "tie_rate": 1.0,
+        "skipped": {"tie": 1, "judge_failure": 0, "no_distinct_responses": 0},
+    }
     skipped_path(out).write_text('{"id": "a", "status": "maybe"}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"skipped.jsonl:1: unknown status 'maybe'"):
         pair_stats(out)
@@ -317,8 +388,29 @@ def test_builtin_prompts_with_smollm2(smollm2_dir: Path, tmp_path: Path, capsys)
     capsys.readouterr()
     out = tmp_path / "pairs.jsonl"
     started = time.perf_counter()
-    assert main(["pairs", "build", "--model", "smollm2-135m-instruct", "--prompts", str(prompts), "--judge", "verifier",
-                 "-o", str(out), "--limit", str(count), "--max-new-tokens", "64", "--batch-size", "32"]) == 0
+    assert (
+        main(
+            [
+                "pairs",
+                "build",
+                "--model",
+                "smollm2-135m-instruct",
+                "--prompts",
+                str(prompts),
+                "--judge",
+                "verifier",
+                "-o",
+                str(out),
+                "--limit",
+                str(count),
+                "--max-new-tokens",
+                "64",
+                "--batch-size",
+                "32",
+            ]
+        )
+        == 0
+    )
     elapsed = time.perf_counter() - started
     summary = capsys.readouterr().out.splitlines()[0]
     data = load_preferences(out, strict=True)

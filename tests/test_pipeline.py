@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_train_support import kill_after_first_checkpoint
 
 from prefalign.errors import PrefalignError
 from prefalign.pipeline import STAGES, DemoConfig, run_demo
+from test_train_support import kill_after_first_checkpoint
 
 PAIRS = [
     {"prompt": f"Name a thing number {i}.", "chosen": f"Thing {i} is a cup.", "rejected": f"I will not say {i}."}
@@ -29,11 +29,26 @@ def demo_config(tmp_path: Path, tiny_model_dir: Path) -> DemoConfig:
     pairs, sft = tmp_path / "pairs.jsonl", tmp_path / "sft.jsonl"
     pairs.write_text("".join(json.dumps(row) + "\n" for row in PAIRS))
     sft.write_text("".join(json.dumps(row) + "\n" for row in SFT))
-    return DemoConfig(output_dir=str(tmp_path / "run"), model=str(tiny_model_dir), sft_data=str(sft),
-                      preference_data=str(pairs), eval_limit=3, max_new_tokens=4, generation_batch_size=4,
-                      max_length=48, max_prompt_length=24, train_batch_size=4, lora_rank=4, lora_layers=1,
-                      rm_lora_layers=1, sft_epochs=1,
-                      rm_epochs=1, dpo_epochs=1, heldout_fraction=0.3, kl_samples=1)
+    return DemoConfig(
+        output_dir=str(tmp_path / "run"),
+        model=str(tiny_model_dir),
+        sft_data=str(sft),
+        preference_data=str(pairs),
+        eval_limit=3,
+        max_new_tokens=4,
+        generation_batch_size=4,
+        max_length=48,
+        max_prompt_length=24,
+        train_batch_size=4,
+        lora_rank=4,
+        lora_layers=1,
+        rm_lora_layers=1,
+        sft_epochs=1,
+        rm_epochs=1,
+        dpo_epochs=1,
+        heldout_fraction=0.3,
+        kl_samples=1,
+    )
 
 
 def test_demo_runs_every_stage_then_skips_them(demo_config: DemoConfig) -> None:
@@ -102,11 +117,35 @@ def test_bad_settings_are_one_line_errors() -> None:
 
 
 def _demo_command(config: DemoConfig, *extra: str) -> list[str]:
-    command = [sys.executable, "-m", "prefalign", "demo", "--output-dir", config.output_dir, "--model", config.model,
-               "--sft-data", str(config.sft_data), "--preference-data", str(config.preference_data)]
-    for name in ("eval_limit", "max_new_tokens", "generation_batch_size", "max_length", "max_prompt_length",
-                 "train_batch_size", "lora_rank", "lora_layers", "rm_lora_layers", "heldout_fraction", "sft_epochs",
-                 "rm_epochs", "kl_samples"):
+    command = [
+        sys.executable,
+        "-m",
+        "prefalign",
+        "demo",
+        "--output-dir",
+        config.output_dir,
+        "--model",
+        config.model,
+        "--sft-data",
+        str(config.sft_data),
+        "--preference-data",
+        str(config.preference_data),
+    ]
+    for name in (
+        "eval_limit",
+        "max_new_tokens",
+        "generation_batch_size",
+        "max_length",
+        "max_prompt_length",
+        "train_batch_size",
+        "lora_rank",
+        "lora_layers",
+        "rm_lora_layers",
+        "heldout_fraction",
+        "sft_epochs",
+        "rm_epochs",
+        "kl_samples",
+    ):
         command += [f"--{name.replace('_', '-')}", str(getattr(config, name))]
     return command + list(extra)
 
@@ -137,7 +176,7 @@ def test_quick_demo_on_smollm2_produces_the_three_way_report(smollm2_dir: Path, 
     captured = capsys.readouterr()
     assert f"report: {out / 'report.md'}" in captured.out
     for name in STAGES:  # each stage's time is printed at the end
-        assert any(line.startswith(name) for line in captured.err.splitlines()[-len(STAGES) - 2:])
+        assert any(line.startswith(name) for line in captured.err.splitlines()[-len(STAGES) - 2 :])
     sampling = json.loads((out / "sft_data" / "sampling.json").read_text())
     assert 0 < sampling["kept"] <= sampling["prompts"] == 32
     pairs = json.loads((out / "pairs" / "summary.json").read_text())

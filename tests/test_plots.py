@@ -20,17 +20,32 @@ def _dpo_records() -> list[dict]:
     for step in range(1, 31):
         records.append(
             {
-                "step": step, "split": "train", "loss": 0.69 - 0.01 * step, "rewards/margins": 0.02 * step,
-                "rewards/chosen": 0.01 * step, "rewards/rejected": -0.01 * step,
+                "step": step,
+                "split": "train",
+                "loss": 0.69 - 0.01 * step,
+                "rewards/margins": 0.02 * step,
+                "rewards/chosen": 0.01 * step,
+                "rewards/rejected": -0.01 * step,
                 "rewards/accuracies": min(1, step / 20),
-                "logps/chosen": -40 - 0.1 * step, "logps/rejected": -42 - 0.3 * step, "kl": 0.001 * step,
-                "logratio": 0.05 * step, "grad_norm": 1.0, "learning_rate": 1e-4, "epoch": step / 30,
+                "logps/chosen": -40 - 0.1 * step,
+                "logps/rejected": -42 - 0.3 * step,
+                "kl": 0.001 * step,
+                "logratio": 0.05 * step,
+                "grad_norm": 1.0,
+                "learning_rate": 1e-4,
+                "epoch": step / 30,
             }
         )
         if step % 10 == 0:
             records.append(
-                {"step": step, "split": "eval", "loss": 0.7 - 0.01 * step, "rewards/margins": 0.015 * step,
-                 "rewards/accuracies": 0.5 + step / 100, "kl": None}
+                {
+                    "step": step,
+                    "split": "eval",
+                    "loss": 0.7 - 0.01 * step,
+                    "rewards/margins": 0.015 * step,
+                    "rewards/accuracies": 0.5 + step / 100,
+                    "kl": None,
+                }
             )
     return records
 
@@ -41,8 +56,15 @@ def test_dpo_metrics_give_one_png_per_family(tmp_path):
     paths = make_plots(metrics, tmp_path / "plots")
     names = [p.name for p in paths]
     assert names == [
-        "loss.png", "reward_gap.png", "accuracy.png", "kl.png", "rewards.png", "logps.png", "logratio.png",
-        "grad_norm.png", "learning_rate.png",
+        "loss.png",
+        "reward_gap.png",
+        "accuracy.png",
+        "kl.png",
+        "rewards.png",
+        "logps.png",
+        "logratio.png",
+        "grad_norm.png",
+        "learning_rate.png",
     ]
     for path in paths:
         assert path.parent == tmp_path / "plots"
@@ -82,11 +104,20 @@ def _png_text(path) -> dict[str, str]:
 
 def _reward_model_records() -> list[dict]:
     return [
-        {"step": step, "split": "train", "loss": 0.7 - 0.02 * step, "rm_loss": 0.7 - 0.02 * step,
-         "rewards/chosen": 0.1 * step, "rewards/rejected": -0.1 * step, "rewards/margins": 0.2 * step,
-         "rewards/accuracies": 0.5 + 0.05 * step, "rewards/mean": 0.0, "rewards/std": 0.1 * step}
+        {
+            "step": step,
+            "split": "train",
+            "loss": 0.7 - 0.02 * step,
+            "rm_loss": 0.7 - 0.02 * step,
+            "rewards/chosen": 0.1 * step,
+            "rewards/rejected": -0.1 * step,
+            "rewards/margins": 0.2 * step,
+            "rewards/accuracies": 0.5 + 0.05 * step,
+            "rewards/mean": 0.0,
+            "rewards/std": 0.1 * step,
+        }
         for step in range(1, 9)
-    ]  # fmt: skip
+    ]
 
 
 DPO_LABELS = ("Implicit rewards (DPO)", "β · log(π / π_ref)")
@@ -95,10 +126,13 @@ RM_LABELS = ("Reward-head outputs", "r(x, y): reward head at the last token")
 
 @pytest.mark.parametrize(
     ("objective", "records", "labels"),
-    [("dpo", _dpo_records(), DPO_LABELS), ("rm", _reward_model_records(), RM_LABELS), (None, _dpo_records(),
-     ("Rewards", "reward"))],
+    [
+        ("dpo", _dpo_records(), DPO_LABELS),
+        ("rm", _reward_model_records(), RM_LABELS),
+        (None, _dpo_records(), ("Rewards", "reward")),
+    ],
     ids=["dpo", "rm", "unknown"],
-)  # fmt: skip
+)
 def test_the_rewards_plot_says_what_the_runs_rewards_are(tmp_path, objective, records, labels):
     """The run.json beside metrics.jsonl names the objective (as the training loop writes it); without one, the
     labels claim nothing."""

@@ -82,18 +82,42 @@ def test_prompt_text_is_the_task_then_each_instruction(prompts: list[dict]):
 @pytest.mark.parametrize(
     "instruction, kwargs, text, follows, breaks",
     [
-        ("length_constraints:number_words", {"num_words": 5, "relation": "less than"}, "Use fewer than 5 words.",
-         "Two words.", "This answer has six words."),
+        (
+            "length_constraints:number_words",
+            {"num_words": 5, "relation": "less than"},
+            "Use fewer than 5 words.",
+            "Two words.",
+            "This answer has six words.",
+        ),
         ("detectable_format:number_bullet_lists", {"num_bullets": 2}, None, "* one\n* two", "* one"),
-        ("startend:end_checker", {"end_phrase": "That is all."},
-         'End your answer with the exact phrase "That is all." and nothing after it.', "Done. That is all.",
-         "That is all. Bye."),
-        ("keywords:existence", {"keywords": ["easy", "friend"]},
-         'Use the words "easy" and "friend" in your answer.', "An easy friend.", "An easy day."),
-        ("keywords:forbidden_words", {"forbidden_words": ["also", "very"]},
-         'Do not use the words "also" or "very".', "Fine.", "Very fine."),
-        ("detectable_content:number_placeholders", {"num_placeholders": 1},
-         "Include at least 1 placeholder in square brackets, such as [name].", "Dear [name],", "Dear Ann,"),
+        (
+            "startend:end_checker",
+            {"end_phrase": "That is all."},
+            'End your answer with the exact phrase "That is all." and nothing after it.',
+            "Done. That is all.",
+            "That is all. Bye.",
+        ),
+        (
+            "keywords:existence",
+            {"keywords": ["easy", "friend"]},
+            'Use the words "easy" and "friend" in your answer.',
+            "An easy friend.",
+            "An easy day.",
+        ),
+        (
+            "keywords:forbidden_words",
+            {"forbidden_words": ["also", "very"]},
+            'Do not use the words "also" or "very".',
+            "Fine.",
+            "Very fine.",
+        ),
+        (
+            "detectable_content:number_placeholders",
+            {"num_placeholders": 1},
+            "Include at least 1 placeholder in square brackets, such as [name].",
+            "Dear [name],",
+            "Dear Ann,",
+        ),
     ],
 )
 def test_our_phrasing_says_what_the_checker_checks(instruction, kwargs, text, follows, breaks):

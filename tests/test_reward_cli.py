@@ -9,10 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_support import (
-    single_thread,  # noqa: F401  (an autouse fixture: importing it applies it here)
-    write_pairs,
-)
 
 from prefalign.cli import reward as reward_cli
 from prefalign.errors import PrefalignError
@@ -20,6 +16,10 @@ from prefalign.evaluate.stats import wilson_interval
 from prefalign.judges import JudgeItem, load_judge
 from prefalign.models.loading import load_model, load_tokenizer
 from prefalign.models.reward import RewardModel, load_reward_model, score_token_rows
+from test_train_support import (
+    single_thread,  # noqa: F401  (an autouse fixture: importing it applies it here)
+    write_pairs,
+)
 
 
 def _rm(argv: list[str]) -> int:
@@ -47,8 +47,10 @@ def test_score_a_pair_file_gives_both_rewards_and_accuracy_with_a_wilson_interva
     saved_rm: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = tmp_path / "pairs.jsonl"
-    rows = [{"prompt": f"Question {i}?", "chosen": f"Answer {i} is yes.", "rejected": "No" * (i + 1), "id": i}
-            for i in range(7)]  # fmt: skip
+    rows = [
+        {"prompt": f"Question {i}?", "chosen": f"Answer {i} is yes.", "rejected": "No" * (i + 1), "id": i}
+        for i in range(7)
+    ]
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     out = tmp_path / "scores.jsonl"
     assert _rm(["score", "--model", str(saved_rm), "--data", str(data), "-o", str(out), "--batch-size", "3"]) == 0
@@ -88,9 +90,12 @@ def test_score_counts_ties_as_half(tiny_model_dir: Path, tmp_path: Path) -> None
 
 def test_score_a_response_file_gives_one_reward_per_row(saved_rm: Path, tmp_path: Path) -> None:
     data = tmp_path / "responses.jsonl"
-    rows = [{"prompt": "Is water wet?", "response": "Yes."}, {"prompt": "Hi", "completion": "Hello there."},
-            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]},
-            {"prompt": "Empty?", "response": ""}]  # fmt: skip
+    rows = [
+        {"prompt": "Is water wet?", "response": "Yes."},
+        {"prompt": "Hi", "completion": "Hello there."},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]},
+        {"prompt": "Empty?", "response": ""},
+    ]
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     out = tmp_path / "rewards.jsonl"
     _rm(["score", "--model", str(saved_rm), "--data", str(data), "-o", str(out)])
@@ -113,9 +118,31 @@ def test_score_a_plain_model_needs_untrained_head(tiny_model_dir: Path, tmp_path
 
 def test_rm_train_then_score_its_output_dir(tiny_model_dir: Path, tmp_path: Path) -> None:
     data, run = write_pairs(tmp_path / "p.jsonl", 8), tmp_path / "run"
-    _rm(["train", "--model", str(tiny_model_dir), "--data", str(data), "--output-dir", str(run), "--lora",
-         "--lora-rank", "4", "--max-steps", "2", "--batch-size", "4", "--lm-weight", "0", "--learning-rate", "1e-2",
-         "--no-progress", "--no-plots", "--no-tensorboard"])  # fmt: skip
+    _rm(
+        [
+            "train",
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(data),
+            "--output-dir",
+            str(run),
+            "--lora",
+            "--lora-rank",
+            "4",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--lm-weight",
+            "0",
+            "--learning-rate",
+            "1e-2",
+            "--no-progress",
+            "--no-plots",
+            "--no-tensorboard",
+        ]
+    )
     assert all("lm_loss" not in row for row in _read(run / "metrics.jsonl"))
     assert _rm(["score", "--model", str(run), "--data", str(data), "-o", str(tmp_path / "s.jsonl")]) == 0
     assert json.loads((tmp_path / "s.summary.json").read_text())["pairs"] == 8
@@ -153,8 +180,9 @@ def test_reward_model_judge_scores_and_compares_through_the_interface(saved_rm: 
     from prefalign.data.tokenize import tokenize_completion
 
     for item, score in zip(items[:2], scores[:2]):
-        (expected,) = score_token_rows(model, [tokenize_completion(item.prompt, item.response, tokenizer)],
-                                       tokenizer.pad_token_id)  # fmt: skip
+        (expected,) = score_token_rows(
+            model, [tokenize_completion(item.prompt, item.response, tokenizer)], tokenizer.pad_token_id
+        )
         assert score.value == pytest.approx(expected, abs=1e-5) and math.isfinite(score.value)
     assert scores[2].value is None and "empty_completion" in str(scores[2].error)
     (verdict,) = judge.compare(["Is water wet?"], ["Yes, it is."], ["No."])

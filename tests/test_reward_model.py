@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_support import single_thread  # noqa: F401  (an autouse fixture: importing it applies it here)
 
 from prefalign.errors import ModelError
 from prefalign.models.loading import load_model, load_tokenizer
@@ -20,6 +19,7 @@ from prefalign.models.reward import (
     load_reward_model,
     load_reward_tokenizer,
 )
+from test_train_support import single_thread  # noqa: F401  (an autouse fixture: importing it applies it here)
 
 
 def _reward_model(model_dir: Path, *, lora: bool = False, seed: int = 0) -> RewardModel:

@@ -9,13 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_support import (
-    assert_same_metrics,
-    quiet,
-    records_of,
-    single_thread,  # noqa: F401  (an autouse fixture: importing it applies it here)
-    write_pairs,
-)
 
 from prefalign.errors import DataError, PrefalignError
 from prefalign.losses import IGNORE_INDEX
@@ -26,15 +19,33 @@ from prefalign.train.config import RewardConfig
 from prefalign.train.distributed import DistInfo
 from prefalign.train.loop import train
 from prefalign.train.objectives.reward import RewardObjective
+from test_train_support import (
+    assert_same_metrics,
+    quiet,
+    records_of,
+    single_thread,  # noqa: F401  (an autouse fixture: importing it applies it here)
+    write_pairs,
+)
 
 SINGLE = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True)
-RM_KEYS = {"loss", "rm_loss", "lm_loss", "rewards/accuracies", "rewards/chosen", "rewards/rejected", "rewards/margins",
-           "rewards/mean", "rewards/std"}  # fmt: skip
+RM_KEYS = {
+    "loss",
+    "rm_loss",
+    "lm_loss",
+    "rewards/accuracies",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/mean",
+    "rewards/std",
+}
 
 
 def _with_margins(path: Path, margins: list[object]) -> Path:
-    rows = [{"prompt": f"Question {i}?", "chosen": "Yes, gladly.", "rejected": "No.", "margin": m}
-            for i, m in enumerate(margins)]  # fmt: skip
+    rows = [
+        {"prompt": f"Question {i}?", "chosen": "Yes, gladly.", "rejected": "No.", "margin": m}
+        for i, m in enumerate(margins)
+    ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
@@ -104,9 +115,20 @@ def test_a_constant_reward_counts_every_pair_as_half_right(tiny_model_dir: Path,
 
 def test_training_raises_validation_accuracy_and_margin(tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    config = RewardConfig(**quiet(model=str(tiny_model_dir), data=str(write_pairs(tmp_path / "pairs.jsonl", 16)),
-                                  output_dir=str(out), max_steps=12, batch_size=4, learning_rate=3e-3,
-                                  eval_split=0.25, eval_steps=12, logging_steps=4, plots=True))  # fmt: skip
+    config = RewardConfig(
+        **quiet(
+            model=str(tiny_model_dir),
+            data=str(write_pairs(tmp_path / "pairs.jsonl", 16)),
+            output_dir=str(out),
+            max_steps=12,
+            batch_size=4,
+            learning_rate=3e-3,
+            eval_split=0.25,
+            eval_steps=12,
+            logging_steps=4,
+            plots=True,
+        )
+    )
     result = train(config, RewardObjective(config))
     first, last = records_of(out, "eval")[0], records_of(out, "eval")[-1]
     assert first["step"] == 0 and last["step"] == 12
@@ -126,9 +148,20 @@ def test_resumed_run_restores_the_head_and_matches_the_uninterrupted_one(
     tiny_model_dir: Path, tmp_path: Path, lora: bool
 ) -> None:
     data = write_pairs(tmp_path / "pairs.jsonl", 16)
-    options = quiet(model=str(tiny_model_dir), data=str(data), max_steps=6, batch_size=4, eval_split=0.25,
-                    eval_steps=3, logging_steps=2, save_steps=3, learning_rate=1e-2 if lora else 1e-3, lora=lora,
-                    lora_rank=4, lora_dropout=0.0)  # fmt: skip
+    options = quiet(
+        model=str(tiny_model_dir),
+        data=str(data),
+        max_steps=6,
+        batch_size=4,
+        eval_split=0.25,
+        eval_steps=3,
+        logging_steps=2,
+        save_steps=3,
+        learning_rate=1e-2 if lora else 1e-3,
+        lora=lora,
+        lora_rank=4,
+        lora_dropout=0.0,
+    )
     whole = tmp_path / "whole"
     config = RewardConfig(**options, output_dir=str(whole))
     train(config, RewardObjective(config))
@@ -165,17 +198,37 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir: Path
 
     from test_train_support import config_options, read_records
 
-    options = quiet(model=str(tiny_model_dir), data=str(write_pairs(tmp_path / "pairs.jsonl", 12)), max_steps=4,
-                    learning_rate=1e-3, logging_steps=1, eval_split=0.25, eval_steps=2, lm_weight=0.0)  # fmt: skip
+    options = quiet(
+        model=str(tiny_model_dir),
+        data=str(write_pairs(tmp_path / "pairs.jsonl", 12)),
+        max_steps=4,
+        learning_rate=1e-3,
+        logging_steps=1,
+        eval_split=0.25,
+        eval_steps=2,
+        lm_weight=0.0,
+    )
     single = RewardConfig(**options, batch_size=4, output_dir=str(tmp_path / "one"))
     train(single, RewardObjective(single))
     pair = RewardConfig(**options, batch_size=2, output_dir=str(tmp_path / "two"))
     launcher = tmp_path / "prefalign_rm.py"  # `prefalign`, with the rm command whether or not it is registered yet
-    launcher.write_text("import sys, prefalign.cli as c\nif 'reward' not in c.COMMAND_MODULES:\n"
-                        "    c.COMMAND_MODULES += ('reward',)\nsys.exit(c.main())\n")  # fmt: skip
+    launcher.write_text(
+        "import sys, prefalign.cli as c\nif 'reward' not in c.COMMAND_MODULES:\n"
+        "    c.COMMAND_MODULES += ('reward',)\nsys.exit(c.main())\n"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(launcher),
-               "rm", "train", *config_options(pair)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(launcher),
+        "rm",
+        "train",
+        *config_options(pair),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_metrics(read_records(tmp_path / "two"), read_records(tmp_path / "one"), tol=1e-4)

@@ -7,22 +7,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_forward import load_tiny, random_pairs
-from test_train_support import single_thread  # noqa: F401  (an autouse fixture: importing it applies it here)
 
 from prefalign.data.collate import collate_pairs
 from prefalign.data.shared_prefix import collate_pair_row, collate_shared_prefix, pack_rows
 from prefalign.data.tokenize import TokenizedPair
 from prefalign.train import pair_attention
 from prefalign.train.objectives import policy_forward
+from test_train_forward import load_tiny, random_pairs
+from test_train_support import single_thread  # noqa: F401  (an autouse fixture: importing it applies it here)
 
 LAYOUTS = {"row": collate_pair_row, "packed": collate_shared_prefix}
 
 
 def test_layout_positions_mask_and_predicting_positions_by_hand() -> None:
     # prompt 10 11, chosen 20 21 22, rejected 30 31; a second pair packs beside it (capacity = the longest pair, 7).
-    batch = collate_shared_prefix([TokenizedPair([10, 11], [20, 21, 22], [30, 31]), TokenizedPair([12], [23], [32])],
-                                  pad_id=0)  # fmt: skip
+    batch = collate_shared_prefix(
+        [TokenizedPair([10, 11], [20, 21, 22], [30, 31]), TokenizedPair([12], [23], [32])], pad_id=0
+    )
     assert batch.input_ids.tolist() == [[10, 11, 20, 21, 22, 30, 31], [12, 23, 32, 0, 0, 0, 0]]
     assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 2, 3], [0, 1, 1, 0, 0, 0, 0]]
     assert batch.num_tokens == 10 and batch.num_pairs == 2
@@ -59,10 +60,12 @@ def test_pair_attention_equals_the_block_mask_on_random_tensors() -> None:
     mask = torch.zeros(15, 15, dtype=torch.bool)  # the two pairs' block masks on the diagonal of one 15-token row
     mask[:9, :9], mask[9:, 9:] = batch.attention_mask[0, 0, :9, :9], batch.attention_mask[1, 0, :6, :6]
     module = torch.nn.Module().eval()
-    out, _ = pair_attention.pair_attention(module, query, key, value, None,
-                                           **{pair_attention.SPANS_KWARG: ((0, 3, 2, 4), (9, 1, 3, 2))})  # fmt: skip
-    expected = torch.nn.functional.scaled_dot_product_attention(query, key.repeat_interleave(2, 1),
-                                                                value.repeat_interleave(2, 1), attn_mask=mask)  # fmt: skip
+    out, _ = pair_attention.pair_attention(
+        module, query, key, value, None, **{pair_attention.SPANS_KWARG: ((0, 3, 2, 4), (9, 1, 3, 2))}
+    )
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(2, 1), value.repeat_interleave(2, 1), attn_mask=mask
+    )
     torch.testing.assert_close(out, expected.transpose(1, 2), atol=1e-6, rtol=0)
 
 
@@ -70,8 +73,9 @@ def test_pack_rows_is_first_fit_decreasing() -> None:
     assert pack_rows([5, 2, 3, 4, 1]) == [[0], [3, 4], [2, 1]]
 
 
-def _shared_and_plain(model: torch.nn.Module, pairs: list[TokenizedPair],
-                      layout: str = "packed") -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def _shared_and_plain(
+    model: torch.nn.Module, pairs: list[TokenizedPair], layout: str = "packed"
+) -> tuple[torch.Tensor, torch.Tensor]:
     _, shared = policy_forward(model, LAYOUTS[layout](pairs, pad_id=0))
     _, plain = policy_forward(model, collate_pairs(pairs, pad_id=0))
     assert torch.equal(shared.num_tokens, plain.num_tokens)
@@ -80,16 +84,19 @@ def _shared_and_plain(model: torch.nn.Module, pairs: list[TokenizedPair],
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("lora", [False, True])
-def test_shared_prefix_logps_and_gradients_equal_two_sequences_on_the_tiny_model(tiny_model_dir: Path, lora: bool,
-                                                                                  layout: str) -> None:  # fmt: skip
+def test_shared_prefix_logps_and_gradients_equal_two_sequences_on_the_tiny_model(
+    tiny_model_dir: Path, lora: bool, layout: str
+) -> None:
     model = load_tiny(tiny_model_dir, lora=lora)
     pairs = random_pairs(model.get_output_embeddings().weight.shape[0], 6, seed=2)
     trainable = [p for p in model.parameters() if p.requires_grad]
     shared, plain = _shared_and_plain(model, pairs, layout)
     torch.testing.assert_close(shared, plain, atol=1e-4, rtol=0)
     weights = torch.linspace(-1, 1, len(shared))  # any loss of the log-probs: its gradients must agree too
-    for ours, theirs in zip(torch.autograd.grad((shared * weights).sum(), trainable),
-                            torch.autograd.grad((plain * weights).sum(), trainable)):  # fmt: skip
+    for ours, theirs in zip(
+        torch.autograd.grad((shared * weights).sum(), trainable),
+        torch.autograd.grad((plain * weights).sum(), trainable),
+    ):
         torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-3)
 
 
@@ -106,8 +113,7 @@ def test_eager_attention_takes_the_block_mask_too(tiny_model_dir: Path) -> None:
 
 @pytest.mark.model
 @pytest.mark.shared
-def test_shared_prefix_equals_two_sequences_on_real_hh_pairs_and_smollm2(smollm2_dir: Path,
-                                                                         hh_test_path: Path) -> None:  # fmt: skip
+def test_shared_prefix_equals_two_sequences_on_real_hh_pairs_and_smollm2(smollm2_dir: Path, hh_test_path: Path) -> None:
     from prefalign.data.loading import load_preferences
     from prefalign.data.tokenize import TokenizeConfig, tokenize_preferences
     from prefalign.models.loading import load_model, load_tokenizer
@@ -123,8 +129,9 @@ def test_shared_prefix_equals_two_sequences_on_real_hh_pairs_and_smollm2(smollm2
             torch.testing.assert_close(shared, plain, atol=1e-4, rtol=0, msg=layout)
 
 
-def test_a_model_whose_attention_ignores_the_spans_keeps_the_mask_layout(tiny_model_dir: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_a_model_whose_attention_ignores_the_spans_keeps_the_mask_layout(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -134,8 +141,9 @@ def test_a_model_whose_attention_ignores_the_spans_keeps_the_mask_layout(tiny_mo
         kwargs.pop(pair_attention.SPANS_KWARG, None)
         return sdpa_attention_forward(*args, **kwargs)
 
-    monkeypatch.setattr(pair_attention, "register",
-                        lambda: AttentionInterface.register(pair_attention.ATTENTION_NAME, plain_sdpa))  # fmt: skip
+    monkeypatch.setattr(
+        pair_attention, "register", lambda: AttentionInterface.register(pair_attention.ATTENTION_NAME, plain_sdpa)
+    )
     model = load_model(str(tiny_model_dir), device="cpu")
     assert not pair_attention.enable_pair_attention(model)
     assert model.config._attn_implementation == "sdpa"  # switched back
@@ -151,21 +159,25 @@ def test_a_model_whose_attention_ignores_the_spans_keeps_the_mask_layout(tiny_mo
 def test_dpo_objective_gives_the_same_loss_metrics_and_kl_with_and_without_prefix_sharing(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from test_train_support import write_pairs
-
     from prefalign.models.loading import load_model, load_tokenizer
     from prefalign.models.tiny import save_tiny_model
     from prefalign.train.config import DPOConfig
     from prefalign.train.distributed import DistInfo
     from prefalign.train.objectives import DPOObjective
+    from test_train_support import write_pairs
 
     single = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True)
     reference = save_tiny_model(tmp_path / "ref", seed=1)  # a different reference, so rewards and KL are not 0
     data = write_pairs(tmp_path / "p.jsonl", 5)
     metrics = {}
     for layout in ("row", "packed", "plain"):
-        config = DPOConfig(model=str(tiny_model_dir), data=str(data), output_dir="x", ref_model=str(reference),
-                           prefix_sharing=layout != "plain")  # fmt: skip
+        config = DPOConfig(
+            model=str(tiny_model_dir),
+            data=str(data),
+            output_dir="x",
+            ref_model=str(reference),
+            prefix_sharing=layout != "plain",
+        )
         objective = DPOObjective(config)
         items, _ = objective.load(config.data, load_tokenizer(config.model))
         policy = load_model(config.model, device="cpu").eval()

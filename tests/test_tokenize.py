@@ -98,11 +98,11 @@ def test_boundary_merge_keeps_the_full_texts_tokens(tok):
     full = tok(prompt + completion)["input_ids"]
     assert full[: len(alone)] != alone, "the case must really merge across the boundary ('Ġ' + 'yes' -> 'Ġy', 'es')"
     prompt_ids, completion_ids = tokenize_completion(prompt, completion, tok, "raw")
-    assert prompt_ids + completion_ids == full + [IM_END]
+    assert prompt_ids + completion_ids == [*full, IM_END]
     assert prompt_ids == alone[:-1]  # split at the longest common prefix: the lone space moved into the completion
     assert tok.decode(completion_ids) == " yes<|im_end|>"
     # Without the trailing space nothing merges and the prompt keeps all its own tokens.
-    assert tokenize_completion("Answer:", " yes", tok, "raw") == (tok("Answer:")["input_ids"], full[3:] + [IM_END])
+    assert tokenize_completion("Answer:", " yes", tok, "raw") == (tok("Answer:")["input_ids"], [*full[3:], IM_END])
 
 
 def test_pair_shares_the_shortest_prompt_when_only_one_side_merges(tok):
@@ -136,7 +136,10 @@ def test_long_prompt_keeps_its_end_and_completions_fit_max_length(tok):
 def test_untruncated_pair_reports_nothing(tok):
     pair = tokenize_pair(PreferenceRecord("Hi", "Hello!", "Go away.", "f:3"), tok, TokenizeConfig())
     assert (pair.prompt_truncated, pair.completion_truncated, pair.dropped, pair.drop_reason) == (
-        False, False, False, None,
+        False,
+        False,
+        False,
+        None,
     )
     assert pair.location == "f:3"
 

@@ -8,13 +8,15 @@ import math
 from pathlib import Path
 
 import pytest
-from test_train_support import write_pairs
-from test_train_support import single_thread  # noqa: F401  (an autouse fixture: importing it applies it here)
 
 from prefalign.cli.train import register
 from prefalign.config import config_from_args
 from prefalign.errors import PrefalignError
 from prefalign.train.config import DPOConfig, DPOLossType, SFTConfig
+from test_train_support import (
+    single_thread,  # noqa: F401  (an autouse fixture: importing it applies it here)
+    write_pairs,
+)
 
 REQUIRED = {"model": "m", "data": "d.jsonl", "output_dir": "o"}
 
@@ -64,8 +66,10 @@ def test_bad_options_are_one_line_errors(options: dict, message: str) -> None:
 
 def test_yaml_file_then_command_line(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
-    path.write_text("model: tiny\ndata: pairs.jsonl\noutput-dir: out\nbeta: 0.3\nlora: true\n"
-                    "lora_target_modules: [q_proj, v_proj]\n")  # fmt: skip
+    path.write_text(
+        "model: tiny\ndata: pairs.jsonl\noutput-dir: out\nbeta: 0.3\nlora: true\n"
+        "lora_target_modules: [q_proj, v_proj]\n"
+    )
     args = parse(["dpo", "--config", str(path), "--beta", "0.05", "--loss-type", "ipo", "--no-lora"])
     config = config_from_args(DPOConfig, args)
     assert (config.model, config.beta, config.loss_type, config.lora) == ("tiny", 0.05, "ipo", False)
@@ -76,8 +80,22 @@ def test_yaml_file_then_command_line(tmp_path: Path) -> None:
 
 def test_dpo_command_trains(tiny_model_dir: Path, tmp_path: Path) -> None:
     data = write_pairs(tmp_path / "pairs.jsonl", 4)
-    args = parse(["dpo", "--model", str(tiny_model_dir), "--data", str(data), "--output-dir", str(tmp_path / "out"),
-                  "--max-steps", "1", "--no-progress", "--no-plots", "--no-tensorboard"])  # fmt: skip
+    args = parse(
+        [
+            "dpo",
+            "--model",
+            str(tiny_model_dir),
+            "--data",
+            str(data),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--max-steps",
+            "1",
+            "--no-progress",
+            "--no-plots",
+            "--no-tensorboard",
+        ]
+    )
     assert args.func(args) == 0
     (record,) = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert record["step"] == 1 and abs(record["loss"] - math.log(2)) < 1e-6

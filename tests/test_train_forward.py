@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_support import single_thread  # noqa: F401  (an autouse fixture: importing it applies it here)
 
 from prefalign.data.collate import collate_pairs
 from prefalign.data.tokenize import TokenizedPair
@@ -17,6 +16,7 @@ from prefalign.train.forward import (
     completion_states,
     plain_completion_index,
 )
+from test_train_support import single_thread  # noqa: F401  (an autouse fixture: importing it applies it here)
 
 
 def random_pairs(vocab: int, count: int, seed: int = 0) -> list[TokenizedPair]:
@@ -92,9 +92,13 @@ def test_completion_kl_equals_token_kl(tiny_model_dir: Path, lora: bool) -> None
     with torch.no_grad():
         policy_logits = policy(**inputs).logits[:, :-1]
         ref_logits = reference_run(lambda m: m(**inputs).logits[:, :-1])
-        expected = token_kl(policy_logits, ref_logits, batch.labels[:, 1:] != IGNORE_INDEX,
-                            reduction="sum_per_sequence")  # fmt: skip
-        ours = completion_kl(completion_states(policy, inputs, index),
-                             reference_run(lambda m: completion_states(m, inputs, index)), chunk_size=5)  # fmt: skip
+        expected = token_kl(
+            policy_logits, ref_logits, batch.labels[:, 1:] != IGNORE_INDEX, reduction="sum_per_sequence"
+        )
+        ours = completion_kl(
+            completion_states(policy, inputs, index),
+            reference_run(lambda m: completion_states(m, inputs, index)),
+            chunk_size=5,
+        )
     assert float(expected.min()) > 0  # the two models do differ
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)

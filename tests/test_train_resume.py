@@ -9,6 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from prefalign.errors import PrefalignError
+from prefalign.train.config import DPOConfig
+from prefalign.train.loop import train
+from prefalign.train.objectives import DPOObjective
 from test_train_support import (
     assert_same_metrics,
     config_options,
@@ -16,19 +21,18 @@ from test_train_support import (
     quiet,
     read_records,
     single_thread,  # noqa: F401  (an autouse fixture: importing it applies it here)
-    write_pairs,  # fmt: skip
+    write_pairs,
 )
-
-from prefalign.errors import PrefalignError
-from prefalign.train.config import DPOConfig
-from prefalign.train.loop import train
-from prefalign.train.objectives import DPOObjective
 
 
 def _start(config: DPOConfig) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same single thread as this process, for identical numerics
-    return subprocess.Popen([sys.executable, "-m", "prefalign", "dpo", *config_options(config)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "prefalign", "dpo", *config_options(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora-with-dropout"])
@@ -36,9 +40,20 @@ def test_killed_and_resumed_run_matches_the_uninterrupted_one(tiny_model_dir: Pa
     data = write_pairs(tmp_path / "pairs.jsonl", 16)
     # Logging every 3 steps and saving every 4: the checkpoint falls inside a logging window, whose sums it must carry.
     # LoRA dropout draws random numbers every step, so the RNG state must be restored as well.
-    options = quiet(model=str(tiny_model_dir), data=str(data), max_steps=36, learning_rate=1e-2 if lora else 1e-3,
-                    logging_steps=3, eval_split=0.25, eval_steps=6, save_steps=4, keep_checkpoints=2, lora=lora,
-                    lora_rank=4, lora_dropout=0.2)  # fmt: skip
+    options = quiet(
+        model=str(tiny_model_dir),
+        data=str(data),
+        max_steps=36,
+        learning_rate=1e-2 if lora else 1e-3,
+        logging_steps=3,
+        eval_split=0.25,
+        eval_steps=6,
+        save_steps=4,
+        keep_checkpoints=2,
+        lora=lora,
+        lora_rank=4,
+        lora_dropout=0.2,
+    )
     uninterrupted = DPOConfig(**options, output_dir=str(tmp_path / "uninterrupted"))
     train(uninterrupted, DPOObjective(uninterrupted))
 

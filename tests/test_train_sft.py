@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_support import quiet, records_of, write_sft
-from test_train_support import single_thread  # noqa: F401  (an autouse fixture: importing it applies it here)
 
 from prefalign.errors import DataError
 from prefalign.losses import IGNORE_INDEX
@@ -18,6 +16,12 @@ from prefalign.train.distributed import DistInfo
 from prefalign.train.loop import train
 from prefalign.train.objectives import SFTObjective
 from prefalign.train.objectives.sft import read_sft_examples
+from test_train_support import (
+    quiet,
+    records_of,
+    single_thread,  # noqa: F401  (an autouse fixture: importing it applies it here)
+    write_sft,
+)
 
 SINGLE = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True)
 
@@ -58,15 +62,26 @@ def test_sft_loss_ignores_every_prompt_position(tiny_model_dir: Path, tmp_path: 
     nll = -sum(float(logp[row, t, batch.labels[row, t + 1]]) for row, t in response)
     assert int(sums["completion_tokens"]) == len(response) == sum(len(e.completion_ids) for e in items)
     assert math.isclose(float(loss), nll, rel_tol=1e-5)
-    assert math.isclose(objective.metrics({k: float(v) for k, v in sums.items()})["loss"], nll / len(response),
-                        rel_tol=1e-5)  # fmt: skip
+    assert math.isclose(
+        objective.metrics({k: float(v) for k, v in sums.items()})["loss"], nll / len(response), rel_tol=1e-5
+    )
 
 
 def test_sft_run_learns_and_saves(tiny_model_dir: Path, tmp_path: Path) -> None:
     data, held_out = write_sft(tmp_path / "train.jsonl", 12), write_sft(tmp_path / "eval.jsonl", 3)
-    config = SFTConfig(**quiet(model=str(tiny_model_dir), data=str(data), eval_data=str(held_out),
-                               output_dir=str(tmp_path / "run"), max_steps=20, learning_rate=1e-2, warmup_ratio=0.0,
-                               logging_steps=10, eval_steps=10))  # fmt: skip
+    config = SFTConfig(
+        **quiet(
+            model=str(tiny_model_dir),
+            data=str(data),
+            eval_data=str(held_out),
+            output_dir=str(tmp_path / "run"),
+            max_steps=20,
+            learning_rate=1e-2,
+            warmup_ratio=0.0,
+            logging_steps=10,
+            eval_steps=10,
+        )
+    )
     result = train(config, SFTObjective(config))
     train_records, eval_records = records_of(result.output_dir, "train"), records_of(result.output_dir, "eval")
     assert [r["step"] for r in train_records] == [1, 10, 20] and [r["step"] for r in eval_records] == [0, 10, 20]

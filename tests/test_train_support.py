@@ -20,13 +20,30 @@ import torch
 
 from prefalign.train.checkpoint import latest_checkpoint
 
-QUESTIONS = ["Is water wet?", "Is fire cold?", "Why is the sky blue?", "How do I bake bread?", "Can you help me?",
-             "Do plants need light?", "What is two plus three?", "Is the heart a pump?"]  # fmt: skip
+QUESTIONS = [
+    "Is water wet?",
+    "Is fire cold?",
+    "Why is the sky blue?",
+    "How do I bake bread?",
+    "Can you help me?",
+    "Do plants need light?",
+    "What is two plus three?",
+    "Is the heart a pump?",
+]
 CHOSEN = "Yes, thank you very much."
 REJECTED = "no, I don't know"
 
-DPO_KEYS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-            "logps/chosen", "logps/rejected", "kl", "logratio"}  # fmt: skip
+DPO_KEYS = {
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+    "kl",
+    "logratio",
+}
 TRAIN_ONLY_KEYS = {"grad_norm", "learning_rate", "tokens_per_second"}
 TIMING_KEYS = {"tokens_per_second", "pairs_per_second", "examples_per_second"}
 

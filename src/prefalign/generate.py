@@ -215,9 +215,10 @@ def generate(
     was_training = model.training
     model.eval()  # no dropout while generating, even when called from inside a training run
     try:
-        with torch.inference_mode(), tqdm(
-            total=len(prompts), unit="prompt", desc="generating", disable=not progress, file=sys.stderr
-        ) as bar:
+        with (
+            torch.inference_mode(),
+            tqdm(total=len(prompts), unit="prompt", desc="generating", disable=not progress, file=sys.stderr) as bar,
+        ):
             for start in range(0, len(order), config.batch_size):
                 batch = order[start : start + config.batch_size]
                 uniforms = (

@@ -12,7 +12,8 @@ already done the causal shift (labels = input_ids[:, 1:], logits = model(...).lo
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal, NamedTuple, get_args
+from collections.abc import Callable
+from typing import Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F

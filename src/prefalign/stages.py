@@ -86,8 +86,11 @@ def run_stage(
     body(work)
     seconds = time.perf_counter() - start
     pending.unlink()
-    (work / STAGE_FILE).write_text(json.dumps({"name": name, "digest": digest, "settings": settings,
-                                               "seconds": round(seconds, 2)}, indent=2, default=str))
+    (work / STAGE_FILE).write_text(
+        json.dumps(
+            {"name": name, "digest": digest, "settings": settings, "seconds": round(seconds, 2)}, indent=2, default=str
+        )
+    )
     if directory.exists():
         shutil.rmtree(directory)
     work.rename(directory)

@@ -25,15 +25,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "appended batch by batch: rerun the same command after an interruption to resume.",
     )
     build.add_argument("--model", required=True, help="registered name, local HF directory or hub id (org/name)")
-    build.add_argument("--prompts", required=True, type=Path, metavar="FILE",
-                       help="JSON Lines of prompts: `prompt`, optional `id`, and fields for the judge "
-                       "(`instruction_id_list`, `kwargs` for the verifier); see `prefalign prompts builtin`")
-    build.add_argument("--judge", required=True,
-                       help="verifier, verifier:loose, openai:MODEL or anthropic:MODEL")
+    build.add_argument(
+        "--prompts",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="JSON Lines of prompts: `prompt`, optional `id`, and fields for the judge "
+        "(`instruction_id_list`, `kwargs` for the verifier); see `prefalign prompts builtin`",
+    )
+    build.add_argument("--judge", required=True, help="verifier, verifier:loose, openai:MODEL or anthropic:MODEL")
     build.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="the pairs .jsonl file")
     build.add_argument("--config", help="YAML file of sampling options (command-line options override it)")
-    build.add_argument("--trust-remote-code", action="store_true",
-                       help="allow the model's repository to run its own Python code")
+    build.add_argument(
+        "--trust-remote-code", action="store_true", help="allow the model's repository to run its own Python code"
+    )
     add_config_args(build, PairsConfig)
     judge = build.add_argument_group("LLM judges (openai:, anthropic:)")
     judge.add_argument("--judge-base-url", help="API endpoint, e.g. http://127.0.0.1:8000/v1 for a local vLLM")
@@ -81,11 +86,15 @@ def run_build(args: argparse.Namespace) -> int:
         model = load_model(args.model, trust_remote_code=args.trust_remote_code)
 
         def progress(report) -> None:
-            print(f"{report.done}/{report.prompts} prompts done: {report.pairs} pairs, {report.ties} ties, "
-                  f"{report.judge_failures} judge failures", file=sys.stderr)
+            print(
+                f"{report.done}/{report.prompts} prompts done: {report.pairs} pairs, {report.ties} ties, "
+                f"{report.judge_failures} judge failures",
+                file=sys.stderr,
+            )
 
-        report = build_pairs(model, tokenizer, judge, prompts, args.output, config, model_name=args.model,
-                             on_batch=progress)
+        report = build_pairs(
+            model, tokenizer, judge, prompts, args.output, config, model_name=args.model, on_batch=progress
+        )
     finally:
         judge.close()
     print(report.summary())

@@ -60,8 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     defaults = TokenizeConfig()
     score.add_argument("--max-length", type=int, default=defaults.max_length, help="most tokens of prompt + response")
     score.add_argument("--max-prompt-length", type=int, default=defaults.max_prompt_length, help="most prompt tokens")
-    score.add_argument("--prompt-format", default=defaults.prompt_format, choices=("auto", "chat", "raw"),
-                       help="chat, raw, or auto (chat when possible)")  # fmt: skip
+    score.add_argument(
+        "--prompt-format",
+        default=defaults.prompt_format,
+        choices=("auto", "chat", "raw"),
+        help="chat, raw, or auto (chat when possible)",
+    )
     score.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     score.add_argument(
         "--untrained-head",
@@ -105,8 +109,10 @@ def run_score(args: argparse.Namespace) -> int:
         summary |= {"model": args.model, "data": args.data, "untrained_head": args.untrained_head}
         summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         ci = summary["accuracy_ci95"]
-        print(f"accuracy {summary['accuracy']:.4f} (95% Wilson CI {ci[0]:.4f}-{ci[1]:.4f}) over {summary['pairs']} "
-              f"pairs; mean margin {summary['mean_margin']:.4f}; summary in {summary_path}")  # fmt: skip
+        print(
+            f"accuracy {summary['accuracy']:.4f} (95% Wilson CI {ci[0]:.4f}-{ci[1]:.4f}) over {summary['pairs']} "
+            f"pairs; mean margin {summary['mean_margin']:.4f}; summary in {summary_path}"
+        )
     return 0
 
 
@@ -146,18 +152,32 @@ def _score_pairs(
     for (record, _), chosen, rejected in zip(kept, rewards[:n], rewards[n:]):
         point = 1.0 if chosen > rejected else 0.5 if chosen == rejected else 0.0
         points += point
-        rows.append({"location": record.location, "reward_chosen": chosen, "reward_rejected": rejected,
-                     "margin": chosen - rejected, "correct": point, **record.extra})  # fmt: skip
+        rows.append(
+            {
+                "location": record.location,
+                "reward_chosen": chosen,
+                "reward_rejected": rejected,
+                "margin": chosen - rejected,
+                "correct": point,
+                **record.extra,
+            }
+        )
     low, high = wilson_interval(points, n)  # type: ignore[arg-type]  # a tie adds half a success
     mean = sum(rewards) / len(rewards)
     summary = {
-        "pairs": n, "accuracy": points / n, "accuracy_ci95": [low, high], "ci_method": "wilson (ties count half)",
+        "pairs": n,
+        "accuracy": points / n,
+        "accuracy_ci95": [low, high],
+        "ci_method": "wilson (ties count half)",
         "ties": sum(1 for row in rows if row["correct"] == 0.5),
         "mean_margin": sum(row["margin"] for row in rows) / n,
-        "reward_mean": mean, "reward_std": (sum((r - mean) ** 2 for r in rewards) / len(rewards)) ** 0.5,
-        "records_rejected": data.report.rejected, "pairs_dropped": dict(dropped),
-        "max_length": config.max_length, "max_prompt_length": config.max_prompt_length,
-    }  # fmt: skip
+        "reward_mean": mean,
+        "reward_std": (sum((r - mean) ** 2 for r in rewards) / len(rewards)) ** 0.5,
+        "records_rejected": data.report.rejected,
+        "pairs_dropped": dict(dropped),
+        "max_length": config.max_length,
+        "max_prompt_length": config.max_prompt_length,
+    }
     return rows, summary
 
 

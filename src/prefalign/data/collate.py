@@ -54,9 +54,7 @@ class PairBatch(LMBatch):
         return PairBatch(moved.input_ids, moved.attention_mask, moved.labels, self.num_pairs)
 
 
-def pad_sequences(
-    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int
-) -> LMBatch:
+def pad_sequences(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int) -> LMBatch:
     """One row per (prompt, completion): ids right-padded with `pad_id`, labels masked on prompt and padding."""
     if len(prompts) != len(completions) or not prompts:
         raise ValueError(f"need as many prompts as completions (at least one), got {len(prompts)}, {len(completions)}")

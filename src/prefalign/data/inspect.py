@@ -41,9 +41,7 @@ def inspect_preferences(
         "source": report.source,
         "records": {"read": report.read, "kept": report.kept, "rejected": report.rejected},
         "rejected_by_reason": summarize_rejections(report, first_locations),
-        "char_lengths": {
-            name: length_percentiles([text_length(getattr(r, name)) for r in data]) for name in FIELDS
-        },
+        "char_lengths": {name: length_percentiles([text_length(getattr(r, name)) for r in data]) for name in FIELDS},
         "duplicates": count_duplicates(data.records),
     }
     if tokenizer is not None:

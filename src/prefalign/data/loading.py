@@ -13,7 +13,7 @@ from ..fileio import write_jsonl_atomic
 from .formats import FORMATS, parse_record
 from .records import PreferenceRecord
 from .sources import open_source
-from .validation import Rejection, RecordRejected, ValidationReport
+from .validation import RecordRejected, Rejection, ValidationReport
 
 
 @dataclass(repr=False)  # the default repr would print every record

@@ -69,8 +69,15 @@ class SharedPrefixBatch:
 
     def to(self, device: torch.device | str) -> SharedPrefixBatch:
         mask = self.attention_mask.to(device) if self.attention_mask is not None else None
-        return SharedPrefixBatch(self.input_ids.to(device), self.position_ids.to(device), mask, self.index.to(device),
-                                 self.num_pairs, self.num_tokens, self.spans)  # fmt: skip
+        return SharedPrefixBatch(
+            self.input_ids.to(device),
+            self.position_ids.to(device),
+            mask,
+            self.index.to(device),
+            self.num_pairs,
+            self.num_tokens,
+            self.spans,
+        )
 
 
 def pack_rows(lengths: Sequence[int]) -> list[list[int]]:
@@ -110,8 +117,9 @@ def collate_shared_prefix(pairs: Sequence[TokenizedPair], pad_id: int) -> Shared
             document[r, start:end] = i
             branch[r, start:end] = _branches(pairs[i])
             start = end
-    return SharedPrefixBatch(input_ids, position_ids, block_mask(document, branch), scoring.index(), num_pairs,
-                             sum(lengths))  # fmt: skip
+    return SharedPrefixBatch(
+        input_ids, position_ids, block_mask(document, branch), scoring.index(), num_pairs, sum(lengths)
+    )
 
 
 def collate_pair_row(pairs: Sequence[TokenizedPair], pad_id: int = 0) -> SharedPrefixBatch:
@@ -143,12 +151,14 @@ class _Scoring:
         self.sequences: list[int] = []
 
     def index(self) -> CompletionIndex:
-        return CompletionIndex(torch.tensor(self.positions), torch.tensor(self.targets), torch.tensor(self.sequences),
-                               2 * self.num_pairs)  # fmt: skip
+        return CompletionIndex(
+            torch.tensor(self.positions), torch.tensor(self.targets), torch.tensor(self.sequences), 2 * self.num_pairs
+        )
 
 
-def _place(pair: TokenizedPair, i: int, ids: Tensor, positions: Tensor, flat_start: int, start: int,
-           scoring: _Scoring) -> None:  # fmt: skip
+def _place(
+    pair: TokenizedPair, i: int, ids: Tensor, positions: Tensor, flat_start: int, start: int, scoring: _Scoring
+) -> None:
     """Write pair i's tokens and position ids into a row at `start` (flat position `flat_start` in the batch), and
     add its completion tokens to `scoring`."""
     prompt, chosen, rejected = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
@@ -169,8 +179,9 @@ def _place(pair: TokenizedPair, i: int, ids: Tensor, positions: Tensor, flat_sta
 
 
 def _branches(pair: TokenizedPair) -> Tensor:
-    return torch.tensor([_PROMPT] * len(pair.prompt_ids) + [_CHOSEN] * len(pair.chosen_ids)
-                        + [_REJECTED] * len(pair.rejected_ids))  # fmt: skip
+    return torch.tensor(
+        [_PROMPT] * len(pair.prompt_ids) + [_CHOSEN] * len(pair.chosen_ids) + [_REJECTED] * len(pair.rejected_ids)
+    )
 
 
 def block_mask(document: Tensor, branch: Tensor) -> Tensor:

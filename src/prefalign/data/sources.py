@@ -197,9 +197,7 @@ def _open_dataset_dir(path: Path, split: str | None) -> tuple[str, Iterator[RawR
     return _open_dataset(loaded, name, split)
 
 
-def _open_dataset(
-    dataset: Any, name: str, split: str | None, name_rows: bool = True
-) -> tuple[str, Iterator[RawRow]]:
+def _open_dataset(dataset: Any, name: str, split: str | None, name_rows: bool = True) -> tuple[str, Iterator[RawRow]]:
     """Rows of a Dataset (or of one split of a DatasetDict), located as "NAME:row N", or "row N" without `name_rows`
     (an in-memory Dataset has no name a person would recognise; a split always names itself)."""
     import datasets

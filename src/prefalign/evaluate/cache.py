@@ -122,8 +122,12 @@ def _append(path: Path, generations: dict[str, Generation], header: dict[str, An
         if torn:  # end the torn line so it stays one unreadable line instead of spoiling the next
             out.write("\n")
         for key, generation in generations.items():
-            row = {"prompt_key": key, "text": generation.text, "token_ids": generation.token_ids,
-                   "finish_reason": generation.finish_reason}
+            row = {
+                "prompt_key": key,
+                "text": generation.text,
+                "token_ids": generation.token_ids,
+                "finish_reason": generation.finish_reason,
+            }
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 

@@ -123,5 +123,6 @@ def judge_accuracy(judge: Judge, records: list[PreferenceRecord]) -> HeldoutAccu
     )
     outcomes = [_OUTCOME[v.preferred] if v.preferred is not None else None for v in verdicts]
     first_error = next((v.error for v in verdicts if v.preferred is None), None)
-    return HeldoutAccuracy(judge.name, outcomes, mean_ci(outcomes), failures=sum(o is None for o in outcomes),
-                           first_error=first_error)
+    return HeldoutAccuracy(
+        judge.name, outcomes, mean_ci(outcomes), failures=sum(o is None for o in outcomes), first_error=first_error
+    )

@@ -80,4 +80,3 @@ def kl_from_base(
                 token_sum[index] += len(completion)
     draws = len(samples)
     return KLEstimate([k / draws for k in kl_sum], [r / draws for r in logratio_sum], [t / draws for t in token_sum])
-

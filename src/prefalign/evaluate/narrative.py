@@ -35,8 +35,10 @@ def _row_sentence(row: Row, model: str, baseline: str) -> str | None:
     if ours is None or theirs is None or row.delta is None:
         return None
     digits = row.metric.digits
-    return (f"{row.metric.name}: {_fmt(theirs, digits)} for {baseline}, {_fmt(ours, digits)} for {model}; "
-            f"Δ {_fmt(row.delta, digits, signed=True)}, {_verdict(row.delta, row.metric.higher_is_better)}.")
+    return (
+        f"{row.metric.name}: {_fmt(theirs, digits)} for {baseline}, {_fmt(ours, digits)} for {model}; "
+        f"Δ {_fmt(row.delta, digits, signed=True)}, {_verdict(row.delta, row.metric.higher_is_better)}."
+    )
 
 
 def what_changed(report: EvalReport) -> str | None:
@@ -45,13 +47,17 @@ def what_changed(report: EvalReport) -> str | None:
         return None
     model, baseline = report.delta_pair
     rows = {row.metric.key: row for row in report.rows}
-    sentences = [f"What {model} changed over {baseline}, on {len(report.prompts)} prompts (95% intervals; Δ is "
-                 f"{model} minus {baseline}, paired over prompts)."]
+    sentences = [
+        f"What {model} changed over {baseline}, on {len(report.prompts)} prompts (95% intervals; Δ is "
+        f"{model} minus {baseline}, paired over prompts)."
+    ]
     for key in _HEADLINE:
         if key in rows and (sentence := _row_sentence(rows[key], model, baseline)):
             sentences.append(sentence)
-    if "kl" in rows and (base_kl := rows["kl"].cells.get(report.labels[0])) is not None and report.labels[0] not in (
-        model, baseline
+    if (
+        "kl" in rows
+        and (base_kl := rows["kl"].cells.get(report.labels[0])) is not None
+        and report.labels[0] not in (model, baseline)
     ):
         sentences.append(f"(The base model's KL from itself is {base_kl.value:.2f}: the estimator's floor.)")
     for result in report.pairwise:
@@ -59,12 +65,19 @@ def what_changed(report: EvalReport) -> str | None:
             continue
         c = result.counts
         coin_flip = result.win_rate.low <= 0.5 <= result.win_rate.high
-        verdict = ("no preference distinguishable from a coin flip" if coin_flip
-                   else f"{model} preferred" if result.win_rate.value > 0.5 else f"{baseline} preferred")
+        verdict = (
+            "no preference distinguishable from a coin flip"
+            if coin_flip
+            else f"{model} preferred"
+            if result.win_rate.value > 0.5
+            else f"{baseline} preferred"
+        )
         lc = f", length-controlled {_fmt(result.lc_win_rate, 3)}" if result.lc_win_rate is not None else ""
-        sentences.append(f"Judged pairwise by {result.judge}, {model} wins {_fmt(result.win_rate, 3)} against "
-                         f"{baseline}{lc} ({c['wins']} wins, {c['ties']} ties, {c['losses']} losses, "
-                         f"{c['failures']} judge failures): {verdict}.")
+        sentences.append(
+            f"Judged pairwise by {result.judge}, {model} wins {_fmt(result.win_rate, 3)} against "
+            f"{baseline}{lc} ({c['wins']} wins, {c['ties']} ties, {c['losses']} losses, "
+            f"{c['failures']} judge failures): {verdict}."
+        )
     others = [row for key, row in rows.items() if key not in _HEADLINE and row.delta is not None]
     moved = [s for row in others if row.delta.excludes_zero and (s := _row_sentence(row, model, baseline))]
     still = [row.metric.name for row in others if not row.delta.excludes_zero]

@@ -43,7 +43,10 @@ class PairwiseResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "model": self.model, "baseline": self.baseline, "judge": self.judge, **self.counts,
+            "model": self.model,
+            "baseline": self.baseline,
+            "judge": self.judge,
+            **self.counts,
             "win_rate": self.win_rate.to_json() if self.win_rate else None,
             "lc_win_rate": self.lc_win_rate.to_json() if self.lc_win_rate else None,
             "errors": self.errors,

@@ -40,15 +40,29 @@ def _style(ax: Axes) -> None:
     ax.set_axisbelow(True)
 
 
-def _bars(ax: Axes, row: Row, labels: list[str], colours: dict[str, str], offset: float = 0.0,
-          width: float = 0.8, x0: float = 0.0) -> None:
+def _bars(
+    ax: Axes,
+    row: Row,
+    labels: list[str],
+    colours: dict[str, str],
+    offset: float = 0.0,
+    width: float = 0.8,
+    x0: float = 0.0,
+) -> None:
     for i, label in enumerate(labels):
         cell = row.cells.get(label)
         if cell is None:
             continue
         error = [[max(cell.value - cell.low, 0.0)], [max(cell.high - cell.value, 0.0)]]
-        ax.bar(x0 + i * width + offset, cell.value, width=width * 0.9, color=colours[label], yerr=error, capsize=3,
-               error_kw={"elinewidth": 1.0, "ecolor": "#1f2937"})
+        ax.bar(
+            x0 + i * width + offset,
+            cell.value,
+            width=width * 0.9,
+            color=colours[label],
+            yerr=error,
+            capsize=3,
+            error_kw={"elinewidth": 1.0, "ecolor": "#1f2937"},
+        )
 
 
 def ifeval_figure(report: EvalReport, path: Path) -> Path | None:
@@ -108,13 +122,28 @@ def win_rate_figure(report: EvalReport, path: Path) -> Path | None:
     for y, result in enumerate(results):
         rate = result.win_rate
         assert rate is not None
-        ax.barh(y, rate.value, height=0.6, color=colours[result.model],
-                xerr=[[rate.value - rate.low], [rate.high - rate.value]], capsize=3,
-                error_kw={"elinewidth": 1.0, "ecolor": "#1f2937"})
+        ax.barh(
+            y,
+            rate.value,
+            height=0.6,
+            color=colours[result.model],
+            xerr=[[rate.value - rate.low], [rate.high - rate.value]],
+            capsize=3,
+            error_kw={"elinewidth": 1.0, "ecolor": "#1f2937"},
+        )
         lc = result.lc_win_rate
         if lc is not None:
-            ax.errorbar(lc.value, y + 0.33, xerr=[[lc.value - lc.low], [lc.high - lc.value]], fmt="o",
-                        markerfacecolor="white", color="#1f2937", markersize=5, capsize=2, linewidth=0.8)
+            ax.errorbar(
+                lc.value,
+                y + 0.33,
+                xerr=[[lc.value - lc.low], [lc.high - lc.value]],
+                fmt="o",
+                markerfacecolor="white",
+                color="#1f2937",
+                markersize=5,
+                capsize=2,
+                linewidth=0.8,
+            )
     ax.axvline(0.5, color="#9ca3af", linestyle="--", linewidth=1)
     ax.set_yticks(range(len(results)))
     ax.set_yticklabels([f"{r.model} vs {r.baseline}\n({r.judge})" for r in results], fontsize=8)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ..data.records import Text
 from .metrics import REFUSAL_WINDOW, REPETITION_N
-from .plots import model_colours, report_figures, training_figures
 from .narrative import what_changed
+from .plots import model_colours, report_figures, training_figures
 from .results import EvalReport, key_deltas
 from .stats import LEVEL, RESAMPLES, SEED, Estimate
 from .table import CI_METHODS, Row
@@ -35,8 +35,10 @@ def _image(path: Path, alt: str) -> str:
 def _estimate(estimate: Estimate | None, digits: int = 3) -> str:
     if estimate is None:
         return '<span class="na">–</span>'
-    return (f'<span class="v">{estimate.value:.{digits}f}</span> '
-            f'<span class="ci">[{estimate.low:.{digits}f}, {estimate.high:.{digits}f}]</span>')
+    return (
+        f'<span class="v">{estimate.value:.{digits}f}</span> '
+        f'<span class="ci">[{estimate.low:.{digits}f}, {estimate.high:.{digits}f}]</span>'
+    )
 
 
 def _delta_cell(row: Row) -> str:
@@ -47,8 +49,10 @@ def _delta_cell(row: Row) -> str:
     if delta.excludes_zero:
         better = row.metric.higher_is_better
         css = "sig" if better is None else "good" if (delta.value > 0) == better else "bad"
-    return (f'<td class="delta {css}"><span class="v">{delta.value:+.{digits}f}</span> '
-            f'<span class="ci">[{delta.low:+.{digits}f}, {delta.high:+.{digits}f}]</span></td>')
+    return (
+        f'<td class="delta {css}"><span class="v">{delta.value:+.{digits}f}</span> '
+        f'<span class="ci">[{delta.low:+.{digits}f}, {delta.high:+.{digits}f}]</span></td>'
+    )
 
 
 def _chip(label: str, colour: str) -> str:
@@ -71,17 +75,22 @@ def _summary(report: EvalReport) -> str:
             css = "sig" if d.improved is None else "good" if d.improved else "bad"
             arrow = "▲" if d.estimate.value > 0 else "▼"
             digits = d.metric.digits
-            items.append(f'<li class="{css}"><span class="arrow">{arrow}</span> {esc(d.metric.name)}: '
-                         f'<b>{d.estimate.value:+.{digits}f}</b> <span class="ci">[{d.estimate.low:+.{digits}f}, '
-                         f'{d.estimate.high:+.{digits}f}]</span></li>')
+            items.append(
+                f'<li class="{css}"><span class="arrow">{arrow}</span> {esc(d.metric.name)}: '
+                f'<b>{d.estimate.value:+.{digits}f}</b> <span class="ci">[{d.estimate.low:+.{digits}f}, '
+                f"{d.estimate.high:+.{digits}f}]</span></li>"
+            )
         for r in report.pairwise:
             if (r.model, r.baseline) == report.delta_pair and r.win_rate is not None:
-                items.append(f"<li>Win rate of {esc(model)} over {esc(baseline)} ({esc(r.judge)}): "
-                             f"{_estimate(r.win_rate)}</li>")
+                items.append(
+                    f"<li>Win rate of {esc(model)} over {esc(baseline)} ({esc(r.judge)}): {_estimate(r.win_rate)}</li>"
+                )
         body = "".join(items) or "<li>No metric changed with 95% confidence.</li>"
-        parts.append(f'<div class="callout"><h3>What changed: {esc(model)} over {esc(baseline)}</h3>'
-                     f'<p class="muted">Changes whose 95% paired-bootstrap interval excludes zero.</p>'
-                     f"<ul>{body}</ul></div>")
+        parts.append(
+            f'<div class="callout"><h3>What changed: {esc(model)} over {esc(baseline)}</h3>'
+            f'<p class="muted">Changes whose 95% paired-bootstrap interval excludes zero.</p>'
+            f"<ul>{body}</ul></div>"
+        )
     return "".join(parts)
 
 
@@ -112,27 +121,43 @@ def _pairwise(report: EvalReport) -> str:
     rows = []
     for r in report.pairwise:
         c = r.counts
-        rows.append([esc(r.model), esc(r.baseline), esc(r.judge), _estimate(r.win_rate), _estimate(r.lc_win_rate),
-                     *(str(c[k]) for k in ("wins", "ties", "losses", "failures", "inconsistent"))])
-    table = _simple_table(["Model", "Baseline", "Judge", "Win rate", "LC win rate", "Wins", "Ties", "Losses",
-                           "Failed", "Inconsistent"], rows)
-    return ('<section id="pairwise"><h2>Pairwise win rates</h2><p class="muted">Ties count half. LLM judges are '
-            "asked in both orders; a verdict that flips with the order is a tie (inconsistent). LC: length-"
-            "controlled, the win rate at equal length from a logistic fit on the word-count difference.</p>"
-            f"{table}</section>")
+        rows.append(
+            [
+                esc(r.model),
+                esc(r.baseline),
+                esc(r.judge),
+                _estimate(r.win_rate),
+                _estimate(r.lc_win_rate),
+                *(str(c[k]) for k in ("wins", "ties", "losses", "failures", "inconsistent")),
+            ]
+        )
+    table = _simple_table(
+        ["Model", "Baseline", "Judge", "Win rate", "LC win rate", "Wins", "Ties", "Losses", "Failed", "Inconsistent"],
+        rows,
+    )
+    return (
+        '<section id="pairwise"><h2>Pairwise win rates</h2><p class="muted">Ties count half. LLM judges are '
+        "asked in both orders; a verdict that flips with the order is a tie (inconsistent). LC: length-"
+        "controlled, the win rate at equal length from a logistic fit on the word-count difference.</p>"
+        f"{table}</section>"
+    )
 
 
 def _heldout(report: EvalReport) -> str:
     if not report.heldout:
         return ""
     info = report.heldout_info
-    rows = [[esc(h.scorer), _estimate(h.accuracy), _estimate(h.margin), str(h.accuracy.n if h.accuracy else 0)]
-            for h in report.heldout]
-    return (f'<section id="heldout"><h2>Held-out preference accuracy</h2><p class="muted">{info["pairs"]} pairs '
-            f"from <code>{esc(info['source'])}</code> ({info['dropped'] or 0} dropped by tokenization). Chosen ranked "
-            "above rejected counts 1, a tie 0.5 (RewardBench style). Implicit reward: β·(log π/π<sub>ref</sub>"
-            "(chosen) − log π/π<sub>ref</sub>(rejected)).</p>"
-            f"{_simple_table(['Scorer', 'Accuracy', 'Mean margin', 'Pairs scored'], rows)}</section>")
+    rows = [
+        [esc(h.scorer), _estimate(h.accuracy), _estimate(h.margin), str(h.accuracy.n if h.accuracy else 0)]
+        for h in report.heldout
+    ]
+    return (
+        f'<section id="heldout"><h2>Held-out preference accuracy</h2><p class="muted">{info["pairs"]} pairs '
+        f"from <code>{esc(info['source'])}</code> ({info['dropped'] or 0} dropped by tokenization). Chosen ranked "
+        "above rejected counts 1, a tie 0.5 (RewardBench style). Implicit reward: β·(log π/π<sub>ref</sub>"
+        "(chosen) − log π/π<sub>ref</sub>(rejected)).</p>"
+        f"{_simple_table(['Scorer', 'Accuracy', 'Mean margin', 'Pairs scored'], rows)}</section>"
+    )
 
 
 def _instructions(report: EvalReport) -> str:
@@ -141,18 +166,27 @@ def _instructions(report: EvalReport) -> str:
     rows = []
     for instruction, by_label in report.instructions.items():
         n = next((e["strict"].n for e in by_label.values() if "strict" in e), 0)
-        rows.append([f"<code>{esc(instruction)}</code>", str(n),
-                     *(_estimate(by_label.get(label, {}).get("strict")) for label in report.labels)])
+        rows.append(
+            [
+                f"<code>{esc(instruction)}</code>",
+                str(n),
+                *(_estimate(by_label.get(label, {}).get("strict")) for label in report.labels),
+            ]
+        )
     header = ["Instruction", "n", *(_chip(label, colour) for label, colour in model_colours(report.labels).items())]
-    return ('<section id="instructions"><h2>Instruction following by instruction</h2><p class="muted">Strict '
-            "accuracy per instruction id; Wilson intervals over its n instances.</p>"
-            f"{_simple_table(header, rows)}</section>")
+    return (
+        '<section id="instructions"><h2>Instruction following by instruction</h2><p class="muted">Strict '
+        "accuracy per instruction id; Wilson intervals over its n instances.</p>"
+        f"{_simple_table(header, rows)}</section>"
+    )
 
 
 def _figures(report: EvalReport, plots: Path) -> str:
     # The per-metric small multiples span the page; the IFEval and win-rate figures share a line.
-    figures = "".join(f'<figure class="{"wide" if path.stem == "metrics" else ""}">{_image(path, title)}</figure>'
-                      for title, path in report_figures(report, plots))
+    figures = "".join(
+        f'<figure class="{"wide" if path.stem == "metrics" else ""}">{_image(path, title)}</figure>'
+        for title, path in report_figures(report, plots)
+    )
     return f'<section id="figures"><h2>Figures</h2><div class="figures">{figures}</div></section>' if figures else ""
 
 
@@ -162,8 +196,10 @@ def _training(report: EvalReport, plots: Path) -> str:
     blocks = []
     for label, paths in training_figures(report.runs, plots / "training").items():
         images = "".join(f"<figure>{_image(p, f'{label}: {p.stem}')}</figure>" for p in paths)
-        blocks.append(f"<h3>{esc(label)} <span class='muted'>{esc(report.runs[label])}</span></h3>"
-                      f'<div class="curves">{images}</div>')
+        blocks.append(
+            f"<h3>{esc(label)} <span class='muted'>{esc(report.runs[label])}</span></h3>"
+            f'<div class="curves">{images}</div>'
+        )
     return f'<section id="training"><h2>Training curves</h2>{"".join(blocks)}</section>'
 
 
@@ -182,8 +218,10 @@ def _response_card(report: EvalReport, index: int, colours: dict[str, str]) -> s
             outcomes.add(passed == len(scores.instructions))
             css = "ok" if passed == len(scores.instructions) else "fail"
             badges.append(f'<span class="{css}">{passed}/{len(scores.instructions)} strict</span>')
-            checks = "".join(f'<li class="{"ok" if c["strict"] else "fail"}">{"✓" if c["strict"] else "✗"} '
-                             f'{esc(c["id"])}</li>' for c in scores.instructions)
+            checks = "".join(
+                f'<li class="{"ok" if c["strict"] else "fail"}">{"✓" if c["strict"] else "✗"} {esc(c["id"])}</li>'
+                for c in scores.instructions
+            )
             checks = f'<ul class="checks">{checks}</ul>'
         if scores.refusal:
             badges.append('<span class="warn">refusal</span>')
@@ -208,11 +246,13 @@ def _response_card(report: EvalReport, index: int, colours: dict[str, str]) -> s
         verdicts.append(f"{esc(r.model)} {word} vs {esc(r.baseline)} <span class='muted'>({esc(r.judge)})</span>")
     footer = f'<footer class="verdicts">{" · ".join(verdicts)}</footer>' if verdicts else ""
     differ = "1" if len(outcomes) > 1 else "0"
-    return (f'<article class="card" data-instructions="{esc(" ".join(ids))}" data-differ="{differ}">'
-            f'<header><span class="pid">{esc(prompt.id)}</span>{tags}</header>'
-            f'<pre class="prompt">{esc(_text(prompt.prompt))}</pre>'
-            f'<div class="grid" style="grid-template-columns:repeat({len(report.labels)},minmax(0,1fr))">'
-            f'{"".join(columns)}</div>{footer}</article>')
+    return (
+        f'<article class="card" data-instructions="{esc(" ".join(ids))}" data-differ="{differ}">'
+        f'<header><span class="pid">{esc(prompt.id)}</span>{tags}</header>'
+        f'<pre class="prompt">{esc(_text(prompt.prompt))}</pre>'
+        f'<div class="grid" style="grid-template-columns:repeat({len(report.labels)},minmax(0,1fr))">'
+        f"{''.join(columns)}</div>{footer}</article>"
+    )
 
 
 def _browser(report: EvalReport) -> str:
@@ -222,19 +262,23 @@ def _browser(report: EvalReport) -> str:
     filters = ""
     if ids:
         options = "".join(f'<option value="{esc(i)}">{esc(i)}</option>' for i in ids)
-        filters = (f'<select id="instruction"><option value="">All instructions</option>{options}</select>'
-                   '<label><input type="checkbox" id="differ"> Only prompts where the models differ (all '
-                   "instructions followed, strict)</label>")
-    return ('<section id="responses"><h2>Responses</h2><div class="controls">'
-            '<input type="search" id="search" placeholder="Search prompts and responses…" aria-label="Search">'
-            f'{filters}<span id="count" class="muted"></span></div>'
-            f'<div id="cards">{cards}</div></section>')
+        filters = (
+            f'<select id="instruction"><option value="">All instructions</option>{options}</select>'
+            '<label><input type="checkbox" id="differ"> Only prompts where the models differ (all '
+            "instructions followed, strict)</label>"
+        )
+    return (
+        '<section id="responses"><h2>Responses</h2><div class="controls">'
+        '<input type="search" id="search" placeholder="Search prompts and responses…" aria-label="Search">'
+        f'{filters}<span id="count" class="muted"></span></div>'
+        f'<div id="cards">{cards}</div></section>'
+    )
 
 
 def _method(report: EvalReport) -> str:
     s = report.settings
     g = s["generation"]
-    decoding = ("greedy" if g["temperature"] == 0 else f"temperature {g['temperature']}, top-p {g['top_p']}")
+    decoding = "greedy" if g["temperature"] == 0 else f"temperature {g['temperature']}, top-p {g['top_p']}"
     items = [
         f"Decoding: {esc(decoding)}, at most {g['max_new_tokens']} new tokens, seed {g['seed']}, prompt format "
         f"{esc(g['prompt_format'])}; the same for every model.",
@@ -247,39 +291,57 @@ def _method(report: EvalReport) -> str:
     ]
     if report.kl:
         kl = s["kl"]
-        items.append(f"KL from {esc(kl['base'])}: exact next-token KL summed along {kl['samples_per_prompt']} "
-                     f"temperature-1 samples per prompt from the model (first {kl['max_new_tokens']} tokens), "
-                     "nats per response.")
+        items.append(
+            f"KL from {esc(kl['base'])}: exact next-token KL summed along {kl['samples_per_prompt']} "
+            f"temperature-1 samples per prompt from the model (first {kl['max_new_tokens']} tokens), "
+            "nats per response."
+        )
     items += [esc(note) for note in report.notes]
     models = _simple_table(
         ["Label", "Spec", "Identity", "Answers generated / cached"],
-        [[_chip(label, model_colours(report.labels)[label]), f"<code>{esc(report.models[label]['spec'])}</code>",
-          f"<code>{esc(report.models[label]['identity'][:12])}</code>",
-          f"{report.generation_counts.get(label, {}).get('generated', 0)} / "
-          f"{report.generation_counts.get(label, {}).get('cached', 0)}"] for label in report.labels],
+        [
+            [
+                _chip(label, model_colours(report.labels)[label]),
+                f"<code>{esc(report.models[label]['spec'])}</code>",
+                f"<code>{esc(report.models[label]['identity'][:12])}</code>",
+                f"{report.generation_counts.get(label, {}).get('generated', 0)} / "
+                f"{report.generation_counts.get(label, {}).get('cached', 0)}",
+            ]
+            for label in report.labels
+        ],
     )
     timings = _simple_table(["Stage", "Seconds"], [[esc(k), f"{v:.1f}"] for k, v in report.timings.items()])
     notes = "".join(f"<li>{item}</li>" for item in items)
-    return (f'<section id="method"><h2>How this was measured</h2><ul class="notes">{notes}</ul>'
-            f'<div class="two"><div><h3>Models</h3>{models}</div><div><h3>Wall time</h3>{timings}</div></div>'
-            "</section>")
+    return (
+        f'<section id="method"><h2>How this was measured</h2><ul class="notes">{notes}</ul>'
+        f'<div class="two"><div><h3>Models</h3>{models}</div><div><h3>Wall time</h3>{timings}</div></div>'
+        "</section>"
+    )
 
 
 def render_html(report: EvalReport, plots: Path) -> str:
     """The page; figures are written to `plots` and embedded."""
     title = f"Evaluation: {' vs '.join(report.labels)}"
-    chips = "".join(_chip(f"{label} = {report.models[label]['spec']}", colour)
-                    for label, colour in model_colours(report.labels).items())
+    chips = "".join(
+        _chip(f"{label} = {report.models[label]['spec']}", colour)
+        for label, colour in model_colours(report.labels).items()
+    )
     sections = [
-        ("summary", "Summary"), ("figures", "Figures"), ("pairwise", "Win rates"), ("heldout", "Held-out pairs"),
-        ("instructions", "Instructions"), ("training", "Training"), ("responses", "Responses"), ("method", "Method"),
+        ("summary", "Summary"),
+        ("figures", "Figures"),
+        ("pairwise", "Win rates"),
+        ("heldout", "Held-out pairs"),
+        ("instructions", "Instructions"),
+        ("training", "Training"),
+        ("responses", "Responses"),
+        ("method", "Method"),
         ("conclusion", "What changed"),
     ]
     paragraph = what_changed(report)
     body = {
         "summary": f'<section id="summary"><h2>Summary</h2>{_summary(report)}{_main_table(report)}'
-                   '<p class="muted">Value [95% interval]; hover a metric for its interval method. – : not '
-                   "applicable.</p></section>",
+        '<p class="muted">Value [95% interval]; hover a metric for its interval method. – : not '
+        "applicable.</p></section>",
         "figures": _figures(report, plots),
         "pairwise": _pairwise(report),
         "heldout": _heldout(report),
@@ -288,16 +350,19 @@ def render_html(report: EvalReport, plots: Path) -> str:
         "responses": _browser(report),
         "method": _method(report),
         "conclusion": f'<section id="conclusion"><h2>What changed</h2><p>{esc(paragraph)}</p></section>'
-                      if paragraph else "",
+        if paragraph
+        else "",
     }
     nav = "".join(f'<a href="#{key}">{name}</a>' for key, name in sections if body[key])
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
-            f"<style>{_CSS}</style></head><body><header class='top'><div class='wrap'><h1>{esc(title)}</h1>"
-            f"<p class='muted'>{len(report.prompts)} prompts from <code>{esc(report.settings['prompts'])}</code></p>"
-            f"<div class='chips'>{chips}</div><nav>{nav}</nav></div></header>"
-            f"<main class='wrap'>{''.join(body[key] for key, _ in sections)}</main>"
-            f"<script>{_JS}</script></body></html>\n")
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
+        f"<style>{_CSS}</style></head><body><header class='top'><div class='wrap'><h1>{esc(title)}</h1>"
+        f"<p class='muted'>{len(report.prompts)} prompts from <code>{esc(report.settings['prompts'])}</code></p>"
+        f"<div class='chips'>{chips}</div><nav>{nav}</nav></div></header>"
+        f"<main class='wrap'>{''.join(body[key] for key, _ in sections)}</main>"
+        f"<script>{_JS}</script></body></html>\n"
+    )
 
 
 def write_html(report: EvalReport, path: Path) -> Path:

@@ -63,25 +63,48 @@ def markdown_summary(report: EvalReport) -> str:
         *main_table(report),
     ]
     if report.pairwise:
-        lines += ["", "## Pairwise win rates", "",
-                  "Ties count half; an LLM judge asks in both orders and a verdict that flips is a tie. LC: length-"
-                  "controlled (AlpacaEval-style logistic fit on the word-count difference; the win rate at equal "
-                  "length).", ""]
+        lines += [
+            "",
+            "## Pairwise win rates",
+            "",
+            "Ties count half; an LLM judge asks in both orders and a verdict that flips is a tie. LC: length-"
+            "controlled (AlpacaEval-style logistic fit on the word-count difference; the win rate at equal "
+            "length).",
+            "",
+        ]
         rows = []
         for r in report.pairwise:
             c = r.counts
             counts = [str(c[key]) for key in ("wins", "ties", "losses", "failures", "inconsistent")]
-            rows.append([r.model, r.baseline, r.judge, format_estimate(r.win_rate), format_estimate(r.lc_win_rate),
-                         *counts])
-        lines += _table(["Model", "Baseline", "Judge", "Win rate", "LC win rate", "Wins", "Ties", "Losses",
-                         "Failed", "Inconsistent"], rows)
+            rows.append(
+                [r.model, r.baseline, r.judge, format_estimate(r.win_rate), format_estimate(r.lc_win_rate), *counts]
+            )
+        lines += _table(
+            [
+                "Model",
+                "Baseline",
+                "Judge",
+                "Win rate",
+                "LC win rate",
+                "Wins",
+                "Ties",
+                "Losses",
+                "Failed",
+                "Inconsistent",
+            ],
+            rows,
+        )
     if report.heldout:
         info = report.heldout_info
-        lines += ["", "## Held-out preference accuracy", "",
-                  f"{info['pairs']} pairs from `{info['source']}` ({info['dropped'] or 0} dropped by tokenization). "
-                  "A pair counts 1 when the scorer ranks chosen above rejected, 0.5 on a tie, 0 otherwise (RewardBench "
-                  "style). Implicit reward: β·(log π/π_ref(chosen) − log π/π_ref(rejected)), summed log-probs.",
-                  ""]
+        lines += [
+            "",
+            "## Held-out preference accuracy",
+            "",
+            f"{info['pairs']} pairs from `{info['source']}` ({info['dropped'] or 0} dropped by tokenization). "
+            "A pair counts 1 when the scorer ranks chosen above rejected, 0.5 on a tie, 0 otherwise (RewardBench "
+            "style). Implicit reward: β·(log π/π_ref(chosen) − log π/π_ref(rejected)), summed log-probs.",
+            "",
+        ]
         rows = []
         for h in report.heldout:
             scored = h.accuracy.n if h.accuracy else 0
@@ -93,9 +116,13 @@ def markdown_summary(report: EvalReport) -> str:
 def render_markdown(report: EvalReport) -> str:
     lines = [markdown_summary(report).rstrip("\n")]
     if report.instructions:
-        lines += ["", "## Instruction following by instruction", "",
-                  "Fraction of the instances of each instruction followed (strict), with Wilson intervals; n = "
-                  "instances.", ""]
+        lines += [
+            "",
+            "## Instruction following by instruction",
+            "",
+            "Fraction of the instances of each instruction followed (strict), with Wilson intervals; n = instances.",
+            "",
+        ]
         rows = []
         for instruction, by_label in report.instructions.items():
             n = next((e["strict"].n for e in by_label.values() if "strict" in e), 0)
@@ -107,8 +134,9 @@ def render_markdown(report: EvalReport) -> str:
     for label in report.labels:
         m, counts = report.models[label], report.generation_counts.get(label, {})
         loaded = m["path"] + (f" + adapter {m['adapter']}" if m["adapter"] else "")
-        rows.append([label, m["spec"], loaded, m["identity"][:12],
-                     f"{counts.get('generated', 0)} / {counts.get('cached', 0)}"])
+        rows.append(
+            [label, m["spec"], loaded, m["identity"][:12], f"{counts.get('generated', 0)} / {counts.get('cached', 0)}"]
+        )
     lines += _table(["Label", "Spec", "Loaded from", "Identity", "Answers generated / cached"], rows)
     lines += ["", "## How the numbers are measured", "", *(f"- {line}" for line in _method_notes(report))]
     if report.notes:

@@ -56,8 +56,11 @@ class EvalReport:
             },
             "heldout": {**self.heldout_info, "scorers": [h.to_json() for h in self.heldout]},
             "kl": {
-                label: {"mean_kl": sum(e.kl) / len(e.kl), "mean_logratio": sum(e.logratio) / len(e.logratio),
-                        "mean_sample_tokens": sum(e.tokens) / len(e.tokens)}
+                label: {
+                    "mean_kl": sum(e.kl) / len(e.kl),
+                    "mean_logratio": sum(e.logratio) / len(e.logratio),
+                    "mean_sample_tokens": sum(e.tokens) / len(e.tokens),
+                }
                 for label, e in self.kl.items()
                 if e.kl
             },

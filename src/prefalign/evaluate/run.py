@@ -62,9 +62,7 @@ def _stderr(message: str) -> None:
     print(f"[eval] {message}", file=sys.stderr, flush=True)
 
 
-def run_evaluation(
-    config: EvalConfig, *, progress: bool = True, say: Callable[[str], None] = _stderr
-) -> EvalReport:
+def run_evaluation(config: EvalConfig, *, progress: bool = True, say: Callable[[str], None] = _stderr) -> EvalReport:
     """Evaluate `config.models` on `config.prompts`, write the report files to `config.output_dir`, return it all."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -95,8 +93,11 @@ def run_evaluation(
         t = time.perf_counter()
         responses = {label: [g.text for g in gens] for label, gens in generations.items()}
         words = {label: [s.words for s in label_scores] for label, label_scores in scores.items()}
-        judge_scores = {j.name: {label: [s.judges[j.name] for s in scores[label]] for label in scores}
-                        for j in judges if j.name in pointwise}
+        judge_scores = {
+            j.name: {label: [s.judges[j.name] for s in scores[label]] for label in scores}
+            for j in judges
+            if j.name in pointwise
+        }
         pairwise = [
             compare(judge, prompts, model, baseline, responses, judge_scores.get(judge.name), words)
             for model, baseline in config.baseline_pairs
@@ -121,8 +122,13 @@ def run_evaluation(
             if not config.implicit_reward_labels:
                 notes.append(f"no implicit reward: no model is listed after the reference {reference}")
             dropped = logps[reference].dropped if reference in logps else None
-            heldout_info = {"source": config.pairs, "pairs": len(pairs), "dropped": dropped,
-                            "reference": reference, "beta": config.beta}
+            heldout_info = {
+                "source": config.pairs,
+                "pairs": len(pairs),
+                "dropped": dropped,
+                "reference": reference,
+                "beta": config.beta,
+            }
         timings["heldout_judges"] = time.perf_counter() - t
 
         metrics, values = _metric_values(config, scores, pointwise, kl, heldout)
@@ -131,8 +137,16 @@ def run_evaluation(
         rows += _pairwise_rows(pairwise, config.labels)
         report = EvalReport(
             labels=config.labels,
-            models={label: {"spec": m.spec, "identity": m.identity, "path": m.source.path,
-                            "adapter": m.source.adapter, "loads": m.loads} for label, m in models.items()},
+            models={
+                label: {
+                    "spec": m.spec,
+                    "identity": m.identity,
+                    "path": m.source.path,
+                    "adapter": m.source.adapter,
+                    "loads": m.loads,
+                }
+                for label, m in models.items()
+            },
             prompts=prompts,
             generations=generations,
             scores=scores,
@@ -147,8 +161,10 @@ def run_evaluation(
             settings=_settings(config, prompts, judge_specs),
             runs={label: str(path) for label, path in runs.items()},
             timings=timings,
-            generation_counts={label: {"generated": cache.generated.get(label, 0), "cached": cache.cached.get(label, 0)}
-                               for label in config.labels},
+            generation_counts={
+                label: {"generated": cache.generated.get(label, 0), "cached": cache.cached.get(label, 0)}
+                for label in config.labels
+            },
             judge_stats={judge.name: judge.stats() for judge in judges if judge.stats()},
             notes=notes,
         )
@@ -221,8 +237,12 @@ def _model_pass(
         if config.kl_samples and model is not base:
             t = time.perf_counter()
             kl_key = {
-                "kind": "kl", "policy": model.identity, "base": base.identity, "k": config.kl_samples,
-                "sampling": decoding_settings(kl_config), "prompts": _digest([prompt_key(x) for x in texts]),
+                "kind": "kl",
+                "policy": model.identity,
+                "base": base.identity,
+                "k": config.kl_samples,
+                "sampling": decoding_settings(kl_config),
+                "prompts": _digest([prompt_key(x) for x in texts]),
             }
             stored = results.get(kl_key)
             if stored is not None:
@@ -230,10 +250,18 @@ def _model_pass(
             elif not same_vocabulary(model.tokenizer, base.tokenizer):
                 notes.append(f"no KL for {label}: its tokenizer differs from {base.label}'s")
             else:
-                samples = [cache.generate(model, texts, replace(kl_config, seed=config.generation.seed + j),
-                                          progress=progress) for j in range(config.kl_samples)]
-                kl[label] = kl_from_base(model, base, prompts, samples, prompt_format=config.generation.prompt_format,
-                                         batch_size=config.generation.batch_size)
+                samples = [
+                    cache.generate(model, texts, replace(kl_config, seed=config.generation.seed + j), progress=progress)
+                    for j in range(config.kl_samples)
+                ]
+                kl[label] = kl_from_base(
+                    model,
+                    base,
+                    prompts,
+                    samples,
+                    prompt_format=config.generation.prompt_format,
+                    batch_size=config.generation.batch_size,
+                )
                 results.put(kl_key, dataclasses.asdict(kl[label]))
             timings[f"kl/{label}"] = time.perf_counter() - t
         if label in pair_labels:
@@ -248,14 +276,16 @@ def _model_pass(
     return generations, kl, logps
 
 
-def _pair_logps(
-    config: EvalConfig, model: EvalModel, pairs: list[PreferenceRecord], results: ResultCache
-) -> PairLogps:
+def _pair_logps(config: EvalConfig, model: EvalModel, pairs: list[PreferenceRecord], results: ResultCache) -> PairLogps:
     from ..data.tokenize import TokenizeConfig
 
     tokenize = TokenizeConfig(prompt_format=config.generation.prompt_format)
-    key = {"kind": "pair_logps", "model": model.identity, "tokenize": dataclasses.asdict(tokenize),
-           "pairs": _digest([record.to_json() for record in pairs])}
+    key = {
+        "kind": "pair_logps",
+        "model": model.identity,
+        "tokenize": dataclasses.asdict(tokenize),
+        "pairs": _digest([record.to_json() for record in pairs]),
+    }
     stored = results.get(key)
     if stored is not None:
         return PairLogps(**stored)
@@ -286,10 +316,12 @@ def _metric_values(
     implicit = [h for h in heldout if h.margins is not None]
     if implicit:
         reference = config.reference_label
-        metrics.append(Metric("implicit/accuracy", f"Implicit-reward accuracy, held-out pairs (ref {reference})",
-                              "mean", True))
-        metrics.append(Metric("implicit/margin", f"Implicit-reward margin, held-out pairs (β={config.beta:g})",
-                              "mean", True, 2))
+        metrics.append(
+            Metric("implicit/accuracy", f"Implicit-reward accuracy, held-out pairs (ref {reference})", "mean", True)
+        )
+        metrics.append(
+            Metric("implicit/margin", f"Implicit-reward margin, held-out pairs (β={config.beta:g})", "mean", True, 2)
+        )
         for label, result in zip(config.implicit_reward_labels, implicit):
             values.setdefault("implicit/accuracy", {})[label] = list(result.outcomes)
             values.setdefault("implicit/margin", {})[label] = list(result.margins)  # type: ignore[arg-type]
@@ -317,8 +349,12 @@ def _settings(config: EvalConfig, prompts: list[EvalPrompt], judge_specs: list[s
         "generation": dataclasses.asdict(config.generation),
         "judges": judge_specs,
         "baselines": [f"{m}:{b}" for m, b in config.baseline_pairs],
-        "kl": {"base": config.base_label, "samples_per_prompt": config.kl_samples,
-               "max_new_tokens": config.kl_max_new_tokens, "temperature": 1.0},
+        "kl": {
+            "base": config.base_label,
+            "samples_per_prompt": config.kl_samples,
+            "max_new_tokens": config.kl_max_new_tokens,
+            "temperature": 1.0,
+        },
         "pairs": config.pairs,
         "reference": config.reference_label if config.pairs else None,
         "beta": config.beta,

@@ -34,8 +34,12 @@ class ResponseScores:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "tokens": self.tokens, "words": self.words, "truncated": self.truncated, "refusal": self.refusal,
-            "repetition": self.repetition, "instructions": self.instructions,
+            "tokens": self.tokens,
+            "words": self.words,
+            "truncated": self.truncated,
+            "refusal": self.refusal,
+            "repetition": self.repetition,
+            "instructions": self.instructions,
             "judges": {name: {"value": s.value, "error": s.error} for name, s in self.judges.items()},
         }
 

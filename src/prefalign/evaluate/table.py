@@ -46,7 +46,9 @@ class Row:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "key": self.metric.key, "name": self.metric.name, "kind": self.metric.kind,
+            "key": self.metric.key,
+            "name": self.metric.name,
+            "kind": self.metric.kind,
             "higher_is_better": self.metric.higher_is_better,
             "cells": {label: cell.to_json() if cell else None for label, cell in self.cells.items()},
             "delta": self.delta.to_json() if self.delta else None,
@@ -76,8 +78,13 @@ class Delta:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "metric": self.metric.key, "name": self.metric.name, "model": self.model, "baseline": self.baseline,
-            **self.estimate.to_json(), "significant": self.significant, "improved": self.improved,
+            "metric": self.metric.key,
+            "name": self.metric.name,
+            "model": self.model,
+            "baseline": self.baseline,
+            **self.estimate.to_json(),
+            "significant": self.significant,
+            "improved": self.improved,
         }
 
 
@@ -111,8 +118,11 @@ def response_values(scores: dict[str, list[ResponseScores]], judge_names: Sequen
         checks = [r.instructions for r in responses]
         for mode in ("strict", "loose"):
             put(f"ifeval/prompt_{mode}", label, [None if c is None else float(all(i[mode] for i in c)) for c in checks])
-            put(f"ifeval/instruction_{mode}", label,
-                [None if c is None else (float(sum(i[mode] for i in c)), float(len(c))) for c in checks])
+            put(
+                f"ifeval/instruction_{mode}",
+                label,
+                [None if c is None else (float(sum(i[mode] for i in c)), float(len(c))) for c in checks],
+            )
         put("length/tokens", label, [float(r.tokens) for r in responses])
         put("length/words", label, [float(r.words) for r in responses])
         put("truncated", label, [float(r.truncated) for r in responses])

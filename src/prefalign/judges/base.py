@@ -62,12 +62,19 @@ class Judge:
     def score(self, items: list[JudgeItem]) -> list[Score]:
         raise NotImplementedError(f"{type(self).__name__} gives no pointwise score")
 
-    def compare(self, prompts: list[Text], responses_a: list[str], responses_b: list[str],
-                metas: list[dict[str, Any]] | None = None) -> list[Verdict]:
+    def compare(
+        self,
+        prompts: list[Text],
+        responses_a: list[str],
+        responses_b: list[str],
+        metas: list[dict[str, Any]] | None = None,
+    ) -> list[Verdict]:
         """Pairwise verdicts from pointwise scores: the higher score wins, equal scores tie."""
         metas = metas or [{} for _ in prompts]
-        scores = self.score([JudgeItem(p, r, m) for p, r, m in zip(prompts, responses_a, metas)]
-                            + [JudgeItem(p, r, m) for p, r, m in zip(prompts, responses_b, metas)])
+        scores = self.score(
+            [JudgeItem(p, r, m) for p, r, m in zip(prompts, responses_a, metas)]
+            + [JudgeItem(p, r, m) for p, r, m in zip(prompts, responses_b, metas)]
+        )
         n = len(prompts)
         verdicts = []
         for a, b in zip(scores[:n], scores[n:]):

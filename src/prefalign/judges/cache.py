@@ -23,8 +23,9 @@ from ..errors import PrefalignError
 
 def request_key(provider: str, base_url: str, model: str, body: dict[str, Any]) -> str:
     """A stable hex digest of one request; dict key order does not matter."""
-    canonical = json.dumps([provider, base_url.rstrip("/"), model, body], sort_keys=True, ensure_ascii=False,
-                           separators=(",", ":"))
+    canonical = json.dumps(
+        [provider, base_url.rstrip("/"), model, body], sort_keys=True, ensure_ascii=False, separators=(",", ":")
+    )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

@@ -29,7 +29,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from ..errors import PrefalignError
@@ -96,7 +96,7 @@ def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
             return None
-        return (when - datetime.now(timezone.utc)).total_seconds()
+        return (when - datetime.now(UTC)).total_seconds()
 
 
 class ChatClient:
@@ -107,9 +107,18 @@ class ChatClient:
     default_key_env: ClassVar[str]
     extra_headers: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str | None = None,
-                 timeout: float = 60.0, retry: RetryPolicy = RetryPolicy(), cache: JudgeCache | None = None,
-                 max_tokens: int = 1024, temperature: float = 0.0):
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key_env: str | None = None,
+        timeout: float = 60.0,
+        retry: RetryPolicy = RetryPolicy(),
+        cache: JudgeCache | None = None,
+        max_tokens: int = 1024,
+        temperature: float = 0.0,
+    ):
         if not model:
             raise PrefalignError(f"the {self.provider} judge needs a model name: '{self.provider}:MODEL'")
         self.model = model
@@ -171,8 +180,10 @@ class ChatClient:
             except urllib.error.HTTPError as error:
                 detail = _error_detail(error)
                 if error.code in FATAL_STATUS:
-                    raise PrefalignError(f"{self.provider} judge: HTTP {error.code} from {self.url}: {detail} "
-                                         f"(check the model name, --judge-base-url and the API key)") from None
+                    raise PrefalignError(
+                        f"{self.provider} judge: HTTP {error.code} from {self.url}: {detail} "
+                        f"(check the model name, --judge-base-url and the API key)"
+                    ) from None
                 if error.code not in RETRYABLE_STATUS:
                     raise JudgeRequestError(f"HTTP {error.code}: {detail}") from None
                 reason = f"HTTP {error.code}"
@@ -183,8 +194,15 @@ class ChatClient:
                 raise JudgeRequestError(f"{reason} (gave up after {attempt + 1} attempts)")
             wait = self.retry.delay(attempt, retry_after)
             self.counters.add("retries")
-            log.warning("%s judge: %s from %s; retry %d/%d in %.2f s", self.provider, reason, self.url, attempt + 1,
-                        self.retry.max_retries, wait)
+            log.warning(
+                "%s judge: %s from %s; retry %d/%d in %.2f s",
+                self.provider,
+                reason,
+                self.url,
+                attempt + 1,
+                self.retry.max_retries,
+                wait,
+            )
             time.sleep(wait)
         raise AssertionError("unreachable: the loop returns or raises")
 
@@ -220,8 +238,12 @@ class OpenAIClient(ChatClient):
         return f"{self.base_url}/chat/completions"
 
     def request_body(self, prompt: str) -> dict[str, Any]:
-        return {"model": self.model, "messages": [{"role": "user", "content": prompt}],
-                "temperature": self.temperature, "max_tokens": self.max_tokens}
+        return {
+            "model": self.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {api_key}"}
@@ -236,15 +258,19 @@ class AnthropicClient(ChatClient):
     provider = "anthropic"
     default_base_url = "https://api.anthropic.com"
     default_key_env = "ANTHROPIC_API_KEY"
-    extra_headers = {"anthropic-version": "2023-06-01"}
+    extra_headers: ClassVar[dict[str, str]] = {"anthropic-version": "2023-06-01"}
 
     @property
     def url(self) -> str:
         return f"{self.base_url}/v1/messages"
 
     def request_body(self, prompt: str) -> dict[str, Any]:
-        return {"model": self.model, "max_tokens": self.max_tokens, "temperature": self.temperature,
-                "messages": [{"role": "user", "content": prompt}]}
+        return {
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "messages": [{"role": "user", "content": prompt}],
+        }
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"x-api-key": api_key}

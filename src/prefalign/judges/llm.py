@@ -67,8 +67,10 @@ POINTWISE_PLACEHOLDERS = ("question", "answer")
 _MARKER = re.compile(r"(?i)\[\[\s*([ABC]|tie)\s*\]\]")
 # Letters are matched upper-case only, so "the verdict is a tie" does not read as assistant "a".
 _VERDICT_LINE = re.compile(r"(?i:\bverdict)\s*(?i:is)?\s*[:\-]?\s*[\"'*\[(]*\s*(?i:assistant\s+)?(A|B|C|(?i:tie))\b")
-_BETTER = re.compile(r"(?i:\b(?:assistant|response|answer))\s+(A|B)\s+(?i:(?:is|was)\s+(?:clearly\s+|much\s+|"
-                     r"slightly\s+|significantly\s+)?(?:better|superior|more helpful|stronger|preferred|the better))")
+_BETTER = re.compile(
+    r"(?i:\b(?:assistant|response|answer))\s+(A|B)\s+(?i:(?:is|was)\s+(?:clearly\s+|much\s+|"
+    r"slightly\s+|significantly\s+)?(?:better|superior|more helpful|stronger|preferred|the better))"
+)
 _TIE = re.compile(r"(?i)\b(?:it is|it's|is) a tie\b|\bequally (?:good|helpful|strong|bad|poor)\b")
 _RATING_MARKER = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 _RATING_LINE = re.compile(r"(?i)\brating\s*[:=]?\s*(\d+(?:\.\d+)?)\b")
@@ -104,7 +106,7 @@ def question_text(prompt: Text) -> str:
 
 
 def parse_verdict(answer: str) -> str | None:
-    """"A", "B" or "C" (tie) from a judge's answer, or None if it names none.
+    """ "A", "B" or "C" (tie) from a judge's answer, or None if it names none.
 
     The last [[X]] marker wins (a judge may quote the format before giving its verdict); without one, the last
     "verdict: X", then an unambiguous "assistant X is better", then a stated tie.
@@ -146,8 +148,14 @@ class LLMJudge(Judge):
     (`inconsistent`).
     """
 
-    def __init__(self, client: ChatClient, *, template: str | Path | None = None,
-                 score_template: str | Path | None = None, concurrency: int = 4):
+    def __init__(
+        self,
+        client: ChatClient,
+        *,
+        template: str | Path | None = None,
+        score_template: str | Path | None = None,
+        concurrency: int = 4,
+    ):
         if concurrency < 1:
             raise PrefalignError(f"judge concurrency must be at least 1, got {concurrency}")
         self.client = client
@@ -159,8 +167,10 @@ class LLMJudge(Judge):
 
     def stats(self) -> dict[str, int]:
         counts = self.counters.as_dict()
-        return {name: counts.get(name, 0)
-                for name in ("requests", "cache_hits", "retries", "failures", "unparseable", "inconsistent")}
+        return {
+            name: counts.get(name, 0)
+            for name in ("requests", "cache_hits", "retries", "failures", "unparseable", "inconsistent")
+        }
 
     def _ask_all(self, prompts: list[str]) -> list[str | JudgeRequestError]:
         """Each prompt's answer, or the error that ended its request; `concurrency` requests in flight at most."""
@@ -180,8 +190,13 @@ class LLMJudge(Judge):
                 raise
         return results
 
-    def compare(self, prompts: list[Text], responses_a: list[str], responses_b: list[str],
-                metas: list[dict[str, Any]] | None = None) -> list[Verdict]:
+    def compare(
+        self,
+        prompts: list[Text],
+        responses_a: list[str],
+        responses_b: list[str],
+        metas: list[dict[str, Any]] | None = None,
+    ) -> list[Verdict]:
         questions = [question_text(prompt) for prompt in prompts]
         requests = []
         for question, a, b in zip(questions, responses_a, responses_b):
@@ -202,8 +217,10 @@ class LLMJudge(Judge):
                 problems.append(f"unparseable judge answer: {_excerpt(answer)}")
             else:
                 orders[order] = _AS_PREFERENCE[order][letter]
-        details: dict[str, Any] = {"orders": orders, "answers": [a if isinstance(a, str) else None
-                                                                 for a in (answer_ab, answer_ba)]}
+        details: dict[str, Any] = {
+            "orders": orders,
+            "answers": [a if isinstance(a, str) else None for a in (answer_ab, answer_ba)],
+        }
         if problems:
             return Verdict(None, details=details, error=problems[0])
         consistent = orders["ab"] == orders["ba"]
@@ -213,8 +230,10 @@ class LLMJudge(Judge):
         return Verdict(orders["ab"] if consistent else "tie", details=details)
 
     def score(self, items: list[JudgeItem]) -> list[Score]:
-        requests = [render(self.pointwise_template, {"question": question_text(item.prompt), "answer": item.response})
-                    for item in items]
+        requests = [
+            render(self.pointwise_template, {"question": question_text(item.prompt), "answer": item.response})
+            for item in items
+        ]
         scores = []
         for answer in self._ask_all(requests):
             if isinstance(answer, JudgeRequestError):

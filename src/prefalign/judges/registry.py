@@ -19,9 +19,18 @@ def default_cache_path() -> Path:
     return prefalign_home() / "cache" / "judge-answers.sqlite"
 
 
-def load_judge(spec: str, *, base_url: str | None = None, api_key_env: str | None = None,
-               template: str | Path | None = None, cache_path: str | Path | None = None, concurrency: int = 4,
-               timeout: float = 60.0, max_retries: int = 5, **kwargs: Any) -> Judge:
+def load_judge(
+    spec: str,
+    *,
+    base_url: str | None = None,
+    api_key_env: str | None = None,
+    template: str | Path | None = None,
+    cache_path: str | Path | None = None,
+    concurrency: int = 4,
+    timeout: float = 60.0,
+    max_retries: int = 5,
+    **kwargs: Any,
+) -> Judge:
     """The judge named by `spec`.
 
     HTTP judges (`openai:MODEL` for any OpenAI-compatible endpoint, `anthropic:MODEL`) take the endpoint
@@ -43,9 +52,18 @@ def load_judge(spec: str, *, base_url: str | None = None, api_key_env: str | Non
 
         return VerifierJudge("loose" if argument == "loose" else "strict")
     if kind in ("openai", "anthropic"):
-        return _http_judge(kind, argument, base_url=base_url, api_key_env=api_key_env, template=template,
-                           cache_path=cache_path, concurrency=concurrency, timeout=timeout, max_retries=max_retries,
-                           **kwargs)
+        return _http_judge(
+            kind,
+            argument,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            template=template,
+            cache_path=cache_path,
+            concurrency=concurrency,
+            timeout=timeout,
+            max_retries=max_retries,
+            **kwargs,
+        )
     if kind == "reward-model":  # a model trained by `prefalign rm train`
         if not argument:
             raise PrefalignError(f"judge '{spec}' needs the reward model's directory: reward-model:PATH")
@@ -59,10 +77,23 @@ def load_judge(spec: str, *, base_url: str | None = None, api_key_env: str | Non
     raise PrefalignError(f"unknown judge '{spec}' (judges: {JUDGE_SPECS})")
 
 
-def _http_judge(provider: str, model: str, *, base_url: str | None, api_key_env: str | None,
-                template: str | Path | None, cache_path: str | Path | None, concurrency: int, timeout: float,
-                max_retries: int, score_template: str | Path | None = None, max_tokens: int = 1024,
-                temperature: float = 0.0, backoff_base: float = 1.0, backoff_max: float = 60.0) -> Judge:
+def _http_judge(
+    provider: str,
+    model: str,
+    *,
+    base_url: str | None,
+    api_key_env: str | None,
+    template: str | Path | None,
+    cache_path: str | Path | None,
+    concurrency: int,
+    timeout: float,
+    max_retries: int,
+    score_template: str | Path | None = None,
+    max_tokens: int = 1024,
+    temperature: float = 0.0,
+    backoff_base: float = 1.0,
+    backoff_max: float = 60.0,
+) -> Judge:
     from .cache import JudgeCache
     from .http import AnthropicClient, OpenAIClient, RetryPolicy
     from .llm import LLMJudge
@@ -70,9 +101,15 @@ def _http_judge(provider: str, model: str, *, base_url: str | None, api_key_env:
     if timeout <= 0 or max_retries < 0:
         raise PrefalignError(f"judge timeout must be positive and retries non-negative (got {timeout}, {max_retries})")
     client_class = OpenAIClient if provider == "openai" else AnthropicClient
-    client = client_class(model, base_url=base_url, api_key_env=api_key_env, timeout=timeout,
-                          retry=RetryPolicy(max_retries, backoff_base, backoff_max), max_tokens=max_tokens,
-                          temperature=temperature)
+    client = client_class(
+        model,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        timeout=timeout,
+        retry=RetryPolicy(max_retries, backoff_base, backoff_max),
+        max_tokens=max_tokens,
+        temperature=temperature,
+    )
     judge = LLMJudge(client, template=template, score_template=score_template, concurrency=concurrency)
     # The cache opens last, so that a bad key or template fails before any file is created.
     client.cache = JudgeCache(cache_path if cache_path is not None else default_cache_path())

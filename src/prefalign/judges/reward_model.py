@@ -19,8 +19,14 @@ class RewardModelJudge(Judge):
 
     name = "reward-model"
 
-    def __init__(self, path: str | Path, *, batch_size: int = 8, tokenize: TokenizeConfig | None = None,
-                 device: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        batch_size: int = 8,
+        tokenize: TokenizeConfig | None = None,
+        device: str | None = None,
+    ):
         from ..models.reward import load_reward_model, load_reward_tokenizer
 
         self.path = str(path)

@@ -108,7 +108,9 @@ class VerifierJudge(Judge):
             "loose": loose,
             "all_strict": strict == 1.0,
             "all_loose": loose == 1.0,
-            "instructions": [{"id": instruction_id, "strict": passed_strict, "loose": passed_loose}
-                             for instruction_id, (passed_strict, passed_loose) in zip(instruction_ids, results)],
+            "instructions": [
+                {"id": instruction_id, "strict": passed_strict, "loose": passed_loose}
+                for instruction_id, (passed_strict, passed_loose) in zip(instruction_ids, results)
+            ],
         }
         return Score(strict if self.mode == "strict" else loose, details)

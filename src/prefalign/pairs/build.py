@@ -47,8 +47,23 @@ SKIPPED_SUFFIX = ".skipped.jsonl"
 SKIP_STATUSES = ("tie", "judge_failure", "no_distinct_responses")
 # Fields a pairs line is made of; a prompt record's own fields (instruction ids, topic...) are copied beside them and
 # may not reuse these names.
-PAIR_FIELDS = ("prompt", "chosen", "rejected", "id", "model", "judge", "chosen_score", "rejected_score",
-               "chosen_sample", "rejected_sample", "judge_details", "generation", "status", "error", "samples")
+PAIR_FIELDS = (
+    "prompt",
+    "chosen",
+    "rejected",
+    "id",
+    "model",
+    "judge",
+    "chosen_score",
+    "rejected_score",
+    "chosen_sample",
+    "rejected_sample",
+    "judge_details",
+    "generation",
+    "status",
+    "error",
+    "samples",
+)
 
 
 @dataclass

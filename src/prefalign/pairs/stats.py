@@ -43,22 +43,33 @@ def pair_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
     chosen_scores = [e["chosen_score"] for e in extras if _is_number(e.get("chosen_score"))]
     rejected_scores = [e["rejected_score"] for e in extras if _is_number(e.get("rejected_score"))]
     if chosen_scores or rejected_scores:
-        margins = [e["chosen_score"] - e["rejected_score"] for e in extras
-                   if _is_number(e.get("chosen_score")) and _is_number(e.get("rejected_score"))]
-        stats["scores"] = {"chosen": _summary(chosen_scores), "rejected": _summary(rejected_scores),
-                           "margin": _summary(margins)}
+        margins = [
+            e["chosen_score"] - e["rejected_score"]
+            for e in extras
+            if _is_number(e.get("chosen_score")) and _is_number(e.get("rejected_score"))
+        ]
+        stats["scores"] = {
+            "chosen": _summary(chosen_scores),
+            "rejected": _summary(rejected_scores),
+            "margin": _summary(margins),
+        }
     chosen_text = [_text(record.chosen) for record in records]
     rejected_text = [_text(record.rejected) for record in records]
     stats["length"] = {
-        unit: {"chosen": _summary([measure(t) for t in chosen_text]),
-               "rejected": _summary([measure(t) for t in rejected_text])}
+        unit: {
+            "chosen": _summary([measure(t) for t in chosen_text]),
+            "rejected": _summary([measure(t) for t in rejected_text]),
+        }
         for unit, measure in (("chars", len), ("words", lambda t: len(t.split())))
     }
     pairs = len(records)
     stats["chosen_longer"] = sum(len(c) > len(r) for c, r in zip(chosen_text, rejected_text)) / pairs
     stats["same_length"] = sum(len(c) == len(r) for c, r in zip(chosen_text, rejected_text)) / pairs
-    samples = [(e["chosen_sample"], e["rejected_sample"]) for e in extras
-               if isinstance(e.get("chosen_sample"), dict) and isinstance(e.get("rejected_sample"), dict)]
+    samples = [
+        (e["chosen_sample"], e["rejected_sample"])
+        for e in extras
+        if isinstance(e.get("chosen_sample"), dict) and isinstance(e.get("rejected_sample"), dict)
+    ]
     if samples:
         by_temperature = Counter(str(chosen.get("temperature")) for chosen, _ in samples)
         stats["chosen_by_temperature"] = dict(sorted(by_temperature.items()))
@@ -105,8 +116,14 @@ def _instruction_pass_rates(extras: list[dict[str, Any]]) -> dict[str, dict[str,
         if not (isinstance(chosen_results, list) and isinstance(rejected_results, list)):
             continue
         for c, r in zip(chosen_results, rejected_results):
-            passes[c["id"]].append({"chosen_strict": bool(c["strict"]), "rejected_strict": bool(r["strict"]),
-                                    "chosen_loose": bool(c["loose"]), "rejected_loose": bool(r["loose"])})
+            passes[c["id"]].append(
+                {
+                    "chosen_strict": bool(c["strict"]),
+                    "rejected_strict": bool(r["strict"]),
+                    "chosen_loose": bool(c["loose"]),
+                    "rejected_loose": bool(r["loose"]),
+                }
+            )
     return {
         instruction: {"pairs": len(rows), **{key: sum(row[key] for row in rows) / len(rows) for key in rows[0]}}
         for instruction, rows in sorted(passes.items())
@@ -124,8 +141,13 @@ def _text(value: Text) -> str:
 def _summary(values: list[float]) -> dict[str, float | int | None]:
     if not values:
         return {"count": 0, "mean": None, "median": None, "min": None, "max": None}
-    return {"count": len(values), "mean": statistics.fmean(values), "median": statistics.median(values),
-            "min": min(values), "max": max(values)}
+    return {
+        "count": len(values),
+        "mean": statistics.fmean(values),
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+    }
 
 
 def format_stats(stats: dict[str, Any]) -> str:

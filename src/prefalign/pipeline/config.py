@@ -86,9 +86,22 @@ class DemoConfig:
     kl_samples: int = field(default=1, metadata=_help("samples per prompt for the KL-from-base estimate"))
 
     def __post_init__(self) -> None:
-        for name in ("eval_limit", "max_new_tokens", "generation_batch_size", "sft_prompts", "sft_samples",
-                     "sft_epochs", "pair_prompts", "max_length", "max_prompt_length", "train_batch_size",
-                     "save_steps", "lora_rank", "rm_epochs", "dpo_epochs"):
+        for name in (
+            "eval_limit",
+            "max_new_tokens",
+            "generation_batch_size",
+            "sft_prompts",
+            "sft_samples",
+            "sft_epochs",
+            "pair_prompts",
+            "max_length",
+            "max_prompt_length",
+            "train_batch_size",
+            "save_steps",
+            "lora_rank",
+            "rm_epochs",
+            "dpo_epochs",
+        ):
             if getattr(self, name) < 1:
                 raise PrefalignError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.data_limit is not None and self.data_limit < 1:

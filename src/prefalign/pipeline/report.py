@@ -37,27 +37,37 @@ def _stage_facts(out: Path) -> dict[str, str]:
     facts = {"base": _read(out / "base" / "model.json").get("path", "")}
     prompts = out / "prompts"
     if prompts.exists():
-        counts = [sum(1 for line in (prompts / f"{name}.jsonl").open() if line.strip())
-                  for name in ("train", "heldout")]
+        counts = [
+            sum(1 for line in (prompts / f"{name}.jsonl").open() if line.strip()) for name in ("train", "heldout")
+        ]
         facts["prompts"] = f"{counts[0]} train prompts, {counts[1]} held-out prompts"
     sampling = _read(out / "sft_data" / "sampling.json")
     if "kept" in sampling:
-        facts["sft_data"] = (f"{sampling['kept']} of {sampling['prompts']} prompts kept: {sampling['passed']} of "
-                             f"{sampling['samples']} samples passed every instruction check, {sampling['truncated']} "
-                             "were cut at the token limit")
+        facts["sft_data"] = (
+            f"{sampling['kept']} of {sampling['prompts']} prompts kept: {sampling['passed']} of "
+            f"{sampling['samples']} samples passed every instruction check, {sampling['truncated']} "
+            "were cut at the token limit"
+        )
     elif sampling:
         facts["sft_data"] = f"your data: {sampling.get('source')}"
     facts["sft"] = _training_line(out / "sft", (("loss", "loss"),))
     pairs = _read(out / "pairs" / "summary.json")
     if pairs:
-        built = (f"from {pairs['prompts']} prompts: {pairs['ties']} ties and {pairs['judge_failures']} judge failures "
-                 f"skipped; " if pairs.get("source") == "built" else f"from {pairs.get('source')}: ")
-        facts["pairs"] = (f"{built}{pairs['pairs']} pairs, {pairs['train_pairs']} train / "
-                          f"{pairs['heldout_pairs']} held out")
-    facts["reward"] = _training_line(out / "reward",
-                                     (("rewards/accuracies", "accuracy"), ("rewards/margins", "margin")))
-    facts["dpo"] = _training_line(out / "dpo", (("rewards/margins", "reward gap"), ("rewards/accuracies", "accuracy"),
-                                                ("kl", "KL")))
+        built = (
+            f"from {pairs['prompts']} prompts: {pairs['ties']} ties and {pairs['judge_failures']} judge failures "
+            f"skipped; "
+            if pairs.get("source") == "built"
+            else f"from {pairs.get('source')}: "
+        )
+        facts["pairs"] = (
+            f"{built}{pairs['pairs']} pairs, {pairs['train_pairs']} train / {pairs['heldout_pairs']} held out"
+        )
+    facts["reward"] = _training_line(
+        out / "reward", (("rewards/accuracies", "accuracy"), ("rewards/margins", "margin"))
+    )
+    facts["dpo"] = _training_line(
+        out / "dpo", (("rewards/margins", "reward gap"), ("rewards/accuracies", "accuracy"), ("kl", "KL"))
+    )
     evaluation = _read(out / "eval" / "report.json")
     if evaluation:
         facts["eval"] = f"{' vs '.join(evaluation['labels'])} on {evaluation['prompts']} prompts: below"

@@ -64,7 +64,7 @@ def run_demo(config: DemoConfig, from_stage: str | None = None) -> list[StageRes
         raise PrefalignError(f"unknown stage {from_stage!r}; stages are {', '.join(STAGES)}")
     out = Path(config.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    forced = set(STAGES[STAGES.index(from_stage):]) if from_stage else set()
+    forced = set(STAGES[STAGES.index(from_stage) :]) if from_stage else set()
     results: list[StageResult] = []
 
     def stage(name: str, settings: dict[str, Any], body: Any, resumable: bool = False) -> Path:
@@ -74,9 +74,17 @@ def run_demo(config: DemoConfig, from_stage: str | None = None) -> list[StageRes
     # Settings every training stage shares; any change retrains.
     lengths = {"max_length": config.max_length, "max_prompt_length": config.max_prompt_length}
     lora = {"lora": True, "lora_rank": config.lora_rank, "lora_alpha": 2.0 * config.lora_rank}
-    common = {**lengths, **lora, "batch_size": config.train_batch_size, "seed": config.seed,
-              "save_steps": config.save_steps, "keep_checkpoints": 1, "resume": True, "progress": True,
-              "tensorboard": True}
+    common = {
+        **lengths,
+        **lora,
+        "batch_size": config.train_batch_size,
+        "seed": config.seed,
+        "save_steps": config.save_steps,
+        "keep_checkpoints": 1,
+        "resume": True,
+        "progress": True,
+        "tensorboard": True,
+    }
 
     # -- base ----------------------------------------------------------------------------------------------------
     def base(work: Path) -> None:
@@ -102,9 +110,15 @@ def run_demo(config: DemoConfig, from_stage: str | None = None) -> list[StageRes
         if overlap:
             _say(f"[prompts] warning: {len(overlap)} held-out prompts also appear among the train prompts")
 
-    prompts_dir = stage("prompts", {"train": _source_key(config.train_prompts),
-                                    "eval": _source_key(config.eval_prompts), "eval_limit": config.eval_limit},
-                        prompts)
+    prompts_dir = stage(
+        "prompts",
+        {
+            "train": _source_key(config.train_prompts),
+            "eval": _source_key(config.eval_prompts),
+            "eval_limit": config.eval_limit,
+        },
+        prompts,
+    )
     train_prompts = prompts_dir / "train.jsonl"
 
     # -- sft_data ------------------------------------------------------------------------------------------------
@@ -123,83 +137,147 @@ def run_demo(config: DemoConfig, from_stage: str | None = None) -> list[StageRes
         rows = [json.loads(line) for line in train_prompts.read_text(encoding="utf-8").splitlines()]
         judge = load_judge("verifier")
         kept, report = rejection_sample(
-            load_model(base_model), load_tokenizer(base_model), rows[: config.sft_prompts], judge,
+            load_model(base_model),
+            load_tokenizer(base_model),
+            rows[: config.sft_prompts],
+            judge,
             samples=config.sft_samples,
             generation=GenerationConfig(temperature=config.sft_temperature, top_p=0.95, seed=config.seed, **generation),
         )
         if not kept:
-            raise PrefalignError(f"[sft_data] none of {report.samples} samples passed every check; nothing to train on "
-                                 "(raise --sft-samples or --sft-prompts, or pass --sft-data)")
+            raise PrefalignError(
+                f"[sft_data] none of {report.samples} samples passed every check; nothing to train on "
+                "(raise --sft-samples or --sft-prompts, or pass --sft-data)"
+            )
         _write_jsonl(work / "sft.jsonl", kept)
         (work / "sampling.json").write_text(json.dumps(report.to_json(), indent=2))
-        _say(f"[sft_data] kept {report.kept} of {report.prompts} prompts ({report.passed} of {report.samples} "
-             f"samples passed every check, {report.truncated} cut at the token limit)")
+        _say(
+            f"[sft_data] kept {report.kept} of {report.prompts} prompts ({report.passed} of {report.samples} "
+            f"samples passed every check, {report.truncated} cut at the token limit)"
+        )
 
-    sft_data_dir = stage("sft_data", {"model": base_model, "prompts": file_digest(train_prompts),
-                                      "sft_data": _source_key(config.sft_data), "limit": config.data_limit,
-                                      "n": config.sft_prompts,
-                                      "samples": config.sft_samples, "temperature": config.sft_temperature,
-                                      "seed": config.seed, "max_new_tokens": config.max_new_tokens}, sft_data)
+    sft_data_dir = stage(
+        "sft_data",
+        {
+            "model": base_model,
+            "prompts": file_digest(train_prompts),
+            "sft_data": _source_key(config.sft_data),
+            "limit": config.data_limit,
+            "n": config.sft_prompts,
+            "samples": config.sft_samples,
+            "temperature": config.sft_temperature,
+            "seed": config.seed,
+            "max_new_tokens": config.max_new_tokens,
+        },
+        sft_data,
+    )
     sft_file = sft_data_dir / "sft.jsonl"
 
     # -- sft -----------------------------------------------------------------------------------------------------
-    sft_settings = {**common, "epochs": config.sft_epochs, "learning_rate": config.sft_learning_rate,
-                    "lora_layers": config.lora_layers}
+    sft_settings = {
+        **common,
+        "epochs": config.sft_epochs,
+        "learning_rate": config.sft_learning_rate,
+        "lora_layers": config.lora_layers,
+    }
 
     def sft(work: Path) -> None:
         from ..train.config import SFTConfig
         from ..train.loop import train
         from ..train.objectives import SFTObjective
 
-        train_config = SFTConfig(model=base_model, data=str(sft_file), output_dir=str(work), merge=True,
-                                 logging_steps=2, eval_steps=1000, **sft_settings)
+        train_config = SFTConfig(
+            model=base_model,
+            data=str(sft_file),
+            output_dir=str(work),
+            merge=True,
+            logging_steps=2,
+            eval_steps=1000,
+            **sft_settings,
+        )
         train(train_config, SFTObjective(train_config))
 
     sft_dir = stage("sft", {"model": base_model, "data": file_digest(sft_file), **sft_settings}, sft, resumable=True)
     sft_model = str(sft_dir / "final" / "merged")
 
     # -- pairs ---------------------------------------------------------------------------------------------------
-    pair_settings = {"model": sft_model + "@" + _stage_digest(sft_dir), "prompts": file_digest(train_prompts),
-                     "preference_data": _source_key(config.preference_data), "limit": config.data_limit,
-                     "judge": config.judge,
-                     "n": config.pair_prompts, "samples": config.pair_samples,
-                     "temperatures": config.pair_temperatures, "seed": config.seed,
-                     "max_new_tokens": config.max_new_tokens, "heldout_fraction": config.heldout_fraction}
+    pair_settings = {
+        "model": sft_model + "@" + _stage_digest(sft_dir),
+        "prompts": file_digest(train_prompts),
+        "preference_data": _source_key(config.preference_data),
+        "limit": config.data_limit,
+        "judge": config.judge,
+        "n": config.pair_prompts,
+        "samples": config.pair_samples,
+        "temperatures": config.pair_temperatures,
+        "seed": config.seed,
+        "max_new_tokens": config.max_new_tokens,
+        "heldout_fraction": config.heldout_fraction,
+    }
 
     def pairs(work: Path) -> None:
         _build_or_load_pairs(config, work, sft_model, train_prompts)
 
     pairs_dir = stage("pairs", pair_settings, pairs, resumable=True)
     train_pairs, heldout_pairs = pairs_dir / "train.jsonl", pairs_dir / "heldout.jsonl"
-    pairs_key = {"train": file_digest(train_pairs), "heldout": file_digest(heldout_pairs),
-                 "model": sft_model + "@" + _stage_digest(sft_dir)}
+    pairs_key = {
+        "train": file_digest(train_pairs),
+        "heldout": file_digest(heldout_pairs),
+        "model": sft_model + "@" + _stage_digest(sft_dir),
+    }
 
     # -- reward --------------------------------------------------------------------------------------------------
-    rm_settings = {**common, "epochs": config.rm_epochs, "learning_rate": config.rm_learning_rate, "lm_weight": 0.0,
-                   "lora_layers": config.rm_lora_layers}
+    rm_settings = {
+        **common,
+        "epochs": config.rm_epochs,
+        "learning_rate": config.rm_learning_rate,
+        "lm_weight": 0.0,
+        "lora_layers": config.rm_lora_layers,
+    }
 
     def reward(work: Path) -> None:
         from ..train.config import RewardConfig
         from ..train.loop import train
         from ..train.objectives.reward import RewardObjective
 
-        train_config = RewardConfig(model=sft_model, data=str(train_pairs), eval_data=str(heldout_pairs),
-                                    output_dir=str(work), logging_steps=2, eval_steps=10, **rm_settings)
+        train_config = RewardConfig(
+            model=sft_model,
+            data=str(train_pairs),
+            eval_data=str(heldout_pairs),
+            output_dir=str(work),
+            logging_steps=2,
+            eval_steps=10,
+            **rm_settings,
+        )
         train(train_config, RewardObjective(train_config))
 
     reward_dir = stage("reward", {**pairs_key, **rm_settings}, reward, resumable=True)
 
     # -- dpo -----------------------------------------------------------------------------------------------------
-    dpo_settings = {**common, "epochs": config.dpo_epochs, "learning_rate": config.dpo_learning_rate,
-                    "beta": config.beta, "precompute_ref": True, "lora_layers": config.lora_layers}
+    dpo_settings = {
+        **common,
+        "epochs": config.dpo_epochs,
+        "learning_rate": config.dpo_learning_rate,
+        "beta": config.beta,
+        "precompute_ref": True,
+        "lora_layers": config.lora_layers,
+    }
 
     def dpo(work: Path) -> None:
         from ..train.config import DPOConfig
         from ..train.loop import train
         from ..train.objectives import DPOObjective
 
-        train_config = DPOConfig(model=sft_model, data=str(train_pairs), eval_data=str(heldout_pairs),
-                                 output_dir=str(work), merge=True, logging_steps=2, eval_steps=10, **dpo_settings)
+        train_config = DPOConfig(
+            model=sft_model,
+            data=str(train_pairs),
+            eval_data=str(heldout_pairs),
+            output_dir=str(work),
+            merge=True,
+            logging_steps=2,
+            eval_steps=10,
+            **dpo_settings,
+        )
         train(train_config, DPOObjective(train_config))
 
     dpo_dir = stage("dpo", {**pairs_key, **dpo_settings}, dpo, resumable=True)
@@ -207,9 +285,14 @@ def run_demo(config: DemoConfig, from_stage: str | None = None) -> list[StageRes
     # -- eval ----------------------------------------------------------------------------------------------------
     if config.eval_prompts == HELDOUT_PAIRS:  # the prompts of the held-out pairs (e.g. HH-RLHF dialogues)
         eval_prompts = pairs_dir / "heldout_prompts.jsonl"
-        _write_jsonl(eval_prompts, [{"id": f"heldout-{i + 1}", "prompt": json.loads(line)["prompt"]}
-                                    for i, line in enumerate(heldout_pairs.read_text(encoding="utf-8").splitlines())
-                                    if line.strip()][: config.eval_limit])
+        _write_jsonl(
+            eval_prompts,
+            [
+                {"id": f"heldout-{i + 1}", "prompt": json.loads(line)["prompt"]}
+                for i, line in enumerate(heldout_pairs.read_text(encoding="utf-8").splitlines())
+                if line.strip()
+            ][: config.eval_limit],
+        )
     else:
         eval_prompts = prompts_dir / "heldout.jsonl"
     verifiable = any(json.loads(line).get("instruction_id_list") for line in eval_prompts.open(encoding="utf-8"))
@@ -221,20 +304,36 @@ def run_demo(config: DemoConfig, from_stage: str | None = None) -> list[StageRes
         from ..generate import GenerationConfig
 
         eval_config = EvalConfig(
-            models=models, prompts=str(eval_prompts), output_dir=work,
-            generation=GenerationConfig(seed=config.seed, **generation), judges=judges,
-            pairs=str(heldout_pairs), reference="sft", beta=config.beta,
-            runs={"sft": str(sft_dir), "dpo": str(dpo_dir)}, kl_samples=config.kl_samples,
+            models=models,
+            prompts=str(eval_prompts),
+            output_dir=work,
+            generation=GenerationConfig(seed=config.seed, **generation),
+            judges=judges,
+            pairs=str(heldout_pairs),
+            reference="sft",
+            beta=config.beta,
+            runs={"sft": str(sft_dir), "dpo": str(dpo_dir)},
+            kl_samples=config.kl_samples,
             kl_max_new_tokens=min(48, config.max_new_tokens),
             # Outside the stage directory: a rerun after retraining DPO regenerates only DPO's answers.
             cache_dir=out / "cache" / "eval",
         )
         run_evaluation(eval_config)
 
-    stage("eval", {"prompts": file_digest(eval_prompts), "pairs": pairs_key["heldout"],
-                   "models": [_stage_digest(d) for d in (base_dir, sft_dir, dpo_dir, reward_dir)],
-                   "judges": judges, "generation": generation, "seed": config.seed, "beta": config.beta,
-                   "kl_samples": config.kl_samples}, evaluate)
+    stage(
+        "eval",
+        {
+            "prompts": file_digest(eval_prompts),
+            "pairs": pairs_key["heldout"],
+            "models": [_stage_digest(d) for d in (base_dir, sft_dir, dpo_dir, reward_dir)],
+            "judges": judges,
+            "generation": generation,
+            "seed": config.seed,
+            "beta": config.beta,
+            "kl_samples": config.kl_samples,
+        },
+        evaluate,
+    )
     write_demo_report(out, results, config)
     return results
 
@@ -269,29 +368,47 @@ def _build_or_load_pairs(config: DemoConfig, work: Path, sft_model: str, train_p
     if config.preference_data is not None:
         data = load_preferences(config.preference_data)
         save_preferences(data.records[: config.data_limit], built)
-        summary: dict[str, Any] = {"source": config.preference_data, "read": data.report.read,
-                                   "kept": data.report.kept, "rejected": data.report.rejected,
-                                   "used": min(len(data.records), config.data_limit or len(data.records))}
+        summary: dict[str, Any] = {
+            "source": config.preference_data,
+            "read": data.report.read,
+            "kept": data.report.kept,
+            "rejected": data.report.rejected,
+            "used": min(len(data.records), config.data_limit or len(data.records)),
+        }
     else:
         from ..judges.registry import load_judge
         from ..models.loading import load_model, load_tokenizer
         from ..pairs.build import PairsConfig, build_pairs, read_prompt_records
 
-        pairs_config = PairsConfig(num_samples=config.pair_samples, temperatures=list(config.pair_temperatures),
-                                   max_new_tokens=config.max_new_tokens, batch_size=config.generation_batch_size,
-                                   seed=config.seed, limit=config.pair_prompts)
+        pairs_config = PairsConfig(
+            num_samples=config.pair_samples,
+            temperatures=list(config.pair_temperatures),
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.generation_batch_size,
+            seed=config.seed,
+            limit=config.pair_prompts,
+        )
         judge = load_judge(config.judge)
         try:
-            report = build_pairs(load_model(sft_model), load_tokenizer(sft_model), judge,
-                                 read_prompt_records(train_prompts, config.pair_prompts), built, pairs_config,
-                                 model_name="sft", on_batch=lambda r: _say(f"[pairs] {r.summary()}"))
+            report = build_pairs(
+                load_model(sft_model),
+                load_tokenizer(sft_model),
+                judge,
+                read_prompt_records(train_prompts, config.pair_prompts),
+                built,
+                pairs_config,
+                model_name="sft",
+                on_batch=lambda r: _say(f"[pairs] {r.summary()}"),
+            )
         finally:
             judge.close()
         summary = {"source": "built", "config": asdict(pairs_config), **asdict(report)}
     lines = [line for line in built.read_text(encoding="utf-8").splitlines() if line.strip()]
     if len(lines) < 4:
-        raise PrefalignError(f"[pairs] only {len(lines)} pairs: too few to train and hold some out "
-                             "(more --pair-prompts or --pair-samples)")
+        raise PrefalignError(
+            f"[pairs] only {len(lines)} pairs: too few to train and hold some out "
+            "(more --pair-prompts or --pair-samples)"
+        )
     order = list(range(len(lines)))
     random.Random(config.seed).shuffle(order)
     held = max(2, round(config.heldout_fraction * len(lines)))

@@ -32,8 +32,12 @@ class SamplingReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "prompts": self.prompts, "samples": self.samples, "truncated": self.truncated, "unscored": self.unscored,
-            "passed": self.passed, "kept": self.kept,
+            "prompts": self.prompts,
+            "samples": self.samples,
+            "truncated": self.truncated,
+            "unscored": self.unscored,
+            "passed": self.passed,
+            "kept": self.kept,
             "kept_fraction": self.kept / self.prompts if self.prompts else 0.0,
             "instruction_followed_fraction": {
                 key: followed / seen for key, (followed, seen) in sorted(self.by_instruction.items())
@@ -76,8 +80,12 @@ def rejection_sample(
                 continue
             report.passed += 1
             if index not in kept and output.text:
-                kept[index] = {"id": prompts[index].get("id", f"#{index + 1}"), "prompt": texts[index],
-                               "completion": output.text, "sample": j}
+                kept[index] = {
+                    "id": prompts[index].get("id", f"#{index + 1}"),
+                    "prompt": texts[index],
+                    "completion": output.text,
+                    "sample": j,
+                }
     report.kept = len(kept)
     report.by_instruction = {key: [c["followed"], c["seen"]] for key, c in by_instruction.items()}
     return [kept[i] for i in sorted(kept)], report

@@ -211,8 +211,9 @@ def _save_weights(model: torch.nn.Module, directory: Path) -> None:
         name, peft_model = found
         peft_model.save_pretrained(str(directory / ADAPTER_DIR))
         if outside := _outside_adapter(model, name):
-            save_file({key: value.detach().cpu().contiguous() for key, value in outside.items()},
-                      str(directory / HEAD_FILE))  # fmt: skip
+            save_file(
+                {key: value.detach().cpu().contiguous() for key, value in outside.items()}, str(directory / HEAD_FILE)
+            )
     else:
         # save_model drops the duplicate names of shared tensors (tied embeddings), which save_file would refuse.
         save_model(model, str(directory / MODEL_FILE))

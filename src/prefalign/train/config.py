@@ -20,8 +20,14 @@ DPOLossType = Literal["sigmoid", "cdpo", "robust", "ipo", "hinge"]
 
 # Peak learning rates when --learning-rate is not given: LoRA trains a few small matrices from zero and needs a step
 # size about ten times larger than full fine-tuning, which moves every pretrained weight.
-_DEFAULT_LR = {("dpo", False): 5e-6, ("dpo", True): 5e-5, ("sft", False): 2e-5, ("sft", True): 2e-4,
-               ("rm", False): 1e-5, ("rm", True): 1e-4}  # the reward model's head always trains at this rate too
+_DEFAULT_LR = {
+    ("dpo", False): 5e-6,
+    ("dpo", True): 5e-5,
+    ("sft", False): 2e-5,
+    ("sft", True): 2e-4,
+    ("rm", False): 1e-5,
+    ("rm", True): 1e-4,
+}  # the reward model's head always trains at this rate too
 
 
 def _help(text: str) -> dict[str, str]:
@@ -58,19 +64,23 @@ class TrainConfig:
     seed: int = field(default=42, metadata=_help("seed for initialisation, data order and the eval split"))
     gradient_checkpointing: bool = field(
         default=False,
-        metadata=_help("keep each layer's input only and recompute the rest in backward: activation memory of "
-                       "one layer instead of all, for one more forward pass (a third more step time on CPU)"),
-    )  # fmt: skip
+        metadata=_help(
+            "keep each layer's input only and recompute the rest in backward: activation memory of "
+            "one layer instead of all, for one more forward pass (a third more step time on CPU)"
+        ),
+    )
     release_memory: bool = field(
         default=True,
         metadata=_help("trim the heap after every step (glibc, milliseconds): between steps, RSS is what is live"),
-    )  # fmt: skip
+    )
     trim_layers: int = field(
         default=0,
-        metadata=_help("also trim the heap after the forward pass and every N decoder layers of the backward pass "
-                       "(0: off): the lowest peak RSS, 0.2 GiB less on a 135M full fine-tune with gradient "
-                       "checkpointing, for a few percent of step time"),
-    )  # fmt: skip
+        metadata=_help(
+            "also trim the heap after the forward pass and every N decoder layers of the backward pass "
+            "(0: off): the lowest peak RSS, 0.2 GiB less on a 135M full fine-tune with gradient "
+            "checkpointing, for a few percent of step time"
+        ),
+    )
 
     # LoRA (peft).
     lora: bool = field(default=False, metadata=_help("train a LoRA adapter instead of every weight"))
@@ -107,8 +117,17 @@ class TrainConfig:
             raise PrefalignError("give --eval-data or --eval-split, not both")
         if not 0.0 <= self.eval_split < 1.0:
             raise PrefalignError(f"--eval-split must be in [0, 1), got {self.eval_split}")
-        positive = ("epochs", "batch_size", "grad_accum", "logging_steps", "eval_steps", "keep_checkpoints",
-                    "lora_rank", "max_length", "max_prompt_length")  # fmt: skip
+        positive = (
+            "epochs",
+            "batch_size",
+            "grad_accum",
+            "logging_steps",
+            "eval_steps",
+            "keep_checkpoints",
+            "lora_rank",
+            "max_length",
+            "max_prompt_length",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise PrefalignError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -157,9 +176,11 @@ class DPOConfig(TrainConfig):
     )
     prefix_sharing: bool = field(
         default=True,
-        metadata=_help("run each pair as one packed sequence [prompt | chosen | rejected] under a block attention "
-                       "mask, so the prompt is computed once (same results as two sequences; faster)"),
-    )  # fmt: skip
+        metadata=_help(
+            "run each pair as one packed sequence [prompt | chosen | rejected] under a block attention "
+            "mask, so the prompt is computed once (same results as two sequences; faster)"
+        ),
+    )
 
     objective_name = "dpo"
 

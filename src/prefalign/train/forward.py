@@ -47,12 +47,13 @@ class CompletionIndex:
     num_sequences: int
 
     def to(self, device: torch.device | str) -> CompletionIndex:
-        return CompletionIndex(self.positions.to(device), self.targets.to(device), self.sequences.to(device),
-                               self.num_sequences)  # fmt: skip
+        return CompletionIndex(
+            self.positions.to(device), self.targets.to(device), self.sequences.to(device), self.num_sequences
+        )
 
 
 def plain_completion_index(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> CompletionIndex:
-    """The index of right-padded rows with labels [N, T] (unshifted): position t predicts label t + 1, row = sequence."""
+    """Index of right-padded rows with labels [N, T] (unshifted): position t predicts label t + 1; row = sequence."""
     rows, steps = labels.shape
     next_labels = labels[:, 1:]
     row, step = (next_labels != ignore_index).nonzero(as_tuple=True)
@@ -76,8 +77,9 @@ class CompletionStates:
             targets = self.index.targets[start : start + chunk_size]
             if torch.is_grad_enabled() and (hidden.requires_grad or _has_trainable_params(self.head)):
                 # Backward recomputes this chunk's logits instead of keeping them: one chunk of [rows, V] at a time.
-                pieces.append(checkpoint(_label_logps, self.head, hidden, targets, use_reentrant=False,
-                                         preserve_rng_state=False))  # fmt: skip
+                pieces.append(
+                    checkpoint(_label_logps, self.head, hidden, targets, use_reentrant=False, preserve_rng_state=False)
+                )
             else:
                 pieces.append(_label_logps(self.head, hidden, targets))
         return torch.cat(pieces) if pieces else self.hidden.new_zeros(0, dtype=torch.float32)
@@ -111,8 +113,10 @@ def completion_kl(policy: CompletionStates, reference: CompletionStates, chunk_s
     No gradient (a metric). Both states must come from the same batch layout, so their rows line up.
     """
     if policy.hidden.shape[0] != reference.hidden.shape[0]:
-        raise ValueError(f"policy and reference scored {policy.hidden.shape[0]} and {reference.hidden.shape[0]} "
-                         "positions; they must score the same batch")  # fmt: skip
+        raise ValueError(
+            f"policy and reference scored {policy.hidden.shape[0]} and {reference.hidden.shape[0]} "
+            "positions; they must score the same batch"
+        )
     pieces = []
     with torch.no_grad():
         for start in range(0, len(policy.hidden), chunk_size):
@@ -174,8 +178,10 @@ def output_head(model: torch.nn.Module) -> torch.nn.Module | None:
         finally:
             model.train(was_training)
     if head is None:
-        print(f"prefalign: note: {type(inner).__name__}: no plain output head; scoring from full logits (slower)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"prefalign: note: {type(inner).__name__}: no plain output head; scoring from full logits (slower)",
+            file=sys.stderr,
+        )
     _HEADS[inner] = head
     return head
 

@@ -13,6 +13,7 @@ once when it starts and stays quiet while it lasts; it can warn again after it h
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections import defaultdict, deque
@@ -105,7 +106,7 @@ class HealthMonitor:
         logps = [logp for logp, _ in window]
         falling = (
             len(window) == window.maxlen
-            and all(later < earlier for earlier, later in zip(logps, logps[1:]))
+            and all(later < earlier for earlier, later in itertools.pairwise(logps))
             and window[-1][1] > window[0][1]
         )
         if not self._episode("chosen_falling", split, falling):

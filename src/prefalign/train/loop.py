@@ -43,8 +43,8 @@ import torch
 
 from .. import __version__
 from ..errors import PrefalignError
-from ..models.lora import apply_lora, is_lora, merged_copy, save_adapter
 from ..models.loading import load_model, load_tokenizer
+from ..models.lora import apply_lora, is_lora, merged_copy, save_adapter
 from ..stages import file_digest
 from .checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -102,13 +102,21 @@ def _train(config: TrainConfig, objective: Objective, info: DistInfo) -> TrainRe
     if config.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) and needs no input grads
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if config.lora:
-        model = apply_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
-                           target_modules=config.lora_target_modules, last_layers=config.lora_layers)  # fmt: skip
+        model = apply_lora(
+            model,
+            rank=config.lora_rank,
+            alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
+            target_modules=config.lora_target_modules,
+            last_layers=config.lora_layers,
+        )
     model = objective.prepare_model(model)  # e.g. the reward model's head on top: trained and saved with the rest
     model.train()
     if config.trim_layers and not trim_in_backward(model, config.trim_layers):
-        say(f"note: --trim-layers {config.trim_layers}: this model has no such transformers decoder layer to hook; "
-            "the heap is trimmed between steps only")
+        say(
+            f"note: --trim-layers {config.trim_layers}: this model has no such transformers decoder layer to hook; "
+            "the heap is trimmed between steps only"
+        )
     objective.setup(model, items, info)  # before any update: DPO's reference is the policy as it is now
     if config.release_memory:
         release_free_memory()  # what loading, tokenizing and a reference pass freed
@@ -138,16 +146,22 @@ def _train(config: TrainConfig, objective: Objective, info: DistInfo) -> TrainRe
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, rank=info.rank)
         if state["data_order"] != order.signature:  # the step number would point elsewhere in the data
-            raise PrefalignError(f"{checkpoint}: saved with data order {state['data_order']}, this run has "
-                                 f"{order.signature}; resume with the run's data, seed and global batch (run.json)")
+            raise PrefalignError(
+                f"{checkpoint}: saved with data order {state['data_order']}, this run has "
+                f"{order.signature}; resume with the run's data, seed and global batch (run.json)"
+            )
         start_step, window, resumed_from = state["step"], Window(**state["window"]), str(checkpoint)
         say(f"resuming from {checkpoint} (step {start_step} of {total_steps})")
     elif config.resume:
         say(f"--resume: no checkpoint in {out} yet, starting from the beginning")
     if info.is_main:
         _write_run_info(out, config, objective, info, resumed_from)
-    logger = MetricsLogger(out, enabled=info.is_main, tensorboard=config.tensorboard,
-                           resume_step=start_step if checkpoint is not None else None)  # fmt: skip
+    logger = MetricsLogger(
+        out,
+        enabled=info.is_main,
+        tensorboard=config.tensorboard,
+        resume_step=start_step if checkpoint is not None else None,
+    )
     health = HealthMonitor()
     last: dict[str, dict[str, float]] = {}
 
@@ -162,8 +176,10 @@ def _train(config: TrainConfig, objective: Objective, info: DistInfo) -> TrainRe
         if eval_items:
             log(step, "eval", evaluate(model, objective, eval_items, config.batch_size, info))
 
-    say(f"{len(train_items)} {objective.unit} to train on, {len(eval_items)} to validate on; {total_steps} steps of "
-        f"{per_step} ({order.steps_per_epoch} per epoch) on {info.world_size} process(es), {info.device}")  # fmt: skip
+    say(
+        f"{len(train_items)} {objective.unit} to train on, {len(eval_items)} to validate on; {total_steps} steps of "
+        f"{per_step} ({order.steps_per_epoch} per epoch) on {info.world_size} process(es), {info.device}"
+    )
     show_bar = info.is_main and config.progress
     bar = progress_bar(total_steps, start_step=start_step, enabled=show_bar, desc=objective.name)
     try:
@@ -214,8 +230,12 @@ def _train(config: TrainConfig, objective: Objective, info: DistInfo) -> TrainRe
                 validate(step)
             if config.save_steps and step % config.save_steps == 0 and step < total_steps:
                 epoch, next_batch = divmod(step, order.steps_per_epoch)  # for people: the step alone says it
-                state = {"epoch": epoch, "next_batch": next_batch, "data_order": order.signature,
-                         "window": asdict(window)}  # fmt: skip
+                state = {
+                    "epoch": epoch,
+                    "next_batch": next_batch,
+                    "data_order": order.signature,
+                    "window": asdict(window),
+                }
                 _save(out, step, model, optimizer, scheduler, state, config, info)
     finally:
         bar.close()
@@ -227,12 +247,18 @@ def _train(config: TrainConfig, objective: Objective, info: DistInfo) -> TrainRe
         plots = make_plots(out / "metrics.jsonl", out / "plots") if config.plots else []
         say(f"final model in {final_dir}" + (f", plots in {out / 'plots'}" if plots else ""))
     summary = {
-        "objective": objective.name, "steps": total_steps, "epochs": total_steps / order.steps_per_epoch,
-        "wall_seconds": time.perf_counter() - started, "world_size": info.world_size,
-        "train": last.get("train", {}), "eval": last.get("eval", {}), "warnings": warnings,
+        "objective": objective.name,
+        "steps": total_steps,
+        "epochs": total_steps / order.steps_per_epoch,
+        "wall_seconds": time.perf_counter() - started,
+        "world_size": info.world_size,
+        "train": last.get("train", {}),
+        "eval": last.get("eval", {}),
+        "warnings": warnings,
         "truncation": {source: report.summary() for source, (_, report) in sources.items()},
-        "final_model": str(final_dir), "resumed_from": resumed_from,
-    }  # fmt: skip
+        "final_model": str(final_dir),
+        "resumed_from": resumed_from,
+    }
     if info.is_main:
         write_summary(out, summary)
     barrier(info)  # the other ranks leave only once rank 0 has written everything
@@ -309,8 +335,12 @@ class Window:
 
     def step_metrics(self, unit: str, learning_rate: float) -> dict[str, float]:
         seconds = max(self.seconds, 1e-9)
-        return {"grad_norm": self.grad_norm_sum / self.steps, "learning_rate": learning_rate,
-                "tokens_per_second": self.sums["tokens"] / seconds, f"{unit}_per_second": self.sums["items"] / seconds}
+        return {
+            "grad_norm": self.grad_norm_sum / self.steps,
+            "learning_rate": learning_rate,
+            "tokens_per_second": self.sums["tokens"] / seconds,
+            f"{unit}_per_second": self.sums["items"] / seconds,
+        }
 
 
 @torch.no_grad()
@@ -351,16 +381,31 @@ def _check_output_dir(out: Path, resume: bool) -> None:
         raise PrefalignError(f"{out} already holds a run: pass --resume to continue it, or choose another --output-dir")
 
 
-def _save(out: Path, step: int, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: dict[str, Any],
-          config: TrainConfig, info: DistInfo) -> None:  # fmt: skip
+def _save(
+    out: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    state: dict[str, Any],
+    config: TrainConfig,
+    info: DistInfo,
+) -> None:
     rng_states = [capture_rng_state()]
     if info.is_distributed:  # ranks draw different numbers (dropout on different shapes): keep each one's state
         rng_states = [None] * info.world_size
         torch.distributed.all_gather_object(rng_states, capture_rng_state())
     if info.is_main:
-        save_checkpoint(out, step, model=model, optimizer=optimizer, scheduler=scheduler,
-                        trainer_state=state, keep_last=config.keep_checkpoints,
-                        rng_states=rng_states)  # fmt: skip
+        save_checkpoint(
+            out,
+            step,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            trainer_state=state,
+            keep_last=config.keep_checkpoints,
+            rng_states=rng_states,
+        )
 
 
 def save_final(model: torch.nn.Module, tokenizer: Any, out: Path, *, merge: bool) -> Path:
@@ -391,8 +436,13 @@ def _write_run_info(
     run = {
         "command": objective.name,
         "config": asdict(config),
-        "versions": {"prefalign": __version__, "python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "peft": peft.__version__},  # fmt: skip
+        "versions": {
+            "prefalign": __version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+        },
         "data_sha256": {path: file_digest(path) for path in data_files},
         "world_size": info.world_size,
         "device": str(info.device),

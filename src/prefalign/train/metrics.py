@@ -48,10 +48,10 @@ class MetricsLogger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
-            self._file = open(self.path, "w", encoding="utf-8")
+            self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115  (held open for the run; close() closes it)
         else:
             _truncate_after(self.path, resume_step)
-            self._file = open(self.path, "a", encoding="utf-8")
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115  (held open for the run; close() closes it)
         if tensorboard:
             self._writer = _tensorboard_writer(Path(output_dir) / TENSORBOARD_DIR, resume_step)
 

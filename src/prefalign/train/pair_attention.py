@@ -35,28 +35,45 @@ PairSpans = tuple[tuple[int, int, int, int], ...]
 
 # Kernels differ (causal flag vs mask) in their last bits; a wrong layout is off by whole nats.
 _CHECK_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-8}  # other dtypes: 5e-2
-_CHECKED: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()  # per model: the check's answer
+_CHECKED: weakref.WeakKeyDictionary[torch.nn.Module, bool] = (
+    weakref.WeakKeyDictionary()
+)  # per model: the check's answer
 
 
-def pair_attention(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
-                   dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> tuple[Tensor, None]:  # fmt: skip
+def pair_attention(
+    module: torch.nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
     """transformers' attention-function signature: query [1, H, T, D], key and value [1, KV, T, D]; returns the
     output as [1, T, H, D]. Without spans in `kwargs`, transformers' own SDPA attention."""
     spans: PairSpans | None = kwargs.pop(SPANS_KWARG, None)
     if spans is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)  # fmt: skip
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     if query.shape[0] != 1:
         raise ValueError(f"pair attention takes one row; got {query.shape[0]}")
-    options = {"scale": scaling, "dropout_p": dropout if module.training else 0.0,
-               "enable_gqa": key.shape[1] != query.shape[1]}  # fmt: skip
+    options = {
+        "scale": scaling,
+        "dropout_p": dropout if module.training else 0.0,
+        "enable_gqa": key.shape[1] != query.shape[1],
+    }
     pieces = []
     for start, prompt, chosen, rejected in spans:
         shared = slice(start, start + prompt + chosen)
-        pieces.append(F.scaled_dot_product_attention(query[:, :, shared], key[:, :, shared], value[:, :, shared],
-                                                     is_causal=True, **options))  # fmt: skip
+        pieces.append(
+            F.scaled_dot_product_attention(
+                query[:, :, shared], key[:, :, shared], value[:, :, shared], is_causal=True, **options
+            )
+        )
         own = slice(start + prompt + chosen, start + prompt + chosen + rejected)
         keys = torch.cat([key[:, :, start : start + prompt], key[:, :, own]], dim=2)
         values = torch.cat([value[:, :, start : start + prompt], value[:, :, own]], dim=2)
@@ -116,9 +133,13 @@ def _same_as_mask_layout(model: torch.nn.Module) -> bool:
     model.eval()
     try:
         with torch.no_grad():  # inputs straight to the model: `forward.model_inputs` would ask for this very check
-            row, packed = (completion_states(model, batch.model_inputs(), batch.index).sequence_logps()
-                           for batch in (collate_pair_row(pairs).to(weight.device),
-                                         collate_shared_prefix(pairs, pad_id=0).to(weight.device)))  # fmt: skip
+            row, packed = (
+                completion_states(model, batch.model_inputs(), batch.index).sequence_logps()
+                for batch in (
+                    collate_pair_row(pairs).to(weight.device),
+                    collate_shared_prefix(pairs, pad_id=0).to(weight.device),
+                )
+            )
     except (TypeError, ValueError, RuntimeError):
         return False
     finally:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ..config import DPOConfig
     from ..distributed import DistInfo
 
+
 @dataclass
 class DPOItem:
     pair: TokenizedPair
@@ -68,8 +69,11 @@ class DPOObjective(Objective):
     def load(self, source: str, tokenizer: PreTrainedTokenizerBase) -> tuple[list[DPOItem], TruncationReport]:
         data = load_preferences(source, self.config.data_format)
         if data.report.rejected:
-            print(f"prefalign: warning: {source}: {data.report.rejected} of {data.report.read} records rejected "
-                  f"(`prefalign data inspect {source}` lists them)", file=sys.stderr)  # fmt: skip
+            print(
+                f"prefalign: warning: {source}: {data.report.rejected} of {data.report.read} records rejected "
+                f"(`prefalign data inspect {source}` lists them)",
+                file=sys.stderr,
+            )
         pairs, report = tokenize_preferences(data.records, tokenizer, self.config.tokenize_config())
         self.pad_id = tokenizer.pad_token_id
         return [DPOItem(pair) for pair in pairs], report
@@ -79,8 +83,10 @@ class DPOObjective(Objective):
         precompute = self.config.precompute_ref
         reference = build_reference(model, self.config, info.device, borrow=precompute)
         if self.prefix_sharing and not (supports_block_masks(model) and supports_block_masks(reference.model)):
-            print("prefalign: note: this model's attention takes no block mask; --prefix-sharing off (slower)",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                "prefalign: note: this model's attention takes no block mask; --prefix-sharing off (slower)",
+                file=sys.stderr,
+            )
             self.prefix_sharing = False
         if self.prefix_sharing:
             self.pair_rows = enable_pair_attention(model) and enable_pair_attention(reference.model)
@@ -133,9 +139,14 @@ class DPOObjective(Objective):
         policy_chosen, policy_rejected = pairs.split(scored_policy)
         ref_chosen, ref_rejected = pairs.split(scored_ref)
         out = dpo_loss(
-            policy_chosen, policy_rejected, ref_chosen, ref_rejected,
-            beta=config.beta, loss_type=config.loss_type, label_smoothing=config.label_smoothing,
-        )  # fmt: skip
+            policy_chosen,
+            policy_rejected,
+            ref_chosen,
+            ref_rejected,
+            beta=config.beta,
+            loss_type=config.loss_type,
+            label_smoothing=config.label_smoothing,
+        )
         losses = out.losses
         if config.sft_weight > 0:  # NLL per chosen token, so long and short answers weigh the same
             chosen_sum, _ = pairs.split(policy.sum_logps)
@@ -160,8 +171,17 @@ class DPOObjective(Objective):
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         pairs = sums["items"]
-        means = {key: sums[key] / pairs for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
-                                                    "logps/chosen", "logps/rejected")}  # fmt: skip
+        means = {
+            key: sums[key] / pairs
+            for key in (
+                "loss",
+                "rewards/chosen",
+                "rewards/rejected",
+                "rewards/accuracies",
+                "logps/chosen",
+                "logps/rejected",
+            )
+        }
         means["rewards/margins"] = means["rewards/chosen"] - means["rewards/rejected"]
         means["logratio"] = sums["logratio"] / (2 * pairs)  # per sequence: chosen and rejected alike
         if sums.get("kl_tokens"):

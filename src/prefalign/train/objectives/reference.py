@@ -120,8 +120,12 @@ def cache_settings(config: DPOConfig, source: str, items: Sequence[Any], device:
     return {
         "reference": model_identity(config.ref_model or config.model),  # type: ignore[arg-type]
         "data_sha256": file_digest(source),
-        "tokenize": {"max_length": config.max_length, "max_prompt_length": config.max_prompt_length,
-                     "prompt_format": config.prompt_format, "tokenizer": config.model},  # fmt: skip
+        "tokenize": {
+            "max_length": config.max_length,
+            "max_prompt_length": config.max_prompt_length,
+            "prompt_format": config.prompt_format,
+            "tokenizer": config.model,
+        },
         "token_ids_sha256": ids.hexdigest(),
         "pairs": len(items),
         "precision": "bf16-autocast" if device.type == "cuda" else "fp32",

@@ -69,8 +69,11 @@ class RewardObjective(Objective):
     def load(self, source: str, tokenizer: PreTrainedTokenizerBase) -> tuple[list[RewardItem], TruncationReport]:
         data = load_preferences(source, self.config.data_format)
         if data.report.rejected:
-            print(f"prefalign: warning: {source}: {data.report.rejected} of {data.report.read} records rejected "
-                  f"(`prefalign data inspect {source}` lists them)", file=sys.stderr)  # fmt: skip
+            print(
+                f"prefalign: warning: {source}: {data.report.rejected} of {data.report.read} records rejected "
+                f"(`prefalign data inspect {source}` lists them)",
+                file=sys.stderr,
+            )
         self.pad_id = tokenizer.pad_token_id
         report, items = TruncationReport(unit="pairs"), []
         for record in data.records:
@@ -94,8 +97,9 @@ class RewardObjective(Objective):
 
     def loss(self, model: torch.nn.Module, batch: RewardBatch) -> tuple[torch.Tensor, Sums]:
         pairs, lm_weight = batch.pairs, self.config.lm_weight
-        rewards, logits = model(input_ids=pairs.input_ids, attention_mask=pairs.attention_mask,
-                                with_logits=lm_weight > 0)  # fmt: skip
+        rewards, logits = model(
+            input_ids=pairs.input_ids, attention_mask=pairs.attention_mask, with_logits=lm_weight > 0
+        )
         chosen, rejected = pairs.split(rewards)
         losses = rm_losses = reward_model_loss(chosen, rejected, batch.margins)
         n = pairs.num_pairs
@@ -123,8 +127,11 @@ class RewardObjective(Objective):
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         pairs = sums["items"]
-        means = {key: sums[key] / pairs for key in ("loss", "rm_loss", "lm_loss", "rewards/accuracies",
-                                                    "rewards/chosen", "rewards/rejected") if key in sums}  # fmt: skip
+        means = {
+            key: sums[key] / pairs
+            for key in ("loss", "rm_loss", "lm_loss", "rewards/accuracies", "rewards/chosen", "rewards/rejected")
+            if key in sums
+        }
         means["rewards/margins"] = means["rewards/chosen"] - means["rewards/rejected"]
         mean = (sums["rewards/chosen"] + sums["rewards/rejected"]) / (2 * pairs)
         means["rewards/mean"] = mean
