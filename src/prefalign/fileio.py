@@ -7,6 +7,7 @@ is hidden and unique per process, in the target's directory so that the final `o
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import tempfile
@@ -14,6 +15,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from .errors import DataError
 
 
 @contextmanager
@@ -51,3 +54,51 @@ def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[Any], **dump
             out.write(json.dumps(row, ensure_ascii=False, **dumps) + "\n")
             count += 1
     return count
+
+
+def write_json_atomic(path: str | os.PathLike[str], value: Any, **dumps: Any) -> Path:
+    """Write one JSON document (`json.dumps(value, indent=2, **dumps)` and a newline) atomically."""
+    return write_text_atomic(path, json.dumps(value, indent=2, **dumps) + "\n")
+
+
+def file_digest(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes (or of a directory's files, relative names included): what a run or stage keys on."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def jsonl_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, raw bytes) of each non-blank line of a JSON Lines file (.gz read through gzip).
+
+    Lines end at b"\\n" only. `str.splitlines()` would also end them at U+2028, U+2029 and U+0085, which
+    `json.dumps(..., ensure_ascii=False)` writes unescaped inside strings: a record holding one would be cut in two.
+    The bytes come undecoded so that a caller can report a non-UTF-8 line as a bad record rather than a crash.
+    """
+    path = Path(path)
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as stream:
+        for number, raw in enumerate(stream, start=1):  # binary iteration splits on b"\n" alone
+            if raw.strip():
+                yield number, raw
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[str, Any]]:
+    """("file:line", value) for each record of a JSON Lines file; a line that is not UTF-8 JSON raises DataError
+    naming its file and line. For files prefalign wrote itself; user data goes through `prefalign.data.sources`,
+    which reports bad records instead of stopping at the first."""
+    for number, raw in jsonl_lines(path):
+        location = f"{path}:{number}"
+        try:
+            yield location, json.loads(raw.decode("utf-8").lstrip("\ufeff"))
+        except UnicodeDecodeError as exc:
+            raise DataError(location, f"not UTF-8 text at byte offset {exc.start}") from None
+        except json.JSONDecodeError as exc:
+            raise DataError(location, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
