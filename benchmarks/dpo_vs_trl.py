@@ -47,8 +47,8 @@ AGREEMENT = 1e-3
 # activations recomputed in backward, and the heap trimmed every 5 layers of it. LoRA: 4 forward/backward passes of one
 # pair each (gradient accumulation: the same exact mean over the 4 pairs), keeping every activation.
 PREFALIGN_MEMORY = {
-    "full": {"batch_size": BATCH_PAIRS, "grad_accum": 1, "gradient_checkpointing": True, "trim_layers": 5},
-    "lora": {"batch_size": 1, "grad_accum": BATCH_PAIRS, "gradient_checkpointing": False, "trim_layers": 0},
+    "full": {"batch_size": BATCH_PAIRS, "grad_accum": 1, "gradient_checkpointing": True, "trim_heap_every_layers": 5},
+    "lora": {"batch_size": 1, "grad_accum": BATCH_PAIRS, "gradient_checkpointing": False, "trim_heap_every_layers": 0},
 }
 
 
@@ -233,7 +233,7 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
     from prefalign.data.tokenize import TokenizedPair
     from prefalign.models.loading import load_model
     from prefalign.models.lora import apply_lora
-    from prefalign.train.objectives import policy_forward
+    from prefalign.scoring.run import score_completions
 
     trl = json.loads(Path(args.check).read_text())
     model = load_model(args.model, dtype=torch.float32, device="cpu")
@@ -244,7 +244,7 @@ def run_check(args: argparse.Namespace) -> dict[str, Any]:
     model.eval()
     batch = collate_shared_prefix([TokenizedPair(*triple) for triple in trl["pairs"]], pad_id=0)
     with torch.no_grad():
-        _, logps = policy_forward(model, batch)
+        _, logps = score_completions(model, batch)
     ours = logps.sum_logps.tolist()
     return {"prefalign": ours, "trl": trl["logps"], "max_abs_diff": max(abs(a - b) for a, b in zip(ours, trl["logps"]))}
 
@@ -347,7 +347,7 @@ def main() -> None:
         worker(args)
         return
     try:
-        import trl  # noqa: F401
+        import trl  # noqa: F401  (imported only to check that TRL is installed)
     except ImportError:
         sys.exit("TRL is not installed: pip install -e '.[bench]'")
     with tempfile.TemporaryDirectory() as tmp:

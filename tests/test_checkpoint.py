@@ -302,7 +302,7 @@ def _lora_reward_model(tiny_model_dir):
 
 def _reward_step(model, optimizer) -> None:
     ids = torch.randint(3, 500, (4, 12))
-    rewards = model(ids, torch.ones_like(ids), with_logits=False).rewards
+    rewards = model(ids, torch.ones_like(ids)).rewards  # without an lm_index: rewards only, no LM head
     (-torch.nn.functional.logsigmoid(rewards[:2] - rewards[2:])).mean().backward()
     optimizer.step()
     optimizer.zero_grad()

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prefalign.data.collate import collate_pairs, collate_sft, pad_sequences
+from prefalign.data.collate import IGNORE_INDEX, collate_pairs, collate_sft, pad_sequences
 from prefalign.data.tokenize import SFTExample, TokenizedPair
-from prefalign.losses import IGNORE_INDEX
 
 PAD = 0
 M = IGNORE_INDEX

@@ -80,14 +80,3 @@ def test_kl_of_a_model_from_itself_is_zero_and_from_another_is_positive(tiny_mod
     assert drift.logratio != pytest.approx(drift.kl)  # a different estimator of the same quantity
     together = kl_from_base(policy, other, PROMPTS, samples, prompt_format="auto", batch_size=2)
     assert together.kl == pytest.approx(drift.kl, rel=1e-4)  # batching (and padding) changes nothing
-
-
-def test_logits_from_a_start_position_are_the_tail_of_the_full_logits(tiny_model_dir: Path, tmp_path: Path):
-    from prefalign.data.collate import pad_sequences
-
-    model = EvalModel("m", str(tiny_model_dir), DigestMemo(tmp_path / "digests.json"))
-    batch = pad_sequences([[1, 40, 41, 42], [1, 50, 51]], [[60, 61, 2], [70, 2]], pad_id=2)
-    with torch.inference_mode():
-        full, tail = model.logits(batch), model.logits(batch, start=2)
-    assert full.shape[1] == batch.input_ids.shape[1] - 1 and tail.shape[1] == full.shape[1] - 2
-    torch.testing.assert_close(tail, full[:, 2:])

@@ -27,6 +27,7 @@ from prefalign.evaluate.config import EvalConfig
 from prefalign.evaluate.report_html import render_html
 from prefalign.evaluate.run import run_evaluation
 from prefalign.generate import Generation, GenerationConfig
+from prefalign.judges.options import JudgeOptions
 from prefalign.prompts import builtin_prompts
 
 LABELS = ["base", "sft", "dpo"]
@@ -138,7 +139,7 @@ def workspace(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
             cache_dir=out / "cache",
             generation=GenerationConfig(max_new_tokens=12, batch_size=8),
             judges=["verifier", "openai:judge"],
-            judge_options={"base_url": server.base_url + "/v1", "cache_path": root / "judge.sqlite"},
+            judge=JudgeOptions(judge_base_url=server.base_url + "/v1", judge_cache=str(root / "judge.sqlite")),
             runs={"dpo": str(run_dir)},
             kl_samples=1,
             kl_max_new_tokens=6,

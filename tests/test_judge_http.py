@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email.utils
-import logging
 import time
 from pathlib import Path
 
@@ -149,16 +148,16 @@ def test_a_rerun_is_answered_from_the_cache_without_requests(server: FakeLLMServ
 
 
 def test_api_key_goes_in_the_header_and_nowhere_else(
-    server: FakeLLMServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    server: FakeLLMServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):
     server.answer_with(prefer_good)
     server.reply(Reply(status=429, text="slow down", headers={"retry-after-ms": "10"}))
-    caplog.set_level(logging.DEBUG)
     judge = make_judge(server, tmp_path, concurrency=1)
     verdicts = judge.compare(PROMPTS, GOOD_FIRST, GOOD_SECOND)
     assert [v.preferred for v in verdicts] == ["a", "b"]
     assert {r.headers["authorization"] for r in server.requests} == {f"Bearer {API_KEY}"}
-    assert "retry 1/2" in caplog.text and API_KEY not in caplog.text
+    messages = capsys.readouterr().err
+    assert "retry 1/2" in messages and API_KEY not in messages
     judge.close()
     cache_bytes = b"".join(path.read_bytes() for path in tmp_path.iterdir())
     assert len(cache_bytes) > 0 and API_KEY.encode() not in cache_bytes

@@ -193,3 +193,25 @@ def test_quick_demo_on_smollm2_produces_the_three_way_report(smollm2_dir: Path, 
     assert "| Metric | base | sft | dpo | Δ dpo over sft (95% CI) |" in report
     assert report.rstrip().splitlines()[-1].startswith("What dpo changed over sft, on 16 prompts")
     assert (out / "report.html").stat().st_size > 10_000
+
+
+def test_the_pairs_split_keeps_a_pair_whose_text_holds_a_line_separator_whole(tmp_path: Path) -> None:
+    """U+2028 is a line break to `str.splitlines()`, and `json.dumps(ensure_ascii=False)` leaves it unescaped."""
+    from prefalign.pipeline.data_stages import build_or_load_pairs
+
+    rows = [dict(row) for row in PAIRS]
+    rows[3]["chosen"] = "Thing 3\u2028is a cup.\u2029Really."
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    work = tmp_path / "work"
+    work.mkdir()
+    config = DemoConfig(output_dir=str(tmp_path / "run"), preference_data=str(source), heldout_fraction=0.3)
+    build_or_load_pairs(config, config.pairs_sampling(), work, "unused", tmp_path / "unused.jsonl")
+    split = [
+        json.loads(line)
+        for name in ("train.jsonl", "heldout.jsonl")
+        for line in (work / name).read_text(encoding="utf-8").split("\n")
+        if line
+    ]
+    assert sorted(row["chosen"] for row in split) == sorted(row["chosen"] for row in rows)
+    assert json.loads((work / "summary.json").read_text())["pairs"] == len(rows)

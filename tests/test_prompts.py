@@ -131,7 +131,7 @@ def test_our_phrasing_says_what_the_checker_checks(instruction, kwargs, text, fo
 
 def test_unknown_split_is_an_error():
     with pytest.raises(PrefalignError, match="unknown prompt split 'test'"):
-        builtin_prompts(0, "test")  # type: ignore[arg-type]
+        builtin_prompts(0, "test")  # type: ignore[arg-type]  # a split that does not exist, on purpose
 
 
 def test_cli_writes_the_set(tmp_path, capsys: pytest.CaptureFixture[str]):

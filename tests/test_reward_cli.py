@@ -59,12 +59,14 @@ def test_score_a_pair_file_gives_both_rewards_and_accuracy_with_a_wilson_interva
     assert [row["id"] for row in scored] == list(range(7)) and scored[0]["location"] == f"{data}:1"
     # The rewards are the model's own, computed here in one batch per pair.
     model, tokenizer = load_reward_model(saved_rm), load_tokenizer(str(saved_rm))
-    from prefalign.data.tokenize import TokenizeConfig, tokenize_completion
+    from prefalign.data.tokenize import TokenizeConfig, tokenize_sft
 
     for row, source in zip(scored, rows):
         for side in ("chosen", "rejected"):
-            ids = tokenize_completion(source["prompt"], source[side], tokenizer, TokenizeConfig().prompt_format)
-            (expected,) = score_token_rows(model, [ids], tokenizer.pad_token_id)
+            example = tokenize_sft(source["prompt"], source[side], tokenizer, TokenizeConfig())
+            (expected,) = score_token_rows(
+                model, [(example.prompt_ids, example.completion_ids)], tokenizer.pad_token_id
+            )
             assert row[f"reward_{side}"] == pytest.approx(expected, abs=1e-5)
         assert row["margin"] == pytest.approx(row["reward_chosen"] - row["reward_rejected"])
     wins = sum(row["reward_chosen"] > row["reward_rejected"] for row in scored)
@@ -85,7 +87,7 @@ def test_score_counts_ties_as_half(tiny_model_dir: Path, tmp_path: Path) -> None
     _rm(["score", "--model", str(path), "--data", str(write_pairs(tmp_path / "p.jsonl", 6)), "-o", str(out)])
     summary = json.loads((tmp_path / "scores.summary.json").read_text())
     assert summary["accuracy"] == 0.5 and summary["ties"] == 6
-    assert summary["accuracy_ci95"] == pytest.approx(list(wilson_interval(3, 6)))  # type: ignore[arg-type]
+    assert summary["accuracy_ci95"] == pytest.approx(list(wilson_interval(3, 6)))
 
 
 def test_score_a_response_file_gives_one_reward_per_row(saved_rm: Path, tmp_path: Path) -> None:
@@ -169,7 +171,7 @@ def test_rm_train_then_score_its_output_dir(tiny_model_dir: Path, tmp_path: Path
     base = RewardModel(load_model(str(tiny_model_dir), device="cpu"), str(tiny_model_dir), adapter_model.reward_head)
     untrained_lm = base.save_pretrained(tmp_path / "untrained_lm")
     from_base = [s.value for s in load_judge(f"reward-model:{untrained_lm}").score(items)]
-    assert max(abs(a - b) for a, b in zip(from_adapter, from_base)) > 1e-4  # type: ignore[operator]
+    assert max(abs(a - b) for a, b in zip(from_adapter, from_base)) > 1e-4  # type: ignore[operator]  # all scored
 
 
 def test_reward_model_judge_scores_and_compares_through_the_interface(saved_rm: Path) -> None:
@@ -177,16 +179,15 @@ def test_reward_model_judge_scores_and_compares_through_the_interface(saved_rm: 
     items = [JudgeItem("Is water wet?", "Yes, it is."), JudgeItem("Is water wet?", "No."), JudgeItem("Hi", "")]
     scores = judge.score(items)
     model, tokenizer = load_reward_model(saved_rm), load_tokenizer(str(saved_rm))
-    from prefalign.data.tokenize import tokenize_completion
+    from prefalign.data.tokenize import TokenizeConfig, tokenize_sft
 
     for item, score in zip(items[:2], scores[:2]):
-        (expected,) = score_token_rows(
-            model, [tokenize_completion(item.prompt, item.response, tokenizer)], tokenizer.pad_token_id
-        )
+        example = tokenize_sft(item.prompt, item.response, tokenizer, TokenizeConfig())
+        (expected,) = score_token_rows(model, [(example.prompt_ids, example.completion_ids)], tokenizer.pad_token_id)
         assert score.value == pytest.approx(expected, abs=1e-5) and math.isfinite(score.value)
     assert scores[2].value is None and "empty_completion" in str(scores[2].error)
     (verdict,) = judge.compare(["Is water wet?"], ["Yes, it is."], ["No."])
-    assert verdict.preferred == ("a" if scores[0].value > scores[1].value else "b")  # type: ignore[operator]
+    assert verdict.preferred == ("a" if scores[0].value > scores[1].value else "b")  # type: ignore[operator]  # both scored
 
 
 def test_reward_model_judge_spec_errors() -> None:

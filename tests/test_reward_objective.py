@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from prefalign.data.collate import IGNORE_INDEX
 from prefalign.errors import DataError, PrefalignError
-from prefalign.losses import IGNORE_INDEX
 from prefalign.models.loading import load_model, load_tokenizer
 from prefalign.models.reward import RewardModel, load_reward_model
 from prefalign.train.checkpoint import latest_checkpoint
@@ -51,9 +51,10 @@ def _with_margins(path: Path, margins: list[object]) -> Path:
 
 
 def _objective(model_dir: Path, data: Path, **options: object) -> tuple[RewardObjective, RewardModel, list]:
-    config = RewardConfig(model=str(model_dir), data=str(data), output_dir="unused", **options)  # type: ignore[arg-type]
+    # `options` are RewardConfig fields of several types, and config.model is typed optional though set here.
+    config = RewardConfig(model=str(model_dir), data=str(data), output_dir="unused", **options)  # type: ignore[arg-type]  # see above
     objective = RewardObjective(config)
-    items, _ = objective.load(str(data), load_tokenizer(config.model))  # type: ignore[arg-type]
+    items, _ = objective.load(str(data), load_tokenizer(config.model))  # type: ignore[arg-type]  # see above
     torch.manual_seed(0)
     model = objective.prepare_model(load_model(str(model_dir), device="cpu"))
     objective.setup(model, {str(data): items}, SINGLE)
@@ -89,7 +90,7 @@ def test_lm_weight_adds_the_chosen_response_nll_and_zero_leaves_it_out(tiny_mode
     with torch.no_grad():
         loss_off, sums_off = off.loss(model, batch)
         loss_on, sums_on = on.loss(model, batch)
-        logits = model(batch.pairs.input_ids, batch.pairs.attention_mask).logits
+        logits = model.lm(input_ids=batch.pairs.input_ids, attention_mask=batch.pairs.attention_mask).logits
     assert "lm_loss" not in sums_off and "lm_loss" not in off.metrics({k: float(v) for k, v in sums_off.items()})
     assert float(loss_off) == pytest.approx(float(sums_off["rm_loss"]), rel=1e-6)
     # lm_loss by hand: each pair's mean NLL over its chosen response tokens (rows 0..3 of the batch).

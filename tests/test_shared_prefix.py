@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from prefalign.data.collate import collate_pairs
-from prefalign.data.shared_prefix import collate_pair_row, collate_shared_prefix, pack_rows
+from prefalign.data.shared_prefix import SPANS_KWARG, collate_pair_row, collate_shared_prefix, pack_rows
 from prefalign.data.tokenize import TokenizedPair
-from prefalign.train import pair_attention
-from prefalign.train.objectives import policy_forward
+from prefalign.models import pair_attention
+from prefalign.scoring.run import enable_pair_attention, score_completions
 from test_train_forward import load_tiny, random_pairs
 from test_train_support import single_thread  # noqa: F401  (an autouse fixture: importing it applies it here)
 
@@ -61,7 +61,7 @@ def test_pair_attention_equals_the_block_mask_on_random_tensors() -> None:
     mask[:9, :9], mask[9:, 9:] = batch.attention_mask[0, 0, :9, :9], batch.attention_mask[1, 0, :6, :6]
     module = torch.nn.Module().eval()
     out, _ = pair_attention.pair_attention(
-        module, query, key, value, None, **{pair_attention.SPANS_KWARG: ((0, 3, 2, 4), (9, 1, 3, 2))}
+        module, query, key, value, None, **{SPANS_KWARG: ((0, 3, 2, 4), (9, 1, 3, 2))}
     )
     expected = torch.nn.functional.scaled_dot_product_attention(
         query, key.repeat_interleave(2, 1), value.repeat_interleave(2, 1), attn_mask=mask
@@ -76,8 +76,8 @@ def test_pack_rows_is_first_fit_decreasing() -> None:
 def _shared_and_plain(
     model: torch.nn.Module, pairs: list[TokenizedPair], layout: str = "packed"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _, shared = policy_forward(model, LAYOUTS[layout](pairs, pad_id=0))
-    _, plain = policy_forward(model, collate_pairs(pairs, pad_id=0))
+    _, shared = score_completions(model, LAYOUTS[layout](pairs, pad_id=0))
+    _, plain = score_completions(model, collate_pairs(pairs, pad_id=0))
     assert torch.equal(shared.num_tokens, plain.num_tokens)
     return shared.sum_logps, plain.sum_logps
 
@@ -138,20 +138,20 @@ def test_a_model_whose_attention_ignores_the_spans_keeps_the_mask_layout(
     from prefalign.models.loading import load_model
 
     def plain_sdpa(*args: object, **kwargs: object) -> object:  # attention that knows nothing of pairs
-        kwargs.pop(pair_attention.SPANS_KWARG, None)
+        kwargs.pop(SPANS_KWARG, None)
         return sdpa_attention_forward(*args, **kwargs)
 
     monkeypatch.setattr(
         pair_attention, "register", lambda: AttentionInterface.register(pair_attention.ATTENTION_NAME, plain_sdpa)
     )
     model = load_model(str(tiny_model_dir), device="cpu")
-    assert not pair_attention.enable_pair_attention(model)
+    assert not enable_pair_attention(model)
     assert model.config._attn_implementation == "sdpa"  # switched back
     with pytest.raises(ValueError, match="cannot run pair attention"):
-        policy_forward(model, collate_pair_row(random_pairs(model.get_output_embeddings().weight.shape[0], 2, 1)))
+        score_completions(model, collate_pair_row(random_pairs(model.get_output_embeddings().weight.shape[0], 2, 1)))
     eager = load_model(str(tiny_model_dir), device="cpu")
     eager.config._attn_implementation = "eager"
-    assert not pair_attention.enable_pair_attention(eager)
+    assert not enable_pair_attention(eager)
     monkeypatch.undo()
     AttentionInterface.register(pair_attention.ATTENTION_NAME, pair_attention.pair_attention)
 

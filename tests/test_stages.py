@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from prefalign.stages import file_digest, run_stage
+from prefalign.fileio import file_digest
+from prefalign.stages import run_stage
 
 
 def _writer(text: str, calls: list[str]):

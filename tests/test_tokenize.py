@@ -16,7 +16,6 @@ from prefalign.data.tokenize import (
     NO_ROOM_FOR_COMPLETION,
     TokenizeConfig,
     prompt_token_ids,
-    tokenize_completion,
     tokenize_pair,
     tokenize_preferences,
     tokenize_sft,
@@ -37,6 +36,13 @@ CONVERSATION = [
 @pytest.fixture(scope="module")
 def tok():
     return build_tiny_tokenizer()
+
+
+def tokenize_completion(prompt, completion, tok, prompt_format="auto") -> tuple[list[int], list[int]]:
+    """(prompt_ids, completion_ids) of one prompt + completion, as `tokenize_sft` splits them when nothing is cut."""
+    example = tokenize_sft(prompt, completion, tok, TokenizeConfig(prompt_format=prompt_format))
+    assert not (example.prompt_truncated or example.completion_truncated or example.dropped)
+    return example.prompt_ids, example.completion_ids
 
 
 def chat_text(tok, messages, **kwargs) -> str:
@@ -186,7 +192,8 @@ def test_report_examples_are_capped(tok):
 def test_sft_uses_the_same_split_and_truncation_as_pairs(tok):
     conversation = [*CONVERSATION, {"role": "assistant", "content": "About an hour."}]
     example = tokenize_sft(conversation, None, tok, TokenizeConfig(), location="s.jsonl:1")
-    assert (example.prompt_ids, example.completion_ids) == tokenize_completion(CONVERSATION, "About an hour.", tok)
+    pair = tokenize_pair(PreferenceRecord(CONVERSATION, "About an hour.", "Forever.", "p:1"), tok, TokenizeConfig())
+    assert (example.prompt_ids, example.completion_ids) == (pair.prompt_ids, pair.chosen_ids)
     assert example.location == "s.jsonl:1" and not example.dropped
     as_prompt_response = tokenize_sft(CONVERSATION, "About an hour.", tok, TokenizeConfig())
     assert as_prompt_response.completion_ids == example.completion_ids

@@ -12,7 +12,7 @@ import pytest
 from prefalign.cli.train import register
 from prefalign.config import config_from_args
 from prefalign.errors import PrefalignError
-from prefalign.train.config import DPOConfig, DPOLossType, SFTConfig
+from prefalign.train.config import DPOConfig, SFTConfig
 from test_train_support import (
     single_thread,  # noqa: F401  (an autouse fixture: importing it applies it here)
     write_pairs,
@@ -25,14 +25,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="prefalign")
     register(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(argv)
-
-
-def test_loss_type_choices_are_those_of_the_losses_module() -> None:
-    from typing import get_args
-
-    from prefalign.losses import DPO_LOSS_TYPES
-
-    assert get_args(DPOLossType) == DPO_LOSS_TYPES
 
 
 def test_defaults_and_learning_rate_by_objective_and_lora() -> None:
@@ -55,7 +47,7 @@ def test_defaults_and_learning_rate_by_objective_and_lora() -> None:
         ({"lora": True, "ref_model": "other"}, "drop --ref-model"),
         ({"batch_size": 0}, "--batch-size must be at least 1"),
         ({"eval_split": 1.0}, "--eval-split"),
-        ({"trim_layers": -1}, "--trim-layers must be 0 or more"),
+        ({"trim_heap_every_layers": -1}, "--trim-heap-every-layers must be 0 or more"),
     ],
 )
 def test_bad_options_are_one_line_errors(options: dict, message: str) -> None:

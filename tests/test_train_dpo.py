@@ -43,11 +43,12 @@ def _load(path: Path) -> torch.nn.Module:
 
 
 def _assert_untrained(record: dict) -> None:
-    """Policy == reference: the sigmoid loss is ln 2 and every reward, the log-ratio and the KL are 0."""
+    """Policy == reference: the sigmoid loss is ln 2, every reward, the log-ratio and the KL are 0, and every pair's
+    rewards tie, which counts half: accuracy 0.5."""
     assert abs(record["loss"] - LN2) < 1e-6
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logratio", "kl"):
         assert record.get(key, 0.0) == 0.0, key
-    assert record["rewards/accuracies"] == 0.0
+    assert record["rewards/accuracies"] == 0.5
 
 
 def test_full_finetune_learns_against_a_frozen_reference(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -182,7 +183,8 @@ def test_precomputed_reference_matches_live_and_is_read_from_cache(
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_gradient_checkpointing_takes_the_same_steps(tiny_model_dir: Path, tmp_path: Path, lora: bool) -> None:
-    from prefalign.train.forward import unwrap
+    from prefalign.scoring.run import unwrap
+    from prefalign.train.memory import decoder_layers
 
     data = write_pairs(tmp_path / "pairs.jsonl", 8)
     options = quiet(
@@ -195,15 +197,25 @@ def test_gradient_checkpointing_takes_the_same_steps(tiny_model_dir: Path, tmp_p
         lora_rank=4,
     )
 
+    flushing: list[bool] = []  # whether denormals were flushed to zero, at each loss computed while training
+
+    class FlushProbe(DPOObjective):
+        def loss(self, model: torch.nn.Module, batch: object) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            flushing.append(float(torch.tensor(1e-39) * 1.0) == 0.0)
+            return super().loss(model, batch)
+
     def run(name: str, **extra: object) -> tuple[list[dict], torch.nn.Module]:
         config = DPOConfig(**options, output_dir=str(tmp_path / name), **extra)
-        result = train(config, DPOObjective(config))
+        result = train(config, FlushProbe(config))
         return records_of(tmp_path / name, "train"), result.model
 
     plain, plain_model = run("plain")
     # and trimming the heap every layer of the backward pass leaves the steps alone too
-    checkpointed, checkpointed_model = run("checkpointed", gradient_checkpointing=True, trim_layers=1)
-    assert float(torch.tensor(1e-39) * 1.0) == 0.0  # training on CPU flushes denormals (they stall CPU arithmetic)
+    checkpointed, checkpointed_model = run("checkpointed", gradient_checkpointing=True, trim_heap_every_layers=1)
+    assert flushing and all(flushing)  # training on CPU flushes denormals (they stall CPU arithmetic)...
+    assert float(torch.tensor(1e-39) * 1.0) != 0.0  # ...and restores the setting after
+    hooks = [hook for layer in decoder_layers(checkpointed_model) for hook in layer._forward_hooks.values()]
+    assert not [hook for hook in hooks if "trim_in_backward" in hook.__qualname__]  # the trim hooks are removed
     assert unwrap(checkpointed_model).is_activation_checkpointing
     assert not unwrap(plain_model).is_activation_checkpointing
     assert len(plain) == len(checkpointed) == 2 and plain[-1]["loss"] != plain[0]["loss"]  # it did learn
@@ -248,7 +260,7 @@ def test_every_loss_type_at_policy_equals_reference(
 
 def test_sft_weight_adds_the_chosen_nll_per_token(tiny_model_dir: Path, tmp_path: Path) -> None:
     from prefalign.models.loading import load_model, load_tokenizer
-    from prefalign.train.objectives import policy_forward
+    from prefalign.scoring.run import score_completions
 
     config = DPOConfig(
         model=str(tiny_model_dir), data=str(write_pairs(tmp_path / "p.jsonl", 4)), output_dir="x", sft_weight=0.5
@@ -261,7 +273,7 @@ def test_sft_weight_adds_the_chosen_nll_per_token(tiny_model_dir: Path, tmp_path
     _, sums = objective.loss(model, batch)
     metrics = objective.metrics({key: float(value) for key, value in sums.items()})
     with torch.no_grad():
-        _, logps = policy_forward(model, batch.pairs)
+        _, logps = score_completions(model, batch.pairs)
     per_token = -(logps.sum_logps[:4] / logps.num_tokens[:4]).mean()
     assert abs(metrics["nll"] - float(per_token)) < 1e-5
     assert abs(metrics["loss"] - (LN2 + 0.5 * float(per_token))) < 1e-5

@@ -12,8 +12,9 @@ import torch
 from prefalign.errors import PrefalignError
 from prefalign.train.config import SFTConfig
 from prefalign.train.distributed import DistInfo
-from prefalign.train.loop import DataOrder, lr_factor, make_optimizer, my_share, split_eval
+from prefalign.train.loop import process_settings, split_eval
 from prefalign.train.memory import release_free_memory
+from prefalign.train.steps import DataOrder, lr_factor, make_optimizer, my_share
 
 
 def test_each_epoch_is_a_seeded_permutation_in_global_batches() -> None:
@@ -46,6 +47,29 @@ def test_eval_split_is_seeded_disjoint_and_never_empty() -> None:
     assert split_eval(items, 0.0, seed=1) == (items, [])
     with pytest.raises(PrefalignError, match="nothing to train on"):
         split_eval(items[:1], 0.5, seed=1)
+
+
+def test_eval_split_errors_name_the_option() -> None:
+    with pytest.raises(PrefalignError, match=r"^--eval-split 0.5: .*nothing to train on") as error:
+        split_eval([1], 0.5, seed=1, unit="pairs")
+    assert "pairs" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_process_settings_flush_denormals_on_cpu_and_restore_them() -> None:
+    def flushing() -> bool:
+        return float(torch.tensor(1e-39) * 1.0) == 0.0
+
+    assert not flushing()
+    with process_settings(torch.device("cpu")):
+        assert flushing()
+    assert not flushing()
+    torch.set_flush_denormal(True)
+    try:
+        with process_settings(torch.device("cpu")):
+            assert flushing()
+        assert flushing()  # the previous setting, whatever it was
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def test_a_rank_without_items_gets_a_weightless_stand_in() -> None:

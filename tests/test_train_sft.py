@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from prefalign.data.collate import IGNORE_INDEX
 from prefalign.errors import DataError
-from prefalign.losses import IGNORE_INDEX
 from prefalign.train.config import SFTConfig
 from prefalign.train.distributed import DistInfo
 from prefalign.train.loop import train

@@ -90,15 +90,20 @@ def jsonl_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes]]:
                 yield number, raw
 
 
+def parse_json_line(raw: bytes, location: str) -> Any:
+    """The JSON value of one line (a UTF-8 byte-order mark allowed); DataError naming `location` if it is not one."""
+    try:
+        return json.loads(raw.decode("utf-8").lstrip("\ufeff"))
+    except UnicodeDecodeError as exc:
+        raise DataError(location, f"not UTF-8 text at byte offset {exc.start}") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(location, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[str, Any]]:
     """("file:line", value) for each record of a JSON Lines file; a line that is not UTF-8 JSON raises DataError
     naming its file and line. For files prefalign wrote itself; user data goes through `prefalign.data.sources`,
     which reports bad records instead of stopping at the first."""
     for number, raw in jsonl_lines(path):
         location = f"{path}:{number}"
-        try:
-            yield location, json.loads(raw.decode("utf-8").lstrip("\ufeff"))
-        except UnicodeDecodeError as exc:
-            raise DataError(location, f"not UTF-8 text at byte offset {exc.start}") from None
-        except json.JSONDecodeError as exc:
-            raise DataError(location, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+        yield location, parse_json_line(raw, location)

@@ -1,33 +1,26 @@
-"""The loss functions of prefalign's trainers (SFT, reward model, DPO), as small pure functions on tensors.
+"""The loss functions of prefalign's preference trainers (DPO and its variants, the reward model), as small pure
+functions on tensors.
 
-No model code lives here: a trainer runs the model, then hands logits or per-sequence log-probabilities to these
-functions. Everything is computed in (at least) fp32 whatever the input dtype, and with log-space primitives
-(`F.logsigmoid`, `logsumexp`, `log_softmax`) so that large logits or log-ratios never overflow.
-
-Alignment convention shared by every function that takes logits: `logits[:, t]` predicts `labels[:, t]`. The caller has
-already done the causal shift (labels = input_ids[:, 1:], logits = model(...).logits[:, :-1]); positions whose label is
-`ignore_index` (prompt, padding) are excluded from every sum and count.
+No model code lives here: a trainer scores its sequences with `prefalign.scoring` (per-sequence log-probabilities,
+rewards), then hands those numbers to these functions. (SFT's loss is the negative of those log-probabilities; it
+needs no function of its own.) Everything is computed in (at least) fp32 whatever the input dtype, and with log-space
+primitives (`F.logsigmoid`) so that large log-ratios never overflow.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Literal, NamedTuple, get_args
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from .scoring.preference import DPO_LOSS_TYPES, DPOLossType, implicit_reward, logratio_margin
 
-DPOLossType = Literal["sigmoid", "cdpo", "robust", "ipo", "hinge"]
-DPO_LOSS_TYPES: tuple[str, ...] = get_args(DPOLossType)
+__all__ = ["DPO_LOSS_TYPES", "DPOLossType", "DPOOutput", "check_dpo_args", "dpo_loss", "reward_model_loss"]
+
 _SMOOTHED_LOSS_TYPES = ("cdpo", "robust")
-
-KLReduction = Literal["mean", "sum_per_sequence"]
-KL_REDUCTIONS: tuple[str, ...] = get_args(KLReduction)
 
 
 class DPOOutput(NamedTuple):
@@ -36,13 +29,6 @@ class DPOOutput(NamedTuple):
     losses: Tensor
     chosen_rewards: Tensor
     rejected_rewards: Tensor
-
-
-class SequenceLogps(NamedTuple):
-    """Per-sequence sum of label log-probabilities and the number of tokens that sum covers."""
-
-    sum_logps: Tensor
-    num_tokens: Tensor
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -106,7 +92,8 @@ def dpo_loss(
     - "ipo": (h - 1 / (2 beta))^2, with beta in the role of the paper's tau. Azar, Rowland, Piot, Guo, Calandriello,
       Valko, Munos 2023, "A General Theoretical Paradigm to Understand Learning from Human Preferences",
       arXiv:2310.12036. Note on `average_log_prob`: IPO is commonly run on length-averaged log-probs (sum_logps /
-      num_tokens from `sequence_logps`), which makes the target margin 1/(2 beta) independent of response length.
+      num_tokens of `prefalign.scoring`'s `sequence_logps`), which makes the target margin 1/(2 beta) independent
+      of response length.
       This function does not decide: it uses whatever log-probs the caller passes, for every loss type.
     - "hinge": max(0, 1 - beta h), the hinge loss of SLiC (Zhao, Joshi, Liu, Khalman, Saleh, Liu 2023, "SLiC-HF:
       Sequence Likelihood Calibration with Human Feedback", arXiv:2305.10425) applied to reference-normalised
@@ -116,7 +103,8 @@ def dpo_loss(
     others. Invalid arguments raise ValueError naming the valid choices.
 
     Returns DPOOutput(losses, chosen_rewards, rejected_rewards): per-pair losses (reduce them as you like) and the
-    implicit rewards beta (log pi(y) - log ref(y)), detached, for logging reward margins and accuracies.
+    implicit rewards beta (log pi(y) - log ref(y)) (`prefalign.scoring.preference.implicit_reward`), detached, for
+    logging reward margins and accuracies.
     """
     check_dpo_args(loss_type, beta, label_smoothing)
     logps = (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
@@ -127,9 +115,7 @@ def dpo_loss(
     dtype = _compute_dtype(policy_chosen_logps)
     pc, pr, rc, rr = (t.to(dtype) for t in logps)
 
-    chosen_logratio = pc - rc
-    rejected_logratio = pr - rr
-    h = chosen_logratio - rejected_logratio
+    h = logratio_margin(pc, pr, rc, rr)
     eps = label_smoothing
 
     if loss_type == "sigmoid":
@@ -143,7 +129,9 @@ def dpo_loss(
     else:  # "hinge"; check_dpo_args has ruled out anything else
         losses = torch.relu(1 - beta * h)
 
-    return DPOOutput(losses, beta * chosen_logratio.detach(), beta * rejected_logratio.detach())
+    return DPOOutput(
+        losses, implicit_reward(pc.detach(), rc.detach(), beta), implicit_reward(pr.detach(), rr.detach(), beta)
+    )
 
 
 def reward_model_loss(chosen_rewards: Tensor, rejected_rewards: Tensor, margin: Tensor | float | None = None) -> Tensor:
@@ -167,144 +155,3 @@ def reward_model_loss(chosen_rewards: Tensor, rejected_rewards: Tensor, margin: 
     if margin is not None:
         diff = diff - (margin.to(dtype) if isinstance(margin, Tensor) else margin)
     return -F.logsigmoid(diff)
-
-
-def _check_logits_labels(logits: Tensor, labels: Tensor, labels_name: str = "labels") -> None:
-    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
-        raise ValueError(
-            f"expected logits [B, T, V] and {labels_name} [B, T], got {tuple(logits.shape)} and {tuple(labels.shape)}"
-        )
-
-
-def _check_chunk_size(chunk_size: int | None) -> None:
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive number of time steps or None, got {chunk_size}")
-
-
-def _masked_time_sum(
-    token_fn: Callable[..., Tensor],
-    inputs: tuple[Tensor, ...],
-    mask: Tensor,
-    chunk_size: int | None,
-    dtype: torch.dtype,
-) -> Tensor:
-    """Sum over t of token_fn(inputs[:, t]) at positions where mask[:, t], per sequence: a [B] tensor.
-
-    `token_fn(*input_chunks, mask_chunk)` returns the masked per-sequence sum over one time chunk. With a chunk_size,
-    each chunk runs under activation checkpointing: autograd then keeps only the (original-dtype) input slices instead
-    of the chunk's fp32 upcast and softmax, and recomputes them chunk by chunk in backward, so neither pass ever holds
-    a [B, T, V] fp32 tensor.
-    """
-    batch, steps = mask.shape
-    total = torch.zeros(batch, dtype=dtype, device=mask.device)
-    step = steps if chunk_size is None else chunk_size
-    for start in range(0, steps, step):
-        chunk = tuple(x[:, start : start + step] for x in inputs)
-        chunk_mask = mask[:, start : start + step]
-        needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in chunk)
-        if chunk_size is not None and needs_grad:
-            total = total + checkpoint(token_fn, *chunk, chunk_mask, use_reentrant=False, preserve_rng_state=False)
-        else:
-            total = total + token_fn(*chunk, chunk_mask)
-    return total
-
-
-def sequence_logps(
-    logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX, *, chunk_size: int | None = None
-) -> SequenceLogps:
-    """Per-sequence log-probability of the labels: sum_t log softmax(logits[b, t])[labels[b, t]] over unmasked t.
-
-    logits [B, T, V] and labels [B, T] are aligned (logits[:, t] predicts labels[:, t]; see the module docstring);
-    positions with label == ignore_index are excluded. Each log-prob is computed in fp32 as the gathered logit minus
-    logsumexp over the vocabulary, so the full log_softmax is never built. `chunk_size` bounds the work to that many
-    time steps at a time (and checkpoints each chunk when gradients are needed), trading a little recomputation for
-    memory; the result is the same up to float summation order.
-
-    Returns SequenceLogps(sum_logps [B], num_tokens [B] int64). Divide one by the other for length-averaged log-probs.
-    Labels other than ignore_index must lie in [0, V).
-    """
-    _check_logits_labels(logits, labels)
-    _check_chunk_size(chunk_size)
-    dtype = _compute_dtype(logits)
-    mask = labels != ignore_index
-
-    def chunk_label_logps(chunk_logits: Tensor, chunk_labels: Tensor, chunk_mask: Tensor) -> Tensor:
-        chunk_logits = chunk_logits.to(dtype)
-        # Masked labels (e.g. -100) are not valid indices; gather index 0 there and drop it below.
-        safe_labels = chunk_labels.masked_fill(~chunk_mask, 0).unsqueeze(-1)
-        picked = chunk_logits.gather(-1, safe_labels).squeeze(-1)
-        token_logps = picked - torch.logsumexp(chunk_logits, dim=-1)
-        return torch.where(chunk_mask, token_logps, 0.0).sum(-1)
-
-    sum_logps = _masked_time_sum(chunk_label_logps, (logits, labels), mask, chunk_size, dtype)
-    return SequenceLogps(sum_logps, mask.sum(-1))
-
-
-def sft_nll_loss(
-    logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX, *, chunk_size: int | None = None
-) -> Tensor:
-    """Supervised fine-tuning loss: the mean next-token negative log-likelihood over response tokens (a scalar).
-
-        loss = -(1 / N) sum_{b, t : labels[b, t] != ignore_index} log softmax(logits[b, t])[labels[b, t]]
-
-    where N counts the unmasked tokens of the whole batch (a token mean, not a mean of per-sequence means, so long
-    responses weigh in proportion to their length). Same alignment convention and `chunk_size` as `sequence_logps`.
-    For gradient accumulation with an exact token mean across micro-batches, sum `sequence_logps` yourself instead.
-
-    Raises ValueError when no position is unmasked: the mean is undefined, and such a batch means the data pipeline
-    let through examples whose response was entirely masked or truncated away.
-    """
-    sum_logps, num_tokens = sequence_logps(logits, labels, ignore_index, chunk_size=chunk_size)
-    total_tokens = int(num_tokens.sum())
-    if total_tokens == 0:
-        raise ValueError(f"sft_nll_loss: every label is ignore_index ({ignore_index}); there are no tokens to average")
-    return -sum_logps.sum() / total_tokens
-
-
-def token_kl(
-    policy_logits: Tensor,
-    ref_logits: Tensor,
-    mask: Tensor,
-    *,
-    reduction: KLReduction = "mean",
-    chunk_size: int | None = None,
-) -> Tensor:
-    """Exact per-token KL(pi || ref) over the vocabulary at the positions where mask is nonzero.
-
-        KL_t = sum_v pi(v | t) (log pi(v | t) - log ref(v | t)),   log pi = log_softmax(policy_logits[:, t])
-
-    computed in fp32 from log_softmax, so it is exactly 0 for identical logits and >= 0 up to rounding otherwise. This
-    is the full-vocabulary divergence, not the single-sample estimate log pi(y) - log ref(y) used in PPO-style
-    penalties: it has no sampling variance, which makes it the right number to monitor drift from the reference.
-
-    policy_logits and ref_logits are [B, T, V] with the same vocabulary, mask is [B, T] (bool or 0/1, e.g.
-    labels != ignore_index) and logits must be finite. reduction "mean" returns the scalar mean over masked-in
-    positions (ValueError if there are none); "sum_per_sequence" returns a [B] tensor, the KL summed over each
-    sequence's positions, which is the KL between the two models' distributions over that sequence's tokens given
-    its prefix. `chunk_size` works as in `sequence_logps`.
-    """
-    if reduction not in KL_REDUCTIONS:
-        raise ValueError(f"unknown token_kl reduction {reduction!r}; choose one of {', '.join(KL_REDUCTIONS)}")
-    if policy_logits.shape != ref_logits.shape:
-        raise ValueError(
-            f"policy and reference logits must share one shape, got {tuple(policy_logits.shape)} "
-            f"and {tuple(ref_logits.shape)}"
-        )
-    _check_logits_labels(policy_logits, mask, labels_name="mask")
-    _check_chunk_size(chunk_size)
-    dtype = torch.promote_types(_compute_dtype(policy_logits), _compute_dtype(ref_logits))
-    mask = mask != 0
-
-    def chunk_kl(chunk_policy: Tensor, chunk_ref: Tensor, chunk_mask: Tensor) -> Tensor:
-        policy_logp = F.log_softmax(chunk_policy.to(dtype), dim=-1)
-        ref_logp = F.log_softmax(chunk_ref.to(dtype), dim=-1)
-        kl = (policy_logp.exp() * (policy_logp - ref_logp)).sum(-1)
-        return torch.where(chunk_mask, kl, 0.0).sum(-1)
-
-    kl_per_sequence = _masked_time_sum(chunk_kl, (policy_logits, ref_logits), mask, chunk_size, dtype)
-    if reduction == "sum_per_sequence":
-        return kl_per_sequence
-    num_positions = int(mask.sum())
-    if num_positions == 0:
-        raise ValueError("token_kl: the mask selects no position; the mean KL is undefined")
-    return kl_per_sequence.sum() / num_positions

@@ -1,9 +1,9 @@
 """Resumable pipeline stages: each writes its own directory, atomically, and is skipped when nothing changed.
 
-A stage's identity is a JSON-able dict of its settings (including hashes of the files it reads). The stage runs in a
-temporary directory beside its target and is renamed into place only when it finished, with a `stage.json` recording
-those settings, so a kill at any point leaves either the old complete result or none, and a rerun redoes only stages
-whose settings changed or that never finished.
+A stage's identity is a JSON-able dict of its settings (including `prefalign.fileio.file_digest` of the files it
+reads). The stage runs in a temporary directory beside its target and is renamed into place only when it finished,
+with a `stage.json` recording those settings, so a kill at any point leaves either the old complete result or none,
+and a rerun redoes only stages whose settings changed or that never finished.
 """
 
 from __future__ import annotations
@@ -11,29 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .console import say
+
 STAGE_FILE = "stage.json"
 PENDING_FILE = "stage.pending.json"  # in a .partial directory: the settings it is being built with
-
-
-def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes (or of a directory's files, names included), to key stages on their inputs."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as handle:
-            while block := handle.read(chunk):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def settings_digest(settings: dict[str, Any]) -> str:
@@ -69,19 +56,19 @@ def run_stage(
     if not force and marker.exists():
         recorded = json.loads(marker.read_text())
         if recorded.get("digest") == digest:
-            print(f"[{name}] up to date, skipped ({directory})", file=sys.stderr)
+            say(f"[{name}] up to date, skipped ({directory})", prefix="")
             return StageResult(name, directory, True, 0.0)
     work = directory.with_name(directory.name + ".partial")
     pending = work / PENDING_FILE
     if work.exists():  # left by a killed run
         same = pending.exists() and json.loads(pending.read_text()).get("digest") == digest
         if resumable and same and not force:
-            print(f"[{name}] resuming the unfinished run in {work}", file=sys.stderr)
+            say(f"[{name}] resuming the unfinished run in {work}", prefix="")
         else:
             shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     pending.write_text(json.dumps({"name": name, "digest": digest}))
-    print(f"[{name}] running -> {directory}", file=sys.stderr)
+    say(f"[{name}] running -> {directory}", prefix="")
     start = time.perf_counter()
     body(work)
     seconds = time.perf_counter() - start

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except PrefalignError as exc:
+        # Not console.say: an error is printed by whichever process hit it, rank 0 or not.
         print(f"prefalign: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

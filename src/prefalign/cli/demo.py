@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..config import add_config_args, build_config
+from ..console import say
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,10 +31,10 @@ def run(args: argparse.Namespace) -> int:
     if config.quick:  # the quick profile sits under the YAML file and the command line: what you set still wins
         config = build_config(DemoConfig, args.config, vars(args), preset=QUICK)
     results = run_demo(config, args.from_stage)
-    print("\nstage       seconds", file=sys.stderr)
+    say("\nstage       seconds", prefix="")
     for result in results:
         state = "skipped" if result.skipped else f"{result.seconds:7.1f}"
-        print(f"{result.name:<10} {state:>8}", file=sys.stderr)
-    print(f"{'total':<10} {sum(r.seconds for r in results):8.1f}", file=sys.stderr)
+        say(f"{result.name:<10} {state:>8}", prefix="")
+    say(f"{'total':<10} {sum(r.seconds for r in results):8.1f}", prefix="")
     print(f"\nreport: {results[-1].directory.parent / 'report.md'} (and report.html)")
     return 0

@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..config import add_config_args, config_from_args
+from ..config import add_config_args, build_config, config_from_args
+from ..console import say
 from ..data.prompt_files import check_prompt, read_prompts
 from ..fileio import write_jsonl_atomic
-from ..generate import GenerationConfig
+from ..generate import GenerationConfig, generate
+from ..models.options import ModelOptions
 
 # Fields the output adds to each input record; an input record may not carry them already.
 OUTPUT_FIELDS = ("response", "finish_reason", "num_tokens", "model", "generation")
+
+
+@dataclass
+class GenerateOptions:
+    """`prefalign generate`'s options besides the decoding ones (`GenerationConfig`, also from --config)."""
+
+    model_options: ModelOptions
+    prompts: Path | None = field(
+        default=None,
+        metadata={"help": "a .jsonl, .json or .txt file of prompts", "metavar": "FILE", "one_of": "prompt source"},
+    )
+    prompt: str | None = field(default=None, metadata={"help": "a single prompt", "one_of": "prompt source"})
+    output: Path | None = field(
+        default=None, metadata={"help": "write results as JSON Lines to this file", "metavar": "OUT", "flags": ("-o",)}
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,49 +41,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "with one prompt per line. With -o, writes JSON Lines (the input fields plus response, finish_reason, "
         "num_tokens, model and the generation settings); without it, prints the responses.",
     )
-    parser.add_argument("--model", required=True, help="registered name, local HF directory or hub id (org/name)")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompts", type=Path, metavar="FILE", help="a .jsonl, .json or .txt file of prompts")
-    source.add_argument("--prompt", help="a single prompt")
-    parser.add_argument("-o", "--output", type=Path, metavar="OUT", help="write results as JSON Lines to this file")
+    add_config_args(parser, GenerateOptions, require=True, from_file=False)
     parser.add_argument("--config", help="YAML file of generation options (command-line options override it)")
-    parser.add_argument(
-        "--trust-remote-code", action="store_true", help="allow the model's repository to run its own Python code"
-    )
     add_config_args(parser, GenerationConfig)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    options = build_config(GenerateOptions, overrides=vars(args))  # the YAML file holds generation options only
     config = config_from_args(GenerationConfig, args)
-    if args.prompt is not None:
-        records = [{"prompt": check_prompt(args.prompt, "--prompt")}]
+    if options.prompt is not None:
+        records = [{"prompt": check_prompt(options.prompt, "--prompt")}]
     else:
-        records = read_prompts(args.prompts, reserved=OUTPUT_FIELDS, writer="generate")
+        records = read_prompts(options.prompts, reserved=OUTPUT_FIELDS, writer="generate")
 
-    from ..generate import generate
-    from ..models.loading import load_model, load_tokenizer
-
-    tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
-    model = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    model, tokenizer = options.model_options.load()
     generations = generate(model, tokenizer, [r["prompt"] for r in records], config)
 
-    if args.output is None:
+    if options.output is None:
         for generation in generations:
             print(generation.text)
         return 0
-    settings = dataclasses.asdict(config)
+    settings = asdict(config)
     rows = [
         {
             **record,
             "response": generation.text,
             "finish_reason": generation.finish_reason,
             "num_tokens": generation.num_tokens,
-            "model": args.model,
+            "model": options.model_options.model,
             "generation": settings,
         }
         for record, generation in zip(records, generations)
     ]
-    write_jsonl_atomic(args.output, rows)
-    print(f"wrote {len(rows)} generations to {args.output}", file=sys.stderr)
+    write_jsonl_atomic(options.output, rows)
+    say(f"wrote {len(rows)} generations to {options.output}", prefix="")
     return 0

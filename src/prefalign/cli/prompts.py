@@ -4,6 +4,19 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..config import add_config_args, build_config
+
+
+@dataclass
+class BuiltinPromptsOptions:
+    """`prefalign prompts builtin`'s options."""
+
+    output: str = field(metadata={"help": "the .jsonl file to write", "flags": ("-o",)})
+    seed: int = field(default=0, metadata={"help": "picks tasks, instructions and arguments"})
+    split: Literal["train", "heldout", "all"] = field(default="all", metadata={"help": "which prompts to write"})
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,20 +30,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "prompt, instruction_id_list and kwargs, ready for `pairs build --judge verifier`. The same seed always "
         "gives the same file.",
     )
-    builtin.add_argument("-o", "--output", required=True, help="the .jsonl file to write")
-    builtin.add_argument("--seed", type=int, default=0, help="picks tasks, instructions and arguments (default: 0)")
-    builtin.add_argument(
-        "--split", choices=("train", "heldout", "all"), default="all", help="which prompts to write (default: all)"
-    )
+    add_config_args(builtin, BuiltinPromptsOptions, require=True, from_file=False)
     builtin.set_defaults(func=run_builtin)
 
 
 def run_builtin(args: argparse.Namespace) -> int:
     from ..prompts import builtin_prompts, write_prompts
 
-    records = builtin_prompts(args.seed, args.split)
-    written = write_prompts(records, args.output)
+    options = build_config(BuiltinPromptsOptions, overrides=vars(args))
+    records = builtin_prompts(options.seed, options.split)
+    written = write_prompts(records, options.output)
     by_split = Counter(record["split"] for record in records)
     counts = ", ".join(f"{count} {split}" for split, count in by_split.items())
-    print(f"wrote {written} prompts ({counts}) to {args.output}")
+    print(f"wrote {written} prompts ({counts}) to {options.output}")
     return 0

@@ -11,18 +11,40 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import add_config_args, config_from_args
+from ..config import add_config_args, build_config, config_from_args
+from ..console import say
 from ..data.tokenize import TokenizeConfig
 from ..errors import PrefalignError
+from ..scoring.preference import preference_margin, preference_outcome
 from ..train.config import RewardConfig
 
 if TYPE_CHECKING:
     from ..models.reward import RewardModel
+
+
+@dataclass
+class RewardScoreOptions:
+    """`prefalign rm score`'s options."""
+
+    model: str = field(metadata={"help": "a reward model directory, or a `rm train` OUTPUT_DIR"})
+    data: str = field(metadata={"help": "preference pairs or prompt/response rows (.jsonl[.gz], ...)"})
+    output: str = field(metadata={"help": "output JSON Lines file", "flags": ("-o",)})
+    data_format: str = field(
+        default="auto", metadata={"help": "record format of pairs: auto, hh, explicit, conversational"}
+    )
+    batch_size: int = field(default=8, metadata={"help": "sequences per forward pass"})
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 (default: cuda when available)"})
+    untrained_head: bool = field(
+        default=False,
+        metadata={"help": "--model is a plain causal LM: score with a fresh random head (a chance-level baseline)"},
+    )
+    seed: int = field(default=42, metadata={"help": "seed of the --untrained-head draw"})
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,29 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "with a 95%% Wilson score interval (ties count half), printed and written to OUT.summary.json. For "
         "prompt/response rows: one reward each.",
     )
-    score.add_argument("--model", required=True, help="a reward model directory, or a `rm train` OUTPUT_DIR")
-    score.add_argument("--data", required=True, help="preference pairs or prompt/response rows (.jsonl[.gz], ...)")
-    score.add_argument("-o", "--output", required=True, help="output JSON Lines file")
-    score.add_argument(
-        "--data-format", default="auto", help="record format of pairs: auto, hh, explicit, conversational"
-    )
-    score.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
-    defaults = TokenizeConfig()
-    score.add_argument("--max-length", type=int, default=defaults.max_length, help="most tokens of prompt + response")
-    score.add_argument("--max-prompt-length", type=int, default=defaults.max_prompt_length, help="most prompt tokens")
-    score.add_argument(
-        "--prompt-format",
-        default=defaults.prompt_format,
-        choices=("auto", "chat", "raw"),
-        help="chat, raw, or auto (chat when possible)",
-    )
-    score.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
-    score.add_argument(
-        "--untrained-head",
-        action="store_true",
-        help="--model is a plain causal LM: score with a fresh random head (a chance-level baseline)",
-    )
-    score.add_argument("--seed", type=int, default=42, help="seed of the --untrained-head draw")
+    add_config_args(score, RewardScoreOptions, require=True, from_file=False)
     score.set_defaults(func=run_score)
 
 
@@ -86,27 +86,28 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise PrefalignError(f"--batch-size must be at least 1, got {args.batch_size}")
-    tokenize_config = TokenizeConfig(args.max_length, args.max_prompt_length, args.prompt_format)
+    options = build_config(RewardScoreOptions, overrides=vars(args))
+    if options.batch_size < 1:
+        raise PrefalignError(f"--batch-size must be at least 1, got {options.batch_size}")
     from ..models.loading import load_tokenizer
     from ..models.reward import load_reward_model, load_reward_tokenizer, with_untrained_head
 
-    if args.untrained_head:
-        model = with_untrained_head(args.model, seed=args.seed, device=args.device)
-        tokenizer = load_tokenizer(args.model)
+    if options.untrained_head:
+        model = with_untrained_head(options.model, seed=options.seed, device=options.device)
+        tokenizer = load_tokenizer(options.model)
     else:
-        model, tokenizer = load_reward_model(args.model, device=args.device), load_reward_tokenizer(args.model)
-    output = Path(args.output)
+        model = load_reward_model(options.model, device=options.device)
+        tokenizer = load_reward_tokenizer(options.model)
+    output = Path(options.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    score = _score_pairs if _holds_pairs(args.data) else _score_responses
-    rows, summary = score(model, tokenizer, args, tokenize_config)
+    score = _score_pairs if _holds_pairs(options.data) else _score_responses
+    rows, summary = score(model, tokenizer, options)
     with open(output, "w", encoding="utf-8") as out:
         out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    print(f"prefalign: wrote {len(rows)} rows to {output}", file=sys.stderr)
+    say(f"wrote {len(rows)} rows to {output}")
     if summary is not None:
         summary_path = output.with_name(output.name.removesuffix(".jsonl") + ".summary.json")
-        summary |= {"model": args.model, "data": args.data, "untrained_head": args.untrained_head}
+        summary |= {"model": options.model, "data": options.data, "untrained_head": options.untrained_head}
         summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         ci = summary["accuracy_ci95"]
         print(
@@ -128,14 +129,15 @@ def _holds_pairs(source: str) -> bool:
 
 
 def _score_pairs(
-    model: RewardModel, tokenizer: Any, args: argparse.Namespace, config: TokenizeConfig
+    model: RewardModel, tokenizer: Any, options: RewardScoreOptions
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from ..data.loading import load_preferences
     from ..data.tokenize import tokenize_pair
     from ..evaluate.stats import wilson_interval
     from ..models.reward import score_token_rows
 
-    data = load_preferences(args.data, args.data_format)
+    config = options.tokenize
+    data = load_preferences(options.data, options.data_format)
     kept, dropped = [], Counter[str]()
     for record in data.records:
         pair = tokenize_pair(record, tokenizer, config)
@@ -144,20 +146,21 @@ def _score_pairs(
         else:
             kept.append((record, pair))
     if not kept:
-        raise PrefalignError(f"{args.data}: no pair left to score after tokenization ({dict(dropped)})")
+        raise PrefalignError(f"{options.data}: no pair left to score after tokenization ({dict(dropped)})")
     sequences = [(p.prompt_ids, p.chosen_ids) for _, p in kept] + [(p.prompt_ids, p.rejected_ids) for _, p in kept]
-    rewards = score_token_rows(model, sequences, tokenizer.pad_token_id, args.batch_size)
+    rewards = score_token_rows(model, sequences, tokenizer.pad_token_id, options.batch_size)
     n = len(kept)
     rows, points = [], 0.0
     for (record, _), chosen, rejected in zip(kept, rewards[:n], rewards[n:]):
-        point = 1.0 if chosen > rejected else 0.5 if chosen == rejected else 0.0
+        margin = preference_margin(chosen, rejected)
+        point = preference_outcome(margin)
         points += point
         rows.append(
             {
                 "location": record.location,
                 "reward_chosen": chosen,
                 "reward_rejected": rejected,
-                "margin": chosen - rejected,
+                "margin": margin,
                 "correct": point,
                 **record.extra,
             }
@@ -182,15 +185,15 @@ def _score_pairs(
 
 
 def _score_responses(
-    model: RewardModel, tokenizer: Any, args: argparse.Namespace, config: TokenizeConfig
+    model: RewardModel, tokenizer: Any, options: RewardScoreOptions
 ) -> tuple[list[dict[str, Any]], None]:
     from ..data.tokenize import tokenize_sft
     from ..models.reward import score_token_rows
     from ..train.objectives.sft import read_sft_examples
 
     rows, sequences, scored = [], [], []
-    for prompt, response, location in read_sft_examples(args.data, args.data_format):
-        example = tokenize_sft(prompt, response, tokenizer, config, location)
+    for prompt, response, location in read_sft_examples(options.data, options.data_format):
+        example = tokenize_sft(prompt, response, tokenizer, options.tokenize, location)
         row: dict[str, Any] = {"location": location}
         row |= {"messages": prompt} if response is None else {"prompt": prompt, "response": response}
         if example.dropped:
@@ -199,6 +202,6 @@ def _score_responses(
             sequences.append((example.prompt_ids, example.completion_ids))
             scored.append(row)
         rows.append(row)
-    for row, reward in zip(scored, score_token_rows(model, sequences, tokenizer.pad_token_id, args.batch_size)):
+    for row, reward in zip(scored, score_token_rows(model, sequences, tokenizer.pad_token_id, options.batch_size)):
         row["reward"] = reward
     return rows, None

@@ -39,7 +39,7 @@ def _add_options(parser: argparse.ArgumentParser, config_class: type) -> None:
 
 
 def run_dpo(args: argparse.Namespace) -> int:
-    from ..train.loop import train
+    from ..train.loop import train  # imports torch: only when a run starts, so `--help` stays fast
     from ..train.objectives import DPOObjective
 
     config = config_from_args(DPOConfig, args)
@@ -48,7 +48,7 @@ def run_dpo(args: argparse.Namespace) -> int:
 
 
 def run_sft(args: argparse.Namespace) -> int:
-    from ..train.loop import train
+    from ..train.loop import train  # imports torch: only when a run starts, so `--help` stays fast
     from ..train.objectives import SFTObjective
 
     config = config_from_args(SFTConfig, args)

@@ -6,6 +6,9 @@ shifted here: the trainer shifts logits and labels together (`logits[:, :-1]` pr
 
 A preference pair becomes TWO rows of one batch, chosen rows first, then rejected rows: a model scores both
 completions in one forward pass, and `PairBatch.split` takes the per-sequence results apart again.
+
+Every batch layout says where its completion tokens are with a `CompletionIndex` (its `index`), which is all
+`prefalign.scoring` needs to score them; `plain_completion_index` builds it for the right-padded rows made here.
 """
 
 from __future__ import annotations
@@ -14,9 +17,37 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
-from ..losses import IGNORE_INDEX
 from .tokenize import SFTExample, TokenizedPair
+
+# The label of a position no loss or log-probability counts (prompt, padding); PyTorch's cross-entropy default.
+IGNORE_INDEX = -100
+
+
+@dataclass
+class CompletionIndex:
+    """Where a batch's completion tokens are: token k is predicted by the hidden state at flat position
+    `positions[k]` (into the batch's [rows * length] positions), is `targets[k]`, and belongs to sequence
+    `sequences[k]` of `num_sequences` (for pairs: chosen sequences 0..N-1, then rejected N..2N-1)."""
+
+    positions: Tensor
+    targets: Tensor
+    sequences: Tensor
+    num_sequences: int
+
+    def to(self, device: torch.device | str) -> CompletionIndex:
+        return CompletionIndex(
+            self.positions.to(device), self.targets.to(device), self.sequences.to(device), self.num_sequences
+        )
+
+
+def plain_completion_index(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> CompletionIndex:
+    """Index of right-padded rows with labels [N, T] (unshifted): position t predicts label t + 1; row = sequence."""
+    rows, steps = labels.shape
+    next_labels = labels[:, 1:]
+    row, step = (next_labels != ignore_index).nonzero(as_tuple=True)
+    return CompletionIndex(row * steps + step, next_labels[row, step], row, rows)
 
 
 @dataclass
@@ -34,6 +65,15 @@ class LMBatch:
     @property
     def num_tokens(self) -> int:
         return int(self.attention_mask.sum())
+
+    @property
+    def index(self) -> CompletionIndex:
+        """Where the completion tokens are (computed from the labels on each access)."""
+        return plain_completion_index(self.labels)
+
+    def model_inputs(self) -> dict[str, Tensor]:
+        """The keyword arguments a model takes for these rows."""
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
     def to(self, device: torch.device | str) -> LMBatch:
         return LMBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))

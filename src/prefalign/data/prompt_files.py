@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, PrefalignError
+from ..fileio import jsonl_lines, parse_json_line
 
 
 def check_prompt(value: Any, location: str) -> Any:
@@ -58,29 +59,23 @@ def read_prompts(path: Path, reserved: Iterable[str] = (), writer: str = "this c
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".json", ".txt"):
         raise PrefalignError(f"{path}: prompts must be a .jsonl, .json or .txt file")
-    text = path.read_text(encoding="utf-8")
-    records = []
-    if suffix == ".json":
+    if suffix == ".jsonl":
+        records = [
+            _record(parse_json_line(raw, f"{path}:{number}"), f"{path}:{number}", reserved, writer)
+            for number, raw in jsonl_lines(path)
+        ]
+    elif suffix == ".json":
         try:
-            items = json.loads(text)
+            items = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{exc.lineno}", f"not valid JSON ({exc.msg})") from None
         if not isinstance(items, list):
             raise DataError(str(path), "a .json prompts file must hold a list of objects")
         records = [_record(item, f"{path}: item {i + 1}", reserved, writer) for i, item in enumerate(items)]
     else:
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            location = f"{path}:{number}"
-            if suffix == ".txt":
-                records.append({"prompt": line})
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(location, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-            records.append(_record(value, location, reserved, writer))
+        # One prompt per line, lines ending at "\n" only: str.splitlines() would also cut a prompt at U+2028 or U+0085.
+        lines = path.read_text(encoding="utf-8").split("\n")
+        records = [{"prompt": line.removesuffix("\r")} for line in lines if line.strip()]
     if not records:
         raise PrefalignError(f"{path}: no prompts in this file")
     return records

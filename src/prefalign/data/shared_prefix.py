@@ -15,7 +15,7 @@ last prompt position; every later token by the position before it in its own bra
 Two layouts:
 
 * `collate_pair_row` (the default where the model allows it): every pair of the batch end to end in ONE row with no
-  padding at all; attention runs per pair over its own blocks only (`prefalign.train.pair_attention`).
+  padding at all; attention runs per pair over its own blocks only (`prefalign.models.pair_attention`).
 * `collate_shared_prefix`: for models whose attention takes a 4D mask but not pair attention. Pairs are packed
   first-fit decreasing into rows as long as the longest pair, so attention (quadratic in row length, whatever the mask
   keeps) costs no more than one row per pair would, and padding shrinks to the gaps the packing leaves.
@@ -30,10 +30,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..train.forward import CompletionIndex
-from ..train.pair_attention import SPANS_KWARG, PairSpans
+from .collate import CompletionIndex
 from .tokenize import TokenizedPair
 
+# The keyword argument that carries a row's pair spans through the model to `prefalign.models.pair_attention`.
+SPANS_KWARG = "prefalign_pair_spans"
+# (start, prompt length, chosen length, rejected length) of each pair in the row, as Python ints (no device sync).
+PairSpans = tuple[tuple[int, int, int, int], ...]
 _PROMPT, _CHOSEN, _REJECTED, _PADDING = 0, 1, 2, -1
 
 

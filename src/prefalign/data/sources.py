@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PrefalignError
+from ..fileio import jsonl_lines
 from .validation import Reason, RecordRejected
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".csv")
@@ -83,7 +84,10 @@ def _open_text(path: Path) -> Any:
 
 
 def _decode_line(raw: bytes, location: str) -> RawRow | None:
-    """One line of JSON Lines as a row; None for a blank line (not a record)."""
+    """One line of JSON Lines as a row, or the reason it is not one; None for a blank line (not a record).
+
+    Unlike `fileio.parse_json_line`, which stops a read, a bad line here becomes a rejected row: user data is
+    reported record by record."""
     try:
         text = raw.decode("utf-8").lstrip("\ufeff").rstrip("\r\n")
     except UnicodeDecodeError as exc:
@@ -99,11 +103,10 @@ def _decode_line(raw: bytes, location: str) -> RawRow | None:
 
 def _read_json_lines(path: Path, name: str) -> Iterator[RawRow]:
     try:
-        with _open_text(path) as stream:
-            for number, raw in enumerate(stream, start=1):
-                row = _decode_line(raw, f"{name}:{number}")
-                if row is not None:
-                    yield row
+        for number, raw in jsonl_lines(path):
+            row = _decode_line(raw, f"{name}:{number}")
+            if row is not None:
+                yield row
     except _GZIP_ERRORS as exc:
         raise PrefalignError(f"{name}: not a readable gzip file ({exc})") from None
     except OSError as exc:
@@ -129,10 +132,7 @@ def _read_json(path: Path, name: str) -> Iterator[RawRow]:
         if text.lstrip().startswith("["):
             # A broken array cannot be cut into records, so the whole file is unreadable.
             raise PrefalignError(f"{name}:{exc.lineno}: not valid JSON: {exc.msg} at column {exc.colno}") from None
-        for number, raw in enumerate(data.splitlines(), start=1):
-            row = _decode_line(raw, f"{name}:{number}")
-            if row is not None:
-                yield row
+        yield from _read_json_lines(path, name)
         return
     if isinstance(document, list):
         for index, value in enumerate(document):

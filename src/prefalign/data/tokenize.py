@@ -182,7 +182,8 @@ def _render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[Message], ad
 def _prompt_text(prompt: Text, tokenizer: PreTrainedTokenizerBase, chat: bool) -> str:
     if chat:
         return _render_chat(tokenizer, _as_messages(prompt, "user"), add_generation_prompt=True)
-    return prompt  # type: ignore[return-value]  # _use_chat said raw, so it is a string
+    assert isinstance(prompt, str), "_use_chat chose raw text, which it does only for a string prompt"
+    return prompt
 
 
 def _full_text(prompt: Text, completion: Text, tokenizer: PreTrainedTokenizerBase, chat: bool) -> str:
@@ -191,7 +192,8 @@ def _full_text(prompt: Text, completion: Text, tokenizer: PreTrainedTokenizerBas
         return _render_chat(tokenizer, messages, add_generation_prompt=False)
     if not isinstance(completion, str):
         raise PrefalignError("prompt_format 'raw' takes string completions, but this one is a list of messages")
-    return prompt + completion  # type: ignore[operator]
+    assert isinstance(prompt, str), "_use_chat chose raw text, which it does only for a string prompt"
+    return prompt + completion
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], chat: bool) -> list[list[int]]:
@@ -248,14 +250,6 @@ def _split_completions(
     if chat:
         return fulls[0][:split], [_end_at_eos(full[split:], eos) for full in fulls]
     return fulls[0][:split], [[*full[split:], eos] for full in fulls]  # raw text has no end of turn: add one
-
-
-def tokenize_completion(
-    prompt: Text, completion: Text, tokenizer: PreTrainedTokenizerBase, prompt_format: PromptFormat = "auto"
-) -> tuple[list[int], list[int]]:
-    """(prompt_ids, completion_ids) of prompt + completion tokenized together; completion_ids end with EOS."""
-    prompt_ids, (completion_ids,) = _split_completions(prompt, [completion], tokenizer, prompt_format)
-    return prompt_ids, completion_ids
 
 
 # ---------------------------------------------------------------------------------------------------------------------

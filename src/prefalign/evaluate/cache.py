@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data.records import Text
-from ..fileio import write_text_atomic
+from ..errors import DataError
+from ..fileio import jsonl_lines, parse_json_line, write_text_atomic
 from ..generate import Generation, GenerationConfig
 from .models import EvalModel
 
@@ -99,15 +100,15 @@ def _read(path: Path) -> dict[str, Generation]:
     stored: dict[str, Generation] = {}
     if not path.is_file():
         return stored
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, raw in jsonl_lines(path):
         try:
-            row = json.loads(line)
+            row = parse_json_line(raw, f"{path}:{number}")
             if "prompt_key" not in row:  # the header line
                 continue
             stored[row["prompt_key"]] = Generation(
                 row["text"], row["token_ids"], row["finish_reason"], len(row["token_ids"])
             )
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (DataError, KeyError, TypeError):
             continue  # a torn line from a killed run: that prompt is generated again
     return stored
 

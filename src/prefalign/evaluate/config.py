@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import PrefalignError
 from ..generate import GenerationConfig
+from ..judges.options import JudgeOptions
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -32,9 +33,25 @@ def parse_baseline(text: str) -> tuple[str, str]:
     return model, baseline
 
 
+def _parse_model(text: str) -> tuple[str, str]:
+    return parse_labelled(text, "--model")
+
+
+def _parse_run(text: str) -> tuple[str, str]:
+    return parse_labelled(text, "--run")
+
+
+_WHAT, _JUDGES, _HELDOUT = "what to compare", "judges", "held-out pairs and drift"
+
+
+def _option(group: str, help_text: str, metavar: str | None = None, **more: Any) -> dict[str, Any]:
+    return {"group": group, "help": help_text, **({"metavar": metavar} if metavar else {}), **more}
+
+
 @dataclass
 class EvalConfig:
-    """An evaluation. `models` are (label, spec) in column order, the base model first.
+    """An evaluation, and the options of `prefalign eval`. `models` are (label, spec) in column order, the base model
+    first.
 
     Defaults: `baselines` compare each model with the one listed before it, the last model first (base, sft, dpo ->
     dpo:sft, sft:base); the table's Δ column is the first baseline pair. `reference` (for the implicit reward on
@@ -42,23 +59,105 @@ class EvalConfig:
     default to the verifier when prompts carry verifiable instructions.
     """
 
-    models: list[tuple[str, str]]
-    prompts: str
-    output_dir: Path
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
-    judges: list[str] = field(default_factory=list)
-    judge_options: dict[str, Any] = field(default_factory=dict)  # for HTTP judges: base_url, api_key_env, ...
-    baselines: list[tuple[str, str]] | None = None
-    pairs: str | None = None
-    pairs_limit: int | None = None
-    reference: str | None = None
-    beta: float = 0.1
-    runs: dict[str, str] = field(default_factory=dict)
-    limit: int | None = None
-    kl_samples: int = 2
-    kl_max_new_tokens: int = 64
-    cache_dir: Path | None = None
-    trust_remote_code: bool = False
+    models: list[tuple[str, str]] = field(
+        metadata=_option(
+            _WHAT,
+            "a model (registered name, HF directory, LoRA adapter directory, training run directory or hub id) and "
+            "its column label; repeat, the base model first",
+            "LABEL=SPEC",
+            option="model",
+            repeat=True,
+            parse=_parse_model,
+        )
+    )
+    prompts: str = field(
+        metadata=_option(
+            _WHAT,
+            "prompts: a .jsonl/.json/.txt file (records may carry id, instruction_id_list and kwargs), or "
+            "builtin[:heldout|train|all] for the built-in set (builtin = held-out)",
+            "FILE",
+        )
+    )
+    output_dir: Path = field(metadata=_option(_WHAT, "where the report is written", flags=("-o",)))
+    generation: GenerationConfig = field(
+        default_factory=GenerationConfig, metadata={"group": "decoding (the same for every model)"}
+    )
+    judges: list[str] = field(
+        default_factory=list,
+        metadata=_option(
+            _JUDGES,
+            "verifier, verifier:loose, openai:MODEL, anthropic:MODEL, ... (repeat). Default: the verifier when the "
+            "prompts carry verifiable instructions",
+            "SPEC",
+            option="judge",
+            repeat=True,
+        ),
+    )
+    judge: JudgeOptions = field(default_factory=JudgeOptions)
+    baselines: list[tuple[str, str]] | None = field(
+        default=None,
+        metadata=_option(
+            _WHAT,
+            "compare MODEL with BASELINE (repeat; the first pair is the table's Δ column). Default: each model with "
+            "the one listed before it, last first (base, sft, dpo: dpo:sft, sft:base)",
+            "MODEL:BASELINE",
+            option="baseline",
+            repeat=True,
+            parse=parse_baseline,
+        ),
+    )
+    pairs: str | None = field(
+        default=None,
+        metadata=_option(
+            _HELDOUT,
+            "held-out preference pairs: implicit-reward accuracy of the models listed after --reference, and each "
+            "judge's accuracy",
+            "FILE",
+        ),
+    )
+    pairs_limit: int | None = field(default=None, metadata=_option(_HELDOUT, "use the first N pairs only", "N"))
+    reference: str | None = field(
+        default=None,
+        metadata=_option(
+            _HELDOUT, "reference model of the implicit reward (default: the first baseline pair's baseline)", "LABEL"
+        ),
+    )
+    beta: float = field(default=0.1, metadata=_option(_HELDOUT, "DPO beta of the implicit reward"))
+    runs: dict[str, str] = field(
+        default_factory=dict,
+        metadata=_option(
+            _WHAT,
+            "a training run directory (with metrics.jsonl) whose curves go into the report",
+            "LABEL=DIR",
+            option="run",
+            repeat=True,
+            parse=_parse_run,
+        ),
+    )
+    limit: int | None = field(default=None, metadata=_option(_WHAT, "evaluate the first N prompts only", "N"))
+    kl_samples: int = field(
+        default=2,
+        metadata=_option(
+            _HELDOUT,
+            "responses sampled per prompt (temperature 1) to estimate each model's KL from the base; 0 skips the KL",
+            "K",
+        ),
+    )
+    kl_max_new_tokens: int = field(
+        default=64,
+        metadata=_option(_HELDOUT, "token budget of those samples: the KL covers the first N tokens", "N"),
+    )
+    cache_dir: Path | None = field(
+        default=None, metadata=_option(_WHAT, "generation cache (default: OUTPUT_DIR/cache)", "DIR")
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata=_option(_WHAT, "allow models' repositories to run their own Python code")
+    )
+
+    @property
+    def judge_options(self) -> dict[str, Any]:
+        """`load_judge` keyword arguments for the HTTP judges."""
+        return self.judge.load_kwargs()
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)

@@ -2,13 +2,15 @@
 
 For a DPO policy the scorer is its implicit reward (Rafailov et al. 2023, arXiv 2305.18290):
 r(x, y) = beta * (log pi(y|x) - log ref(y|x)), log-probs summed over the response tokens exactly as DPO training sums
-them (same tokenization, `tokenize_pair`). A pair is ranked correctly when
-margin = beta * ((log pi - log ref)(chosen) - (log pi - log ref)(rejected)) > 0. The sign does not depend on beta;
-beta only scales the reported margin. For a judge (a reward model, an LLM, the verifier) the scorer is
+them (same tokenization, `tokenize_pair`; the same scoring, `prefalign.scoring`). A pair is ranked correctly when
+margin = beta * ((log pi - log ref)(chosen) - (log pi - log ref)(rejected)) > 0
+(`prefalign.scoring.preference.implicit_reward_margin`). The sign does not depend on beta; beta only scales the
+reported margin. For a judge (a reward model, an LLM, the verifier) the scorer is
 `Judge.compare(prompt, chosen, rejected)`.
 
-Accuracy counts a correct ranking as 1, a tie (margin exactly 0, or a judge's tie) as 0.5 and a wrong one as 0, so a
-policy identical to its reference scores exactly 0.5, chance. Pairs that tokenization drops (an empty or identical
+Accuracy counts a correct ranking as 1, a tie (margin exactly 0, or a judge's tie) as 0.5 and a wrong one as 0
+(`prefalign.scoring.preference.preference_outcome`, as in training), so a policy identical to its reference scores
+exactly 0.5, chance. Pairs that tokenization drops (an empty or identical
 completion) are left out, and pairs a judge fails on are left out of that judge's accuracy; both are counted.
 """
 
@@ -20,6 +22,7 @@ from typing import Any
 from ..data.records import PreferenceRecord, Text
 from ..data.tokenize import TokenizeConfig, tokenize_pair
 from ..judges.base import Judge
+from ..scoring.preference import implicit_reward_margin, preference_outcome
 from .models import EvalModel
 from .stats import Estimate, mean_ci
 
@@ -70,12 +73,12 @@ def load_pairs(source: str, limit: int | None = None) -> list[PreferenceRecord]:
 def pair_logps(model: EvalModel, records: list[PreferenceRecord], config: TokenizeConfig, batch_size: int) -> PairLogps:
     """Summed response log-probs of every pair's chosen and rejected completion under `model`, `batch_size` rows
     (half as many pairs) per forward pass."""
-    import torch
+    import torch  # torch loads on first use, not when the evaluation's options are read
 
     from ..data.collate import collate_pairs
-    from ..losses import sequence_logps
+    from ..scoring.run import score_completions
 
-    tokenizer = model.tokenizer
+    tokenizer, device = model.tokenizer, model.model.device
     pairs = [tokenize_pair(record, tokenizer, config) for record in records]
     kept = [i for i, pair in enumerate(pairs) if not pair.dropped]
     chosen: list[float | None] = [None] * len(records)
@@ -84,11 +87,9 @@ def pair_logps(model: EvalModel, records: list[PreferenceRecord], config: Tokeni
     with torch.inference_mode():
         for first in range(0, len(kept), pairs_per_batch):
             indices = kept[first : first + pairs_per_batch]
-            batch = collate_pairs([pairs[i] for i in indices], tokenizer.pad_token_id)
-            start = min(len(pairs[i].prompt_ids) for i in indices) - 1  # the first position predicting a response
-            logits = model.logits(batch, start)
-            logps = sequence_logps(logits, batch.labels[:, start + 1 :].to(logits.device)).sum_logps
-            batch_chosen, batch_rejected = batch.split(logps)
+            batch = collate_pairs([pairs[i] for i in indices], tokenizer.pad_token_id).to(device)
+            _, logps = score_completions(model.model, batch)
+            batch_chosen, batch_rejected = batch.split(logps.sum_logps)
             for i, c, r in zip(indices, batch_chosen.tolist(), batch_rejected.tolist()):
                 chosen[i], rejected[i] = c, r
     return PairLogps(chosen, rejected)
@@ -101,8 +102,8 @@ def implicit_reward_accuracy(scorer: str, policy: PairLogps, reference: PairLogp
         if pc is None or pr is None or rc is None or rr is None:
             margins.append(None)
         else:
-            margins.append(beta * ((pc - rc) - (pr - rr)))
-    outcomes = [None if m is None else 1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins]
+            margins.append(implicit_reward_margin(pc, pr, rc, rr, beta))
+    outcomes = [None if m is None else preference_outcome(m) for m in margins]
     return HeldoutAccuracy(scorer, outcomes, mean_ci(outcomes), mean_ci(margins), margins)
 
 

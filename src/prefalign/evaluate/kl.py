@@ -8,7 +8,8 @@ beside it as a check (the two agree in expectation).
 
 Responses are sampled from the model at temperature 1 (top_p 1: the model's own distribution), k per prompt, up to
 a token budget, so the number reported is the KL of the distributions over the first `max_new_tokens` tokens, in
-nats per response. Per prompt the k samples are averaged; the interval is the bootstrap over prompts.
+nats per response. Per prompt the k samples are averaged; the interval is the bootstrap over prompts. Both numbers
+come from `prefalign.scoring`, as DPO's `kl` metric and log-probs do.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from .prompt_set import EvalPrompt
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-_KL_CHUNK = 64  # positions per chunk of the exact KL: bounds the fp32 log-softmax memory
 
 
 @dataclass
@@ -52,9 +51,10 @@ def kl_from_base(
     batch_size: int,
 ) -> KLEstimate:
     """KL(policy || base) per prompt from `samples` (k lists, each one sample of the policy per prompt)."""
-    import torch
+    import torch  # torch loads on first use, not when the evaluation's options are read
 
-    from ..losses import IGNORE_INDEX, sequence_logps, token_kl
+    from ..scoring.completions import completion_kl
+    from ..scoring.run import score_completions
 
     tokenizer = policy.tokenizer
     prompt_ids = [prompt_token_ids(p.prompt, tokenizer, prompt_format) for p in prompts]
@@ -67,13 +67,10 @@ def kl_from_base(
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
             lm = pad_sequences([r[1] for r in batch], [r[2] for r in batch], pad_id)
-            start = min(len(r[1]) for r in batch) - 1  # the first position that predicts a response token
-            policy_logits = policy.logits(lm, start)
-            base_logits = base.logits(lm, start).to(policy_logits.device)
-            labels = lm.labels[:, start + 1 :].to(policy_logits.device)
-            mask = labels != IGNORE_INDEX
-            kl = token_kl(policy_logits, base_logits, mask, reduction="sum_per_sequence", chunk_size=_KL_CHUNK)
-            logratio = sequence_logps(policy_logits, labels).sum_logps - sequence_logps(base_logits, labels).sum_logps
+            policy_states, policy_logps = score_completions(policy.model, lm.to(policy.model.device))
+            base_states, base_logps = score_completions(base.model, lm.to(base.model.device))
+            kl = completion_kl(policy_states, base_states)
+            logratio = policy_logps.sum_logps - base_logps.sum_logps.to(policy_logps.sum_logps.device)
             for (index, _, completion), k, r in zip(batch, kl.tolist(), logratio.tolist()):
                 kl_sum[index] += k
                 logratio_sum[index] += r

@@ -22,14 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelError
-from ..fileio import write_text_atomic
+from ..fileio import file_digest, write_text_atomic
 from ..models.loading import resolve_model
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from ..data.collate import LMBatch
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -84,13 +82,10 @@ class DigestMemo:
         entry = self._entries.get(key)
         if entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
             return entry["sha256"]
-        digest = hashlib.sha256()
-        with open(file, "rb") as handle:
-            while block := handle.read(1 << 22):
-                digest.update(block)
-        self._entries[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+        sha256 = file_digest(file)
+        self._entries[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
         self._save()
-        return digest.hexdigest()
+        return sha256
 
     def directory_digest(self, directory: Path) -> str:
         """A digest of the directory's top-level files, names included (subdirectories are other models)."""
@@ -103,7 +98,7 @@ class DigestMemo:
         write_text_atomic(self.path, json.dumps(self._entries, indent=1))
 
 
-def model_identity(source: ModelSource, digests: DigestMemo) -> str:
+def model_files_digest(source: ModelSource, digests: DigestMemo) -> str:
     """What the generation cache keys on: the content of the model's (and adapter's) files, or the hub id."""
     base = Path(source.path)
     parts = [f"dir:{digests.directory_digest(base)}" if base.is_dir() else f"hub:{source.path}"]
@@ -129,7 +124,7 @@ class EvalModel:
     @property
     def identity(self) -> str:
         if self._identity is None:
-            self._identity = model_identity(self.source, self._digests)
+            self._identity = model_files_digest(self.source, self._digests)
         return self._identity
 
     @property
@@ -153,24 +148,6 @@ class EvalModel:
             self._model = model
             self.loads += 1
         return self._model
-
-    def logits(self, batch: LMBatch, start: int = 0) -> torch.Tensor:
-        """The model's logits on a right-padded batch from position `start` on, aligned with
-        `batch.labels[:, start + 1:]` (`prefalign.losses`' convention: `logits[:, t]` predicts the label after).
-
-        Only the positions that predict a labelled token need logits: with `start` = the shortest prompt - 1, the
-        (batch, length, vocabulary) tensor shrinks by the prompts' share, most of it for long dialogue prompts.
-        Call under `torch.inference_mode()`.
-        """
-        device = self.model.device
-        width = batch.input_ids.shape[1]
-        out = self.model(
-            input_ids=batch.input_ids.to(device),
-            attention_mask=batch.attention_mask.to(device),
-            use_cache=False,
-            logits_to_keep=width - start,
-        )
-        return out.logits[:, :-1]
 
     @property
     def loaded(self) -> bool:

@@ -12,15 +12,16 @@ Order of work, chosen so each model is loaded at most once and only when somethi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .. import console
 from ..data.records import PreferenceRecord
 from ..errors import PrefalignError
 from ..generate import Generation
@@ -58,11 +59,11 @@ from .table import (
 _HTTP_JUDGES = ("openai", "anthropic")
 
 
-def _stderr(message: str) -> None:
-    print(f"[eval] {message}", file=sys.stderr, flush=True)
+# Progress lines of an evaluation, through the one output path for our messages.
+_SAY_EVAL = functools.partial(console.say, prefix="[eval] ")
 
 
-def run_evaluation(config: EvalConfig, *, progress: bool = True, say: Callable[[str], None] = _stderr) -> EvalReport:
+def run_evaluation(config: EvalConfig, *, progress: bool = True, say: Callable[[str], None] = _SAY_EVAL) -> EvalReport:
     """Evaluate `config.models` on `config.prompts`, write the report files to `config.output_dir`, return it all."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -91,44 +92,11 @@ def run_evaluation(config: EvalConfig, *, progress: bool = True, say: Callable[[
         timings["score"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        responses = {label: [g.text for g in gens] for label, gens in generations.items()}
-        words = {label: [s.words for s in label_scores] for label, label_scores in scores.items()}
-        judge_scores = {
-            j.name: {label: [s.judges[j.name] for s in scores[label]] for label in scores}
-            for j in judges
-            if j.name in pointwise
-        }
-        pairwise = [
-            compare(judge, prompts, model, baseline, responses, judge_scores.get(judge.name), words)
-            for model, baseline in config.baseline_pairs
-            for judge in judges
-        ]
+        pairwise = _pairwise(config, judges, prompts, generations, scores, pointwise)
         timings["pairwise"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        heldout, heldout_info = [], {}
-        if pairs is not None:
-            reference = config.reference_label
-            assert reference is not None, "EvalConfig requires a reference when pairs are given"
-            for label in config.implicit_reward_labels:
-                scorer = f"{label} implicit reward (ref {reference}, beta {config.beta:g})"
-                heldout.append(implicit_reward_accuracy(scorer, logps[label], logps[reference], config.beta))
-            for judge in judges:
-                result = judge_accuracy(judge, pairs)
-                if result.accuracy is None:  # e.g. the verifier on pairs whose prompts carry no instructions
-                    notes.append(f"judge {judge.name} could not score any held-out pair ({result.first_error})")
-                else:
-                    heldout.append(result)
-            if not config.implicit_reward_labels:
-                notes.append(f"no implicit reward: no model is listed after the reference {reference}")
-            dropped = logps[reference].dropped if reference in logps else None
-            heldout_info = {
-                "source": config.pairs,
-                "pairs": len(pairs),
-                "dropped": dropped,
-                "reference": reference,
-                "beta": config.beta,
-            }
+        heldout, heldout_info = _heldout(config, judges, pairs, logps, notes) if pairs is not None else ([], {})
         timings["heldout_judges"] = time.perf_counter() - t
 
         metrics, values = _metric_values(config, scores, pointwise, kl, heldout)
@@ -137,16 +105,7 @@ def run_evaluation(config: EvalConfig, *, progress: bool = True, say: Callable[[
         rows += _pairwise_rows(pairwise, config.labels)
         report = EvalReport(
             labels=config.labels,
-            models={
-                label: {
-                    "spec": m.spec,
-                    "identity": m.identity,
-                    "path": m.source.path,
-                    "adapter": m.source.adapter,
-                    "loads": m.loads,
-                }
-                for label, m in models.items()
-            },
+            models={label: _model_info(model) for label, model in models.items()},
             prompts=prompts,
             generations=generations,
             scores=scores,
@@ -161,10 +120,7 @@ def run_evaluation(config: EvalConfig, *, progress: bool = True, say: Callable[[
             settings=_settings(config, prompts, judge_specs),
             runs={label: str(path) for label, path in runs.items()},
             timings=timings,
-            generation_counts={
-                label: {"generated": cache.generated.get(label, 0), "cached": cache.cached.get(label, 0)}
-                for label in config.labels
-            },
+            generation_counts=_generation_counts(cache, config.labels),
             judge_stats={judge.name: judge.stats() for judge in judges if judge.stats()},
             notes=notes,
         )
@@ -174,6 +130,79 @@ def run_evaluation(config: EvalConfig, *, progress: bool = True, say: Callable[[
     timings["total"] = time.perf_counter() - started  # up to the report files, which are written with it
     _write_reports(report, config.output_dir)
     return report
+
+
+def _pairwise(
+    config: EvalConfig,
+    judges: list[Judge],
+    prompts: list[EvalPrompt],
+    generations: dict[str, list[Generation]],
+    scores: dict[str, list[ResponseScores]],
+    pointwise: list[str],
+) -> list[PairwiseResult]:
+    """Step 3, pairwise: every judge's verdicts on every (model, baseline) pair of answers."""
+    responses = {label: [g.text for g in gens] for label, gens in generations.items()}
+    words = {label: [s.words for s in label_scores] for label, label_scores in scores.items()}
+    judge_scores = {
+        j.name: {label: [s.judges[j.name] for s in scores[label]] for label in scores}
+        for j in judges
+        if j.name in pointwise
+    }
+    return [
+        compare(judge, prompts, model, baseline, responses, judge_scores.get(judge.name), words)
+        for model, baseline in config.baseline_pairs
+        for judge in judges
+    ]
+
+
+def _heldout(
+    config: EvalConfig,
+    judges: list[Judge],
+    pairs: list[PreferenceRecord],
+    logps: dict[str, PairLogps],
+    notes: list[str],
+) -> tuple[list[HeldoutAccuracy], dict[str, Any]]:
+    """Step 3, held-out pairs: each model's implicit-reward accuracy and each judge's, and what they were taken on."""
+    reference = config.reference_label
+    assert reference is not None, "EvalConfig requires a reference when pairs are given"
+    heldout = []
+    for label in config.implicit_reward_labels:
+        scorer = f"{label} implicit reward (ref {reference}, beta {config.beta:g})"
+        heldout.append(implicit_reward_accuracy(scorer, logps[label], logps[reference], config.beta))
+    for judge in judges:
+        result = judge_accuracy(judge, pairs)
+        if result.accuracy is None:  # e.g. the verifier on pairs whose prompts carry no instructions
+            notes.append(f"judge {judge.name} could not score any held-out pair ({result.first_error})")
+        else:
+            heldout.append(result)
+    if not config.implicit_reward_labels:
+        notes.append(f"no implicit reward: no model is listed after the reference {reference}")
+    dropped = logps[reference].dropped if reference in logps else None
+    info = {
+        "source": config.pairs,
+        "pairs": len(pairs),
+        "dropped": dropped,
+        "reference": reference,
+        "beta": config.beta,
+    }
+    return heldout, info
+
+
+def _model_info(model: EvalModel) -> dict[str, Any]:
+    source = model.source
+    return {
+        "spec": model.spec,
+        "identity": model.identity,
+        "path": source.path,
+        "adapter": source.adapter,
+        "loads": model.loads,
+    }
+
+
+def _generation_counts(cache: GenerationCache, labels: list[str]) -> dict[str, dict[str, int]]:
+    return {
+        label: {"generated": cache.generated.get(label, 0), "cached": cache.cached.get(label, 0)} for label in labels
+    }
 
 
 def _verifier(prompts: list[EvalPrompt]) -> Judge | None:
@@ -225,9 +254,10 @@ def _model_pass(
     texts = [p.prompt for p in prompts]
     base = models[config.base_label]
     kl_config = replace(config.generation, temperature=1.0, top_p=1.0, max_new_tokens=config.kl_max_new_tokens)
+    # Models after the reference, and the reference: none without held-out pairs (implicit_reward_labels is empty).
     pair_labels = set(config.implicit_reward_labels)
-    if pair_labels:
-        pair_labels.add(config.reference_label)  # type: ignore[arg-type]
+    if pair_labels and config.reference_label is not None:
+        pair_labels.add(config.reference_label)
     generations, kl, logps = {}, {}, {}
     for label, model in models.items():
         t = time.perf_counter()
@@ -264,9 +294,9 @@ def _model_pass(
                 )
                 results.put(kl_key, dataclasses.asdict(kl[label]))
             timings[f"kl/{label}"] = time.perf_counter() - t
-        if label in pair_labels:
+        if label in pair_labels and pairs is not None:
             t = time.perf_counter()
-            logps[label] = _pair_logps(config, model, pairs, results)  # type: ignore[arg-type]
+            logps[label] = _pair_logps(config, model, pairs, results)
             timings[f"pair_logps/{label}"] = time.perf_counter() - t
         if model is not base:
             model.release()
@@ -313,7 +343,7 @@ def _metric_values(
     if kl:
         metrics.append(Metric("kl", f"KL from {config.base_label} (nats/response, sampled)", "mean", None, 2))
         values["kl"] = {label: list(estimate.kl) for label, estimate in kl.items()}
-    implicit = [h for h in heldout if h.margins is not None]
+    implicit = [(h.outcomes, h.margins) for h in heldout if h.margins is not None]
     if implicit:
         reference = config.reference_label
         metrics.append(
@@ -322,9 +352,9 @@ def _metric_values(
         metrics.append(
             Metric("implicit/margin", f"Implicit-reward margin, held-out pairs (β={config.beta:g})", "mean", True, 2)
         )
-        for label, result in zip(config.implicit_reward_labels, implicit):
-            values.setdefault("implicit/accuracy", {})[label] = list(result.outcomes)
-            values.setdefault("implicit/margin", {})[label] = list(result.margins)  # type: ignore[arg-type]
+        for label, (outcomes, margins) in zip(config.implicit_reward_labels, implicit):
+            values.setdefault("implicit/accuracy", {})[label] = list(outcomes)
+            values.setdefault("implicit/margin", {})[label] = list(margins)
     return metrics, values
 
 

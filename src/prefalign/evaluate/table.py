@@ -139,20 +139,21 @@ def aggregate(metric: Metric, items: list[ItemValue]) -> Estimate | None:
         nums, dens = _split_ratio(items)
         return ratio_ci(nums, dens)
     if metric.kind == "proportion":
-        return wilson_ci(items)  # type: ignore[arg-type]
-    return mean_ci(items)  # type: ignore[arg-type]
+        return wilson_ci(items)  # type: ignore[arg-type]  # only a ratio's items are pairs; these are numbers
+    return mean_ci(items)  # type: ignore[arg-type]  # only a ratio's items are pairs; these are numbers
 
 
 def difference(metric: Metric, a: list[ItemValue], b: list[ItemValue]) -> Estimate | None:
     """metric(a) - metric(b), paired by item, with a paired-bootstrap interval."""
     if metric.kind == "ratio":
         return paired_ratio_difference(*_split_ratio(a), *_split_ratio(b))
-    return paired_mean_difference(a, b)  # type: ignore[arg-type]
+    return paired_mean_difference(a, b)  # type: ignore[arg-type]  # only a ratio's items are pairs; these are numbers
 
 
 def _split_ratio(items: list[ItemValue]) -> tuple[list[float | None], list[float | None]]:
-    nums = [None if v is None else v[0] for v in items]  # type: ignore[index]
-    dens = [None if v is None else v[1] for v in items]  # type: ignore[index]
+    # A ratio's items are (numerator, denominator) pairs, or None for an item without one.
+    nums = [v[0] if isinstance(v, tuple) else None for v in items]
+    dens = [v[1] if isinstance(v, tuple) else None for v in items]
     return nums, dens
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import email.utils
 import http.client
 import json
-import logging
 import os
 import random
 import threading
@@ -32,10 +31,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+from ..console import warn
 from ..errors import PrefalignError
 from .cache import JudgeCache, request_key
-
-log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 FATAL_STATUS = frozenset({401, 403, 404})
@@ -194,14 +192,9 @@ class ChatClient:
                 raise JudgeRequestError(f"{reason} (gave up after {attempt + 1} attempts)")
             wait = self.retry.delay(attempt, retry_after)
             self.counters.add("retries")
-            log.warning(
-                "%s judge: %s from %s; retry %d/%d in %.2f s",
-                self.provider,
-                reason,
-                self.url,
-                attempt + 1,
-                self.retry.max_retries,
-                wait,
+            warn(
+                f"{self.provider} judge: {reason} from {self.url}; "
+                f"retry {attempt + 1}/{self.retry.max_retries} in {wait:.2f} s"
             )
             time.sleep(wait)
         raise AssertionError("unreachable: the loop returns or raises")

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import PrefalignError
 from .base import Judge
+from .options import JudgeOptions  # its defaults are the one place the judges' request limits are declared
 
 JUDGE_SPECS = "verifier, verifier:loose, openai:MODEL, anthropic:MODEL, reward-model:PATH"
 
@@ -26,9 +27,9 @@ def load_judge(
     api_key_env: str | None = None,
     template: str | Path | None = None,
     cache_path: str | Path | None = None,
-    concurrency: int = 4,
-    timeout: float = 60.0,
-    max_retries: int = 5,
+    concurrency: int = JudgeOptions.judge_concurrency,
+    timeout: float = JudgeOptions.judge_timeout,
+    max_retries: int = JudgeOptions.judge_max_retries,
     **kwargs: Any,
 ) -> Judge:
     """The judge named by `spec`.

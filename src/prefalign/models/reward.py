@@ -3,7 +3,8 @@
     r(x, y) = w . h_L(x + y)[last non-padding position],   w: Linear(hidden_size, 1, bias=False)
 
 The head has no bias: the pairwise loss only ever sees reward differences, so a bias would be a parameter no gradient
-reaches. The LM keeps its output layer, so one forward gives both the rewards and the logits an auxiliary LM loss needs.
+reaches. The LM keeps its output layer, so one forward gives both the rewards and the completion states
+(`prefalign.scoring`) an auxiliary LM loss needs.
 
 A saved reward model is a directory that reloads exactly, head included, in one of two layouts:
 
@@ -30,7 +31,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch import nn
 
+from ..data.collate import CompletionIndex, pad_sequences
 from ..errors import ModelError
+from ..scoring.completions import CompletionStates
+from ..scoring.run import final_hidden_states, hidden_and_completion_states
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -42,7 +46,7 @@ _FORMAT, _VERSION = "prefalign-reward-model", 1
 
 class RewardOutput(NamedTuple):  # a tuple, so DistributedDataParallel can walk it
     rewards: torch.Tensor  # [N] fp32, one per row
-    logits: torch.Tensor | None  # [N, T, V], the LM's next-token logits (for an auxiliary LM loss), when asked for
+    lm_states: CompletionStates | None  # the LM's states at the completion tokens asked for (an auxiliary LM loss)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -82,20 +86,23 @@ class RewardModel(nn.Module):
 
         return is_lora(self.lm)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, with_logits: bool = True) -> RewardOutput:
-        """Rewards [N] for right-padded rows; the LM's logits too unless `with_logits` is False.
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lm_index: CompletionIndex | None = None
+    ) -> RewardOutput:
+        """Rewards [N] for right-padded rows; with `lm_index`, also the LM's completion states at those tokens.
 
-        Without logits the LM projects one position only (`logits_to_keep=1`): the output layer over the vocabulary
-        is a fifth of a small model's forward, and its [N, T, V] output the largest tensor of the step.
+        The LM's output layer runs at `lm_index`'s tokens only, and not at all without it: over the vocabulary it is
+        a fifth of a small model's forward, and its [N, T, V] output would be the largest tensor of the step.
         """
-        keep = {} if with_logits else {"logits_to_keep": 1}
-        out = self.lm(
-            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False, **keep
-        )
-        final = out.hidden_states[-1]  # after the final norm: what the LM's own output layer reads
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        # The final hidden states, after the final norm: what the LM's own output layer reads.
+        if lm_index is None:
+            final, lm_states = final_hidden_states(self.lm, inputs), None
+        else:
+            final, lm_states = hidden_and_completion_states(self.lm, inputs, lm_index)
         rows = torch.arange(final.shape[0], device=final.device)
         last = final[rows, last_token_index(attention_mask)]
-        return RewardOutput(self.reward_head(last).squeeze(-1).float(), out.logits if with_logits else None)
+        return RewardOutput(self.reward_head(last).squeeze(-1).float(), lm_states)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the directory `load_reward_model` reads (the training loop's final save calls this too)."""
@@ -122,7 +129,8 @@ class RewardModel(nn.Module):
 
         from .lora import merged_copy
 
-        lm = merged_copy(self.lm) if self.is_lora else copy.deepcopy(self.lm)  # type: ignore[arg-type]
+        # is_lora means self.lm is a PeftModel, which the nn.Module annotation cannot say.
+        lm = merged_copy(self.lm) if self.is_lora else copy.deepcopy(self.lm)  # type: ignore[arg-type]  # see above
         return RewardModel(lm, self.base_model, copy.deepcopy(self.reward_head)).train(self.training)
 
 
@@ -211,8 +219,6 @@ def score_token_rows(
     model: RewardModel, rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, batch_size: int = 8
 ) -> list[float]:
     """The reward of each (prompt_ids, completion_ids) row, in order, `batch_size` rows per forward."""
-    from ..data.collate import pad_sequences
-
     device = next(model.parameters()).device
     # Longest first: rows of similar length share a batch, so little compute goes to padding; order restored after.
     order = sorted(range(len(rows)), key=lambda i: -(len(rows[i][0]) + len(rows[i][1])))
@@ -220,6 +226,6 @@ def score_token_rows(
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         batch = pad_sequences([rows[i][0] for i in chunk], [rows[i][1] for i in chunk], pad_id).to(device)
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, with_logits=False)
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         by_index.update(zip(chunk, out.rewards.tolist()))
     return [by_index[i] for i in range(len(rows))]

@@ -28,15 +28,16 @@ import dataclasses
 import json
 import math
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..console import say
 from ..data.prompt_files import check_prompt
 from ..data.records import Text
 from ..errors import DataError, PrefalignError
+from ..fileio import jsonl_lines, parse_json_line
 from ..generate import Generation, GenerationConfig, PromptFormat
 from ..judges.base import Judge, JudgeItem, Score, Verdict
 
@@ -130,22 +131,15 @@ def read_prompt_records(path: str | os.PathLike[str], limit: int | None = None) 
         raise PrefalignError(f"{path}: prompts file not found")
     records: list[PromptRecord] = []
     seen: dict[str, str] = {}
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            location = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(location, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-            record = _prompt_record(row, location, number)
-            if record.id in seen:
-                raise DataError(location, f"id {record.id!r} repeats the id at {seen[record.id]}")
-            seen[record.id] = location
-            records.append(record)
-            if limit is not None and len(records) == limit:
-                break
+    for number, raw in jsonl_lines(path):
+        location = f"{path}:{number}"
+        record = _prompt_record(parse_json_line(raw, location), location, number)
+        if record.id in seen:
+            raise DataError(location, f"id {record.id!r} repeats the id at {seen[record.id]}")
+        seen[record.id] = location
+        records.append(record)
+        if limit is not None and len(records) == limit:
+            break
     if not records:
         raise PrefalignError(f"{path}: no prompts in this file")
     return records
@@ -282,15 +276,14 @@ def _read_existing(path: Path, provenance: dict[str, Any]) -> list[dict[str, Any
     if len(complete) < len(data):
         with open(path, "r+b") as handle:
             handle.truncate(len(complete))
-        print(f"{path}: removed an incomplete last line left by an interrupted run", file=sys.stderr)
+        say(f"{path}: removed an incomplete last line left by an interrupted run")
     lines = []
-    # Split on "\n" only: str.splitlines() also splits on U+2028 and U+0085, which JSON leaves unescaped in text.
-    for number, text in enumerate(complete.decode("utf-8").split("\n")[:-1], start=1):
+    for number, raw in jsonl_lines(path):
         location = f"{path}:{number}"
-        if not text.strip():
-            continue
         try:
-            line = json.loads(text)
+            line = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DataError(location, f"not UTF-8 text at byte offset {exc.start}") from None
         except json.JSONDecodeError as exc:
             raise DataError(location, f"not valid JSON ({exc.msg}); is this a file written by pairs build?") from None
         if not isinstance(line, dict) or "id" not in line:

@@ -19,6 +19,7 @@ from typing import Any
 from ..data.loading import load_preferences
 from ..data.records import Text
 from ..errors import DataError, PrefalignError
+from ..scoring.preference import preference_margin
 from .build import SKIP_STATUSES, skipped_path
 
 
@@ -44,7 +45,7 @@ def pair_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
     rejected_scores = [e["rejected_score"] for e in extras if _is_number(e.get("rejected_score"))]
     if chosen_scores or rejected_scores:
         margins = [
-            e["chosen_score"] - e["rejected_score"]
+            preference_margin(e["chosen_score"], e["rejected_score"])
             for e in extras
             if _is_number(e.get("chosen_score")) and _is_number(e.get("rejected_score"))
         ]

@@ -6,15 +6,49 @@ The defaults are the embedded workflow sized for a 2-core CPU (about half an hou
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from ..errors import PrefalignError
+from ..generate import GenerationConfig
+from ..pairs.build import PairsConfig
+from ..train.config import DPOConfig, RewardConfig, SFTConfig, TrainConfig
 
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
+
+
+TrainingStage = Literal["sft", "reward", "dpo"]
+ALL: tuple[TrainingStage, ...] = ("sft", "reward", "dpo")
+
+
+def _trains(stages: tuple[TrainingStage, ...], text: str, train_field: str | None = None) -> dict[str, Any]:
+    """An option that sets the training config field `train_field` (default: the option's own name) of `stages`."""
+    return {"help": text, "stages": stages, "train_field": train_field}
+
+
+# Training settings the demo fixes rather than offers: every stage is a resumable LoRA run keeping one checkpoint...
+_TRAINING_FIXED: dict[str, Any] = {
+    "lora": True,
+    "keep_checkpoints": 1,
+    "resume": True,
+    "progress": True,
+    "tensorboard": True,
+    "logging_steps": 2,
+}
+# ...and each stage's own: SFT has no held-out data to validate on (so a step count it never reaches), the reward
+# model learns from the pairwise loss alone, DPO caches its reference log-probs; SFT and DPO save merged models for
+# the next stages to load.
+_STAGE_FIXED: dict[TrainingStage, dict[str, Any]] = {
+    "sft": {"merge": True, "eval_steps": 1000},
+    "reward": {"eval_steps": 10, "lm_weight": 0.0},
+    "dpo": {"merge": True, "eval_steps": 10, "precompute_ref": True},
+}
+_TRAINING_CLASSES: dict[TrainingStage, type[TrainConfig]] = {"sft": SFTConfig, "reward": RewardConfig, "dpo": DPOConfig}
 
 
 @dataclass
@@ -22,7 +56,7 @@ class DemoConfig:
     output_dir: str = field(default="runs/demo", metadata=_help("where every stage writes its directory"))
     model: str = field(default="smollm2-135m-instruct", metadata=_help("base model: registry name or HF directory"))
     quick: bool = field(default=False, metadata=_help("the small version of every stage (CI; a few minutes)"))
-    seed: int = field(default=0, metadata=_help("seed of sampling, data splits and training"))
+    seed: int = field(default=0, metadata=_trains(ALL, "seed of sampling, data splits and training"))
 
     # Prompts: a prompts file (JSONL with `prompt`, optional `id`, `instruction_id_list`, `kwargs`) or builtin[:split].
     train_prompts: str = field(default="builtin:train", metadata=_help("prompts for SFT sampling and pair building"))
@@ -43,8 +77,10 @@ class DemoConfig:
     sft_prompts: int = field(default=96, metadata=_help("train prompts the base model samples for SFT"))
     sft_samples: int = field(default=2, metadata=_help("samples per prompt; the first that passes every check is kept"))
     sft_temperature: float = field(default=0.7, metadata=_help("temperature of the SFT samples"))
-    sft_epochs: int = field(default=2, metadata=_help("SFT epochs"))
-    sft_learning_rate: float = field(default=2e-4, metadata=_help("SFT learning rate (LoRA)"))
+    sft_epochs: int = field(default=2, metadata=_trains(("sft",), "SFT epochs", "epochs"))
+    sft_learning_rate: float = field(
+        default=2e-4, metadata=_trains(("sft",), "SFT learning rate (LoRA)", "learning_rate")
+    )
 
     # Preference pairs: sampled from the SFT model and judged (unless preference_data is given).
     preference_data: str | None = field(
@@ -64,20 +100,33 @@ class DemoConfig:
     )
 
     # Training (reward model and DPO; the SFT above shares the lengths and LoRA settings).
-    max_length: int = field(default=320, metadata=_help("most tokens of prompt + response in training"))
-    max_prompt_length: int = field(default=160, metadata=_help("most prompt tokens in training"))
-    train_batch_size: int = field(default=8, metadata=_help("examples (or pairs) per optimizer step"))
-    save_steps: int = field(default=10, metadata=_help("checkpoint every N steps: a killed stage resumes from there"))
-    lora_rank: int = field(default=16, metadata=_help("LoRA rank of the SFT, reward-model and DPO adapters"))
-    lora_layers: int | None = field(
-        default=15, metadata=_help("SFT and DPO adapt only the last N blocks (faster backward); none: every block")
+    max_length: int = field(default=320, metadata=_trains(ALL, "most tokens of prompt + response in training"))
+    max_prompt_length: int = field(default=160, metadata=_trains(ALL, "most prompt tokens in training"))
+    train_batch_size: int = field(
+        default=8, metadata=_trains(ALL, "examples (or pairs) per optimizer step", "batch_size")
     )
-    rm_lora_layers: int | None = field(default=10, metadata=_help("the same for the reward model"))
-    rm_epochs: int = field(default=1, metadata=_help("reward-model epochs"))
-    rm_learning_rate: float = field(default=2e-4, metadata=_help("reward-model learning rate (LoRA and head)"))
-    beta: float = field(default=0.1, metadata=_help("DPO beta"))
-    dpo_epochs: int = field(default=3, metadata=_help("DPO epochs"))
-    dpo_learning_rate: float = field(default=2e-4, metadata=_help("DPO learning rate (LoRA)"))
+    save_steps: int = field(
+        default=10, metadata=_trains(ALL, "checkpoint every N steps: a killed stage resumes from there")
+    )
+    lora_rank: int = field(default=16, metadata=_trains(ALL, "LoRA rank of the SFT, reward-model and DPO adapters"))
+    lora_layers: int | None = field(
+        default=15,
+        metadata=_trains(
+            ("sft", "dpo"), "SFT and DPO adapt only the last N blocks (faster backward); none: every block"
+        ),
+    )
+    rm_lora_layers: int | None = field(
+        default=10, metadata=_trains(("reward",), "the same for the reward model", "lora_layers")
+    )
+    rm_epochs: int = field(default=1, metadata=_trains(("reward",), "reward-model epochs", "epochs"))
+    rm_learning_rate: float = field(
+        default=2e-4, metadata=_trains(("reward",), "reward-model learning rate (LoRA and head)", "learning_rate")
+    )
+    beta: float = field(default=0.1, metadata=_trains(("dpo",), "DPO beta"))
+    dpo_epochs: int = field(default=3, metadata=_trains(("dpo",), "DPO epochs", "epochs"))
+    dpo_learning_rate: float = field(
+        default=2e-4, metadata=_trains(("dpo",), "DPO learning rate (LoRA)", "learning_rate")
+    )
 
     # Evaluation.
     eval_judges: list[str] = field(
@@ -121,6 +170,54 @@ class DemoConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise PrefalignError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+
+    def training_config(
+        self, stage: TrainingStage, *, model: str, data: str | Path, output_dir: str | Path, **inputs: Any
+    ) -> TrainConfig:
+        """The training config of `stage`: the demo options that set it (see `_trains`), the settings the demo fixes,
+        and the given model, data and output directory (and e.g. `eval_data`)."""
+        options = {
+            f.metadata["train_field"] or f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if stage in f.metadata.get("stages", ())
+        }
+        return _TRAINING_CLASSES[stage](
+            **_TRAINING_FIXED,
+            **_STAGE_FIXED[stage],
+            **options,
+            lora_alpha=2.0 * self.lora_rank,  # LoRA's update scale alpha / r stays 2 at any rank
+            model=model,
+            data=str(data),
+            output_dir=str(output_dir),
+            **{name: str(value) for name, value in inputs.items()},
+        )
+
+    def sft_sampling(self) -> GenerationConfig:
+        """How the base model samples its SFT candidates."""
+        return GenerationConfig(
+            temperature=self.sft_temperature,
+            top_p=0.95,
+            seed=self.seed,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.generation_batch_size,
+        )
+
+    def pairs_sampling(self) -> PairsConfig:
+        """How the SFT model samples the candidates of each pair."""
+        return PairsConfig(
+            num_samples=self.pair_samples,
+            temperatures=list(self.pair_temperatures),
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.generation_batch_size,
+            seed=self.seed,
+            limit=self.pair_prompts,
+        )
+
+    def eval_generation(self) -> GenerationConfig:
+        """How every model answers the held-out prompts in the evaluation (greedy)."""
+        return GenerationConfig(
+            seed=self.seed, max_new_tokens=self.max_new_tokens, batch_size=self.generation_batch_size
+        )
 
 
 # `--quick`: every stage, small. Sized so the whole demo runs in a few minutes on 2 CPU cores (CI).

@@ -7,10 +7,10 @@ paragraph); `output_dir/report.html` is the evaluation's page (self-contained: i
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
+from ..fileio import jsonl_lines, write_text_atomic
 from ..stages import STAGE_FILE, StageResult
 from .config import DemoConfig
 
@@ -37,9 +37,7 @@ def _stage_facts(out: Path) -> dict[str, str]:
     facts = {"base": _read(out / "base" / "model.json").get("path", "")}
     prompts = out / "prompts"
     if prompts.exists():
-        counts = [
-            sum(1 for line in (prompts / f"{name}.jsonl").open() if line.strip()) for name in ("train", "heldout")
-        ]
+        counts = [sum(1 for _ in jsonl_lines(prompts / f"{name}.jsonl")) for name in ("train", "heldout")]
         facts["prompts"] = f"{counts[0]} train prompts, {counts[1]} held-out prompts"
     sampling = _read(out / "sft_data" / "sampling.json")
     if "kept" in sampling:
@@ -101,7 +99,5 @@ def write_demo_report(out: Path, results: list[StageResult], config: DemoConfig)
         # The evaluation's headings move one level down under this report's title.
         body = evaluation.read_text(encoding="utf-8")
         lines += ["#" + line if line.startswith("#") else line for line in body.splitlines()]
-        shutil.copyfile(out / "eval" / "report.html", out / "report.html")
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+        write_text_atomic(out / "report.html", (out / "eval" / "report.html").read_text(encoding="utf-8"))
+    return write_text_atomic(out / "report.md", "\n".join(lines) + "\n")

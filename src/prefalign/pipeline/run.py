@@ -18,37 +18,33 @@ in this process, offline.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import random
-import sys
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..console import say
 from ..errors import PrefalignError
-from ..stages import StageResult, file_digest, run_stage
-from .config import DemoConfig
+from ..fileio import file_digest, read_jsonl, write_json_atomic, write_jsonl_atomic
+from ..stages import StageResult, run_stage
+from ..train.config import TrainConfig
+from .config import DemoConfig, TrainingStage
+from .data_stages import HELDOUT_PAIRS, build_or_load_pairs, copy_records, prompt_rows, sample_sft_data
 from .report import write_demo_report
 
 STAGES = ("base", "prompts", "sft_data", "sft", "pairs", "reward", "dpo", "eval")
-HELDOUT_PAIRS = "heldout-pairs"  # eval_prompts value: evaluate on the prompts of the held-out pairs
+
+# Config fields that say where a stage writes or how it shows progress, not what it produces: left out of its key.
+_NOT_RESULTS = frozenset({"output_dir", "cache_dir", "runs", "progress", "tensorboard", "plots", "resume"})
 
 
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def _prompt_rows(source: str) -> list[dict[str, Any]]:
-    """A prompts file's records, or the built-in set for `builtin[:split]`."""
-    from ..evaluate.prompt_set import load_eval_prompts
-
-    return [{"id": p.id, "prompt": p.prompt, **p.meta} for p in load_eval_prompts(source)]
+def stage_key(config: Any, **inputs: Any) -> dict[str, Any]:
+    """What decides whether a stage reruns: the fields of the config it runs with (less `_NOT_RESULTS`), with `inputs`
+    (the digests of the files and models it reads) in place of their paths."""
+    settings = {name: value for name, value in dataclasses.asdict(config).items() if name not in _NOT_RESULTS}
+    return {**settings, **inputs}
 
 
 def _source_key(source: str | None) -> str | None:
@@ -58,364 +54,228 @@ def _source_key(source: str | None) -> str | None:
     return file_digest(source)
 
 
+def _stage_digest(directory: Path) -> str:
+    """A finished stage's settings digest: what a later stage keys on instead of hashing gigabytes of weights."""
+    return json.loads((directory / "stage.json").read_text())["digest"]
+
+
+@dataclass
+class _Demo:
+    """One run of the demo: its settings, where it writes, the stages `--from` forces, and what has run so far."""
+
+    config: DemoConfig
+    out: Path
+    forced: frozenset[str]
+    results: list[StageResult] = field(default_factory=list)
+
+    def stage(self, name: str, key: dict[str, Any], body: Callable[[Path], None], resumable: bool = False) -> Path:
+        directory = self.out / name
+        self.results.append(run_stage(name, directory, key, body, force=name in self.forced, resumable=resumable))
+        return directory
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    """The pairs stage's output: train and held-out pairs, and the model that sampled them (its stage digest)."""
+
+    directory: Path
+    train: Path
+    heldout: Path
+    model_key: str
+
+
 def run_demo(config: DemoConfig, from_stage: str | None = None) -> list[StageResult]:
     """Run every stage in order (skipping the unchanged ones) and return what each did and how long it took."""
     if from_stage is not None and from_stage not in STAGES:
         raise PrefalignError(f"unknown stage {from_stage!r}; stages are {', '.join(STAGES)}")
     out = Path(config.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    forced = set(STAGES[STAGES.index(from_stage) :]) if from_stage else set()
-    results: list[StageResult] = []
+    demo = _Demo(config, out, frozenset(STAGES[STAGES.index(from_stage) :]) if from_stage else frozenset())
+    base_model = _base_stage(demo)
+    prompts_dir = _prompts_stage(demo)
+    sft_file = _sft_data_stage(demo, base_model, prompts_dir / "train.jsonl")
+    sft_dir = _sft_stage(demo, base_model, sft_file)
+    pairs = _pairs_stage(demo, sft_dir, prompts_dir / "train.jsonl")
+    reward_dir = _preference_stage(demo, "reward", sft_dir, pairs)
+    dpo_dir = _preference_stage(demo, "dpo", sft_dir, pairs)
+    _eval_stage(demo, prompts_dir, pairs, base_model, {"sft": sft_dir, "dpo": dpo_dir, "reward": reward_dir})
+    write_demo_report(out, demo.results, config)
+    return demo.results
 
-    def stage(name: str, settings: dict[str, Any], body: Any, resumable: bool = False) -> Path:
-        results.append(run_stage(name, out / name, settings, body, force=name in forced, resumable=resumable))
-        return out / name
 
-    # Settings every training stage shares; any change retrains.
-    lengths = {"max_length": config.max_length, "max_prompt_length": config.max_prompt_length}
-    lora = {"lora": True, "lora_rank": config.lora_rank, "lora_alpha": 2.0 * config.lora_rank}
-    common = {
-        **lengths,
-        **lora,
-        "batch_size": config.train_batch_size,
-        "seed": config.seed,
-        "save_steps": config.save_steps,
-        "keep_checkpoints": 1,
-        "resume": True,
-        "progress": True,
-        "tensorboard": True,
-    }
+def _base_stage(demo: _Demo) -> str:
+    """The base model, pulled when it is a registered one; returns its directory."""
+    model = demo.config.model
 
-    # -- base ----------------------------------------------------------------------------------------------------
     def base(work: Path) -> None:
         from ..models.loading import resolve_model
         from ..models.registry import REGISTRY
 
-        if config.model in REGISTRY:
+        if model in REGISTRY:
             from ..models.pull import pull_model
 
-            pull_model(config.model)
-        (work / "model.json").write_text(json.dumps({"model": config.model, "path": resolve_model(config.model)}))
+            pull_model(model)
+        write_json_atomic(work / "model.json", {"model": model, "path": resolve_model(model)})
 
-    base_dir = stage("base", {"model": config.model}, base)
-    base_model = json.loads((base_dir / "model.json").read_text())["path"]
+    base_dir = demo.stage("base", {"model": model}, base)
+    return json.loads((base_dir / "model.json").read_text())["path"]
 
-    # -- prompts -------------------------------------------------------------------------------------------------
+
+def _prompts_stage(demo: _Demo) -> Path:
+    """train.jsonl and heldout.jsonl: the prompt sets, written out so that later stages key on their content."""
+    config = demo.config
+
     def prompts(work: Path) -> None:
-        train_rows = _prompt_rows(config.train_prompts)
-        eval_rows = [] if config.eval_prompts == HELDOUT_PAIRS else _prompt_rows(config.eval_prompts)
-        _write_jsonl(work / "train.jsonl", train_rows)
-        _write_jsonl(work / "heldout.jsonl", eval_rows[: config.eval_limit])
+        train_rows = prompt_rows(config.train_prompts)
+        eval_rows = [] if config.eval_prompts == HELDOUT_PAIRS else prompt_rows(config.eval_prompts)
+        write_jsonl_atomic(work / "train.jsonl", train_rows)
+        write_jsonl_atomic(work / "heldout.jsonl", eval_rows[: config.eval_limit])
         overlap = {json.dumps(r["prompt"]) for r in train_rows} & {json.dumps(r["prompt"]) for r in eval_rows}
         if overlap:
-            _say(f"[prompts] warning: {len(overlap)} held-out prompts also appear among the train prompts")
+            say(f"[prompts] warning: {len(overlap)} held-out prompts also appear among the train prompts", prefix="")
 
-    prompts_dir = stage(
-        "prompts",
-        {
-            "train": _source_key(config.train_prompts),
-            "eval": _source_key(config.eval_prompts),
-            "eval_limit": config.eval_limit,
-        },
-        prompts,
-    )
-    train_prompts = prompts_dir / "train.jsonl"
+    key = {
+        "train": _source_key(config.train_prompts),
+        "eval": _source_key(config.eval_prompts),
+        "eval_limit": config.eval_limit,
+    }
+    return demo.stage("prompts", key, prompts)
 
-    # -- sft_data ------------------------------------------------------------------------------------------------
-    generation = {"max_new_tokens": config.max_new_tokens, "batch_size": config.generation_batch_size}
+
+def _sft_data_stage(demo: _Demo, base_model: str, train_prompts: Path) -> Path:
+    """sft.jsonl: the user's SFT data, or the base model's samples that pass every verifier check."""
+    config = demo.config
+    sampling = config.sft_sampling()
 
     def sft_data(work: Path) -> None:
-        if config.sft_data is not None:
-            kept = _copy_records(config.sft_data, work / "sft.jsonl", config.data_limit)
-            (work / "sampling.json").write_text(json.dumps({"source": config.sft_data, "records": kept}, indent=2))
+        if config.sft_data is None:
+            sample_sft_data(base_model, train_prompts, config.sft_prompts, config.sft_samples, sampling, work)
             return
-        from ..generate import GenerationConfig
-        from ..judges.registry import load_judge
-        from ..models.loading import load_model, load_tokenizer
-        from .sft_data import rejection_sample
+        kept = copy_records(config.sft_data, work / "sft.jsonl", config.data_limit)
+        write_json_atomic(work / "sampling.json", {"source": config.sft_data, "records": kept})
 
-        rows = [json.loads(line) for line in train_prompts.read_text(encoding="utf-8").splitlines()]
-        judge = load_judge("verifier")
-        kept, report = rejection_sample(
-            load_model(base_model),
-            load_tokenizer(base_model),
-            rows[: config.sft_prompts],
-            judge,
-            samples=config.sft_samples,
-            generation=GenerationConfig(temperature=config.sft_temperature, top_p=0.95, seed=config.seed, **generation),
-        )
-        if not kept:
-            raise PrefalignError(
-                f"[sft_data] none of {report.samples} samples passed every check; nothing to train on "
-                "(raise --sft-samples or --sft-prompts, or pass --sft-data)"
-            )
-        _write_jsonl(work / "sft.jsonl", kept)
-        (work / "sampling.json").write_text(json.dumps(report.to_json(), indent=2))
-        _say(
-            f"[sft_data] kept {report.kept} of {report.prompts} prompts ({report.passed} of {report.samples} "
-            f"samples passed every check, {report.truncated} cut at the token limit)"
-        )
-
-    sft_data_dir = stage(
-        "sft_data",
-        {
-            "model": base_model,
-            "prompts": file_digest(train_prompts),
-            "sft_data": _source_key(config.sft_data),
-            "limit": config.data_limit,
-            "n": config.sft_prompts,
-            "samples": config.sft_samples,
-            "temperature": config.sft_temperature,
-            "seed": config.seed,
-            "max_new_tokens": config.max_new_tokens,
-        },
-        sft_data,
+    key = stage_key(
+        sampling,
+        model=base_model,
+        prompts=file_digest(train_prompts),
+        sft_data=_source_key(config.sft_data),
+        limit=config.data_limit,
+        n=config.sft_prompts,
+        samples=config.sft_samples,
     )
-    sft_file = sft_data_dir / "sft.jsonl"
+    return demo.stage("sft_data", key, sft_data) / "sft.jsonl"
 
-    # -- sft -----------------------------------------------------------------------------------------------------
-    sft_settings = {
-        **common,
-        "epochs": config.sft_epochs,
-        "learning_rate": config.sft_learning_rate,
-        "lora_layers": config.lora_layers,
-    }
 
-    def sft(work: Path) -> None:
-        from ..train.config import SFTConfig
+def _training_stage(
+    demo: _Demo, stage: TrainingStage, make_config: Callable[[Path], TrainConfig], **inputs: Any
+) -> Path:
+    """Train with the config `make_config(directory)` gives, resumably; the stage keys on it and on `inputs`."""
+
+    def body(work: Path) -> None:
+        # torch and transformers load only when a stage trains.
         from ..train.loop import train
-        from ..train.objectives import SFTObjective
-
-        train_config = SFTConfig(
-            model=base_model,
-            data=str(sft_file),
-            output_dir=str(work),
-            merge=True,
-            logging_steps=2,
-            eval_steps=1000,
-            **sft_settings,
-        )
-        train(train_config, SFTObjective(train_config))
-
-    sft_dir = stage("sft", {"model": base_model, "data": file_digest(sft_file), **sft_settings}, sft, resumable=True)
-    sft_model = str(sft_dir / "final" / "merged")
-
-    # -- pairs ---------------------------------------------------------------------------------------------------
-    pair_settings = {
-        "model": sft_model + "@" + _stage_digest(sft_dir),
-        "prompts": file_digest(train_prompts),
-        "preference_data": _source_key(config.preference_data),
-        "limit": config.data_limit,
-        "judge": config.judge,
-        "n": config.pair_prompts,
-        "samples": config.pair_samples,
-        "temperatures": config.pair_temperatures,
-        "seed": config.seed,
-        "max_new_tokens": config.max_new_tokens,
-        "heldout_fraction": config.heldout_fraction,
-    }
-
-    def pairs(work: Path) -> None:
-        _build_or_load_pairs(config, work, sft_model, train_prompts)
-
-    pairs_dir = stage("pairs", pair_settings, pairs, resumable=True)
-    train_pairs, heldout_pairs = pairs_dir / "train.jsonl", pairs_dir / "heldout.jsonl"
-    pairs_key = {
-        "train": file_digest(train_pairs),
-        "heldout": file_digest(heldout_pairs),
-        "model": sft_model + "@" + _stage_digest(sft_dir),
-    }
-
-    # -- reward --------------------------------------------------------------------------------------------------
-    rm_settings = {
-        **common,
-        "epochs": config.rm_epochs,
-        "learning_rate": config.rm_learning_rate,
-        "lm_weight": 0.0,
-        "lora_layers": config.rm_lora_layers,
-    }
-
-    def reward(work: Path) -> None:
-        from ..train.config import RewardConfig
-        from ..train.loop import train
+        from ..train.objectives import DPOObjective, SFTObjective
         from ..train.objectives.reward import RewardObjective
 
-        train_config = RewardConfig(
-            model=sft_model,
-            data=str(train_pairs),
-            eval_data=str(heldout_pairs),
-            output_dir=str(work),
-            logging_steps=2,
-            eval_steps=10,
-            **rm_settings,
+        train_config = make_config(work)
+        objective = {"sft": SFTObjective, "reward": RewardObjective, "dpo": DPOObjective}[stage]
+        train(train_config, objective(train_config))
+
+    return demo.stage(stage, stage_key(make_config(demo.out / stage), **inputs), body, resumable=True)
+
+
+def _sft_stage(demo: _Demo, base_model: str, sft_file: Path) -> Path:
+    """LoRA SFT of the base model on the SFT data, merged into final/merged: the SFT model."""
+
+    def make_config(work: Path) -> TrainConfig:
+        return demo.config.training_config("sft", model=base_model, data=sft_file, output_dir=work)
+
+    return _training_stage(demo, "sft", make_config, model=base_model, data=file_digest(sft_file))
+
+
+def _pairs_stage(demo: _Demo, sft_dir: Path, train_prompts: Path) -> _Pairs:
+    """Pairs sampled from the SFT model and judged (or the user's), split into train and held-out pairs."""
+    config = demo.config
+    sft_model = str(sft_dir / "final" / "merged")
+    model_key = sft_model + "@" + _stage_digest(sft_dir)
+    sampling = config.pairs_sampling()
+
+    def pairs(work: Path) -> None:
+        build_or_load_pairs(config, sampling, work, sft_model, train_prompts)
+
+    key = stage_key(
+        sampling,
+        model=model_key,
+        prompts=file_digest(train_prompts),
+        preference_data=_source_key(config.preference_data),
+        data_limit=config.data_limit,
+        judge=config.judge,
+        heldout_fraction=config.heldout_fraction,
+    )
+    pairs_dir = demo.stage("pairs", key, pairs, resumable=True)
+    return _Pairs(pairs_dir, pairs_dir / "train.jsonl", pairs_dir / "heldout.jsonl", model_key)
+
+
+def _preference_stage(demo: _Demo, stage: TrainingStage, sft_dir: Path, pairs: _Pairs) -> Path:
+    """The reward model or DPO: the SFT model trained on the train pairs, validated on the held-out ones."""
+    sft_model = str(sft_dir / "final" / "merged")
+
+    def make_config(work: Path) -> TrainConfig:
+        return demo.config.training_config(
+            stage, model=sft_model, data=pairs.train, eval_data=pairs.heldout, output_dir=work
         )
-        train(train_config, RewardObjective(train_config))
 
-    reward_dir = stage("reward", {**pairs_key, **rm_settings}, reward, resumable=True)
+    inputs = {"model": pairs.model_key, "data": file_digest(pairs.train), "eval_data": file_digest(pairs.heldout)}
+    return _training_stage(demo, stage, make_config, **inputs)
 
-    # -- dpo -----------------------------------------------------------------------------------------------------
-    dpo_settings = {
-        **common,
-        "epochs": config.dpo_epochs,
-        "learning_rate": config.dpo_learning_rate,
-        "beta": config.beta,
-        "precompute_ref": True,
-        "lora_layers": config.lora_layers,
-    }
 
-    def dpo(work: Path) -> None:
-        from ..train.config import DPOConfig
-        from ..train.loop import train
-        from ..train.objectives import DPOObjective
+def _eval_prompts(demo: _Demo, prompts_dir: Path, pairs: _Pairs) -> Path:
+    """The held-out prompts, or with `eval_prompts: heldout-pairs` the prompts of the held-out pairs."""
+    if demo.config.eval_prompts != HELDOUT_PAIRS:
+        return prompts_dir / "heldout.jsonl"
+    path = pairs.directory / "heldout_prompts.jsonl"  # e.g. the HH-RLHF dialogues of the held-out pairs
+    rows = [
+        {"id": f"heldout-{i + 1}", "prompt": pair["prompt"]} for i, (_, pair) in enumerate(read_jsonl(pairs.heldout))
+    ]
+    write_jsonl_atomic(path, rows[: demo.config.eval_limit])
+    return path
 
-        train_config = DPOConfig(
-            model=sft_model,
-            data=str(train_pairs),
-            eval_data=str(heldout_pairs),
-            output_dir=str(work),
-            merge=True,
-            logging_steps=2,
-            eval_steps=10,
-            **dpo_settings,
-        )
-        train(train_config, DPOObjective(train_config))
 
-    dpo_dir = stage("dpo", {**pairs_key, **dpo_settings}, dpo, resumable=True)
+def _eval_stage(demo: _Demo, prompts_dir: Path, pairs: _Pairs, base_model: str, trained: dict[str, Path]) -> None:
+    """base vs SFT vs DPO on the held-out prompts, judged by the verifier (when the prompts carry verifiable
+    instructions), the trained reward model and the user's judges. `trained`: the sft, dpo and reward stages."""
+    from ..evaluate.config import EvalConfig
 
-    # -- eval ----------------------------------------------------------------------------------------------------
-    if config.eval_prompts == HELDOUT_PAIRS:  # the prompts of the held-out pairs (e.g. HH-RLHF dialogues)
-        eval_prompts = pairs_dir / "heldout_prompts.jsonl"
-        _write_jsonl(
-            eval_prompts,
-            [
-                {"id": f"heldout-{i + 1}", "prompt": json.loads(line)["prompt"]}
-                for i, line in enumerate(heldout_pairs.read_text(encoding="utf-8").splitlines())
-                if line.strip()
-            ][: config.eval_limit],
-        )
-    else:
-        eval_prompts = prompts_dir / "heldout.jsonl"
-    verifiable = any(json.loads(line).get("instruction_id_list") for line in eval_prompts.open(encoding="utf-8"))
-    judges = [*(["verifier"] if verifiable else []), f"reward-model:{reward_dir / 'final'}", *config.eval_judges]
-    models = [("base", base_model), ("sft", sft_model), ("dpo", str(dpo_dir / "final" / "merged"))]
+    config = demo.config
+    eval_prompts = _eval_prompts(demo, prompts_dir, pairs)
+    verifiable = any(row.get("instruction_id_list") for _, row in read_jsonl(eval_prompts))
+    judges = [*(["verifier"] if verifiable else []), f"reward-model:{trained['reward'] / 'final'}", *config.eval_judges]
+    merged = {name: str(trained[name] / "final" / "merged") for name in ("sft", "dpo")}
+    eval_config = EvalConfig(
+        models=[("base", base_model), ("sft", merged["sft"]), ("dpo", merged["dpo"])],
+        prompts=str(eval_prompts),
+        output_dir=demo.out / "eval",
+        generation=config.eval_generation(),
+        judges=judges,
+        pairs=str(pairs.heldout),
+        reference="sft",
+        beta=config.beta,
+        runs={"sft": str(trained["sft"]), "dpo": str(trained["dpo"])},
+        kl_samples=config.kl_samples,
+        kl_max_new_tokens=min(48, config.max_new_tokens),
+        # Outside the stage directory: a rerun after retraining DPO regenerates only DPO's answers.
+        cache_dir=demo.out / "cache" / "eval",
+    )
 
     def evaluate(work: Path) -> None:
-        from ..evaluate import EvalConfig, run_evaluation
-        from ..generate import GenerationConfig
+        from ..evaluate.run import run_evaluation
 
-        eval_config = EvalConfig(
-            models=models,
-            prompts=str(eval_prompts),
-            output_dir=work,
-            generation=GenerationConfig(seed=config.seed, **generation),
-            judges=judges,
-            pairs=str(heldout_pairs),
-            reference="sft",
-            beta=config.beta,
-            runs={"sft": str(sft_dir), "dpo": str(dpo_dir)},
-            kl_samples=config.kl_samples,
-            kl_max_new_tokens=min(48, config.max_new_tokens),
-            # Outside the stage directory: a rerun after retraining DPO regenerates only DPO's answers.
-            cache_dir=out / "cache" / "eval",
-        )
-        run_evaluation(eval_config)
+        run_evaluation(dataclasses.replace(eval_config, output_dir=work))
 
-    stage(
-        "eval",
-        {
-            "prompts": file_digest(eval_prompts),
-            "pairs": pairs_key["heldout"],
-            "models": [_stage_digest(d) for d in (base_dir, sft_dir, dpo_dir, reward_dir)],
-            "judges": judges,
-            "generation": generation,
-            "seed": config.seed,
-            "beta": config.beta,
-            "kl_samples": config.kl_samples,
-        },
-        evaluate,
+    key = stage_key(
+        eval_config,
+        models=[_stage_digest(d) for d in (demo.out / "base", trained["sft"], trained["dpo"], trained["reward"])],
+        prompts=file_digest(eval_prompts),
+        pairs=file_digest(pairs.heldout),
     )
-    write_demo_report(out, results, config)
-    return results
-
-
-def _copy_records(source: str, dest: Path, limit: int | None) -> int:
-    """The first `limit` records (all when None) of any file `prefalign data` reads, as JSON Lines; how many."""
-    from ..data.sources import open_source
-    from ..errors import DataError
-
-    _, rows = open_source(source)
-    written = []
-    for row in rows:
-        if limit is not None and len(written) == limit:
-            break
-        if row.problem is not None:
-            raise DataError(row.location, row.problem.reason.text)
-        written.append(row.value)
-    _write_jsonl(dest, written)
-    return len(written)
-
-
-def _stage_digest(directory: Path) -> str:
-    """A finished stage's settings digest: what a later stage keys on instead of hashing gigabytes of weights."""
-    return json.loads((directory / "stage.json").read_text())["digest"]
-
-
-def _build_or_load_pairs(config: DemoConfig, work: Path, sft_model: str, train_prompts: Path) -> None:
-    """All pairs into work/pairs.jsonl, then a seeded split into train.jsonl and heldout.jsonl."""
-    from ..data.loading import load_preferences, save_preferences
-
-    built = work / "pairs.jsonl"
-    if config.preference_data is not None:
-        data = load_preferences(config.preference_data)
-        save_preferences(data.records[: config.data_limit], built)
-        summary: dict[str, Any] = {
-            "source": config.preference_data,
-            "read": data.report.read,
-            "kept": data.report.kept,
-            "rejected": data.report.rejected,
-            "used": min(len(data.records), config.data_limit or len(data.records)),
-        }
-    else:
-        from ..judges.registry import load_judge
-        from ..models.loading import load_model, load_tokenizer
-        from ..pairs.build import PairsConfig, build_pairs, read_prompt_records
-
-        pairs_config = PairsConfig(
-            num_samples=config.pair_samples,
-            temperatures=list(config.pair_temperatures),
-            max_new_tokens=config.max_new_tokens,
-            batch_size=config.generation_batch_size,
-            seed=config.seed,
-            limit=config.pair_prompts,
-        )
-        judge = load_judge(config.judge)
-        try:
-            report = build_pairs(
-                load_model(sft_model),
-                load_tokenizer(sft_model),
-                judge,
-                read_prompt_records(train_prompts, config.pair_prompts),
-                built,
-                pairs_config,
-                model_name="sft",
-                on_batch=lambda r: _say(f"[pairs] {r.summary()}"),
-            )
-        finally:
-            judge.close()
-        summary = {"source": "built", "config": asdict(pairs_config), **asdict(report)}
-    lines = [line for line in built.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if len(lines) < 4:
-        raise PrefalignError(
-            f"[pairs] only {len(lines)} pairs: too few to train and hold some out "
-            "(more --pair-prompts or --pair-samples)"
-        )
-    order = list(range(len(lines)))
-    random.Random(config.seed).shuffle(order)
-    held = max(2, round(config.heldout_fraction * len(lines)))
-    heldout = sorted(order[:held])
-    train = sorted(order[held:])
-    (work / "train.jsonl").write_text("".join(lines[i] + "\n" for i in train), encoding="utf-8")
-    (work / "heldout.jsonl").write_text("".join(lines[i] + "\n" for i in heldout), encoding="utf-8")
-    summary.update({"pairs": len(lines), "train_pairs": len(train), "heldout_pairs": len(heldout)})
-    (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    _say(f"[pairs] {len(lines)} pairs: {len(train)} to train on, {len(heldout)} held out")
+    demo.stage("eval", key, evaluate)

@@ -12,11 +12,9 @@ from typing import Literal
 
 from ..data.tokenize import PromptFormat, TokenizeConfig
 from ..errors import PrefalignError
+from ..scoring.preference import DPOLossType
 
 Schedule = Literal["linear", "cosine", "constant"]
-# prefalign.losses.DPOLossType, spelled out here because importing losses imports torch, and `prefalign --help` must
-# not (a test checks the two lists agree).
-DPOLossType = Literal["sigmoid", "cdpo", "robust", "ipo", "hinge"]
 
 # Peak learning rates when --learning-rate is not given: LoRA trains a few small matrices from zero and needs a step
 # size about ten times larger than full fine-tuning, which moves every pretrained weight.
@@ -38,10 +36,10 @@ def _help(text: str) -> dict[str, str]:
 class TrainConfig:
     """Options shared by every trainer: model, data, optimisation, logging and saving."""
 
-    # What to train on, and where the results go. None only so YAML can supply them; __post_init__ requires them.
-    model: str | None = field(default=None, metadata=_help("policy to train: registry name, HF directory or hub id"))
-    data: str | None = field(default=None, metadata=_help("training data: .jsonl[.gz], .json, .parquet, .csv, dir"))
-    output_dir: str | None = field(default=None, metadata=_help("run directory (metrics, checkpoints, final model)"))
+    # What to train on, and where the results go: required, keyword-only (so the fields after them keep defaults).
+    model: str = field(kw_only=True, metadata=_help("policy to train: registry name, HF directory or hub id"))
+    data: str = field(kw_only=True, metadata=_help("training data: .jsonl[.gz], .json, .parquet, .csv, dir"))
+    output_dir: str = field(kw_only=True, metadata=_help("run directory (metrics, checkpoints, final model)"))
     data_format: str = field(default="auto", metadata=_help("record format: auto, hh, explicit or conversational"))
     eval_data: str | None = field(default=None, metadata=_help("held-out file to validate on (or --eval-split)"))
     eval_split: float = field(default=0.0, metadata=_help("fraction of --data held out for validation, e.g. 0.05"))
@@ -66,20 +64,22 @@ class TrainConfig:
         default=False,
         metadata=_help(
             "keep each layer's input only and recompute the rest in backward: activation memory of "
-            "one layer instead of all, for one more forward pass (a third more step time on CPU)"
+            "one layer instead of all, for one more forward pass"
         ),
     )
     release_memory: bool = field(
         default=True,
         metadata=_help("trim the heap after every step (glibc, milliseconds): between steps, RSS is what is live"),
     )
-    trim_layers: int = field(
+    trim_heap_every_layers: int = field(
         default=0,
-        metadata=_help(
-            "also trim the heap after the forward pass and every N decoder layers of the backward pass "
-            "(0: off): the lowest peak RSS, 0.2 GiB less on a 135M full fine-tune with gradient "
-            "checkpointing, for a few percent of step time"
-        ),
+        metadata={
+            **_help(
+                "also trim the heap after the forward pass and every N decoder layers of the backward pass "
+                "(0: off): the lowest peak RSS, for a little step time"
+            ),
+            "metavar": "N",
+        },
     )
 
     # LoRA (peft).
@@ -110,7 +110,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("model", "data", "output_dir"):
-            if not getattr(self, name):
+            if not getattr(self, name):  # an empty string, or None passed from Python
                 option = name.replace("_", "-")
                 raise PrefalignError(f"missing --{option} (or `{option}:` in the --config file)")
         if self.eval_data and self.eval_split:
@@ -135,8 +135,8 @@ class TrainConfig:
             raise PrefalignError(f"--max-steps must be at least 1, got {self.max_steps}")
         if self.save_steps < 0:
             raise PrefalignError(f"--save-steps must be 0 or more, got {self.save_steps}")
-        if self.trim_layers < 0:
-            raise PrefalignError(f"--trim-layers must be 0 or more, got {self.trim_layers}")
+        if self.trim_heap_every_layers < 0:
+            raise PrefalignError(f"--trim-heap-every-layers must be 0 or more, got {self.trim_heap_every_layers}")
         if self.learning_rate is not None and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise PrefalignError(f"--learning-rate must be a positive number, got {self.learning_rate}")
         if not 0.0 <= self.warmup_ratio < 1.0:

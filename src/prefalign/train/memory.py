@@ -6,10 +6,8 @@ is activations and what the allocator holds. The functions here deal with the se
 glibc keeps freed heap memory resident, and the holes between blocks still alive grow the heap during a step. Trimming
 (`malloc_trim`, milliseconds) hands every free page back. After every optimizer step that keeps RSS between steps at
 what is live; `trim_in_backward` also trims after the forward pass and every few decoder layers of the backward pass,
-so the peak, at the end of backward when all gradients exist, carries no forward-pass leftovers either. Measured on
-SmolLM2-135M full fine-tuning with gradient checkpointing: 2.81 GiB peak instead of 3.0, for about 8% more step time.
-(Serving every block of 1 MiB or more with mmap gives the same peak, but pays page faults for every activation: about
-1.4x the step time.)
+so the peak, at the end of backward when all gradients exist, carries no forward-pass leftovers either. (Serving every
+block of 1 MiB or more with mmap gives the same peak, but pays page faults for every activation: a slower step.)
 """
 
 from __future__ import annotations

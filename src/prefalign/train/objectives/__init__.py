@@ -1,7 +1,8 @@
 """Training objectives: what the one training loop optimises."""
 
-from .base import Objective, autocast, policy_forward
+from ...scoring.run import score_completions
+from .base import Objective, autocast
 from .dpo import DPOObjective
 from .sft import SFTObjective
 
-__all__ = ["DPOObjective", "Objective", "SFTObjective", "autocast", "policy_forward"]
+__all__ = ["DPOObjective", "Objective", "SFTObjective", "autocast", "score_completions"]

@@ -1,11 +1,12 @@
-"""The interface between the training loop and what it optimises (SFT, DPO, later the reward model).
+"""The interface between the training loop and what it optimises (SFT, the reward model, DPO).
 
 An objective turns data into items, items into batches, and a batch into a loss. It returns SUMS, never means: the
 loop adds sums over micro-batches, accumulation steps, logging intervals and processes, and only `metrics` divides.
 That keeps every logged number an exact average over everything it covers, however the batch was split.
 
-`policy_forward` is the one place a model is run on a batch: swap it (prefix sharing, packing) and every objective
-follows.
+Objectives run a model on a batch (the policy, or DPO's reference) with `prefalign.scoring.run.score_completions`,
+the one place a model is run to score text: change the batch layout there (prefix sharing, packing) and every
+objective follows.
 """
 
 from __future__ import annotations
@@ -16,11 +17,6 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
-
-from ...data.collate import LMBatch
-from ...data.shared_prefix import SharedPrefixBatch
-from ...losses import SequenceLogps
-from ..forward import CompletionStates, policy_scores
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -37,15 +33,6 @@ def autocast(device: torch.device) -> AbstractContextManager[object]:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
-
-
-def policy_forward(
-    model: torch.nn.Module, batch: LMBatch | SharedPrefixBatch
-) -> tuple[CompletionStates, SequenceLogps]:
-    """Run `model` on `batch`: (its final hidden states at completion-predicting positions, with the head that makes
-    them logits; per-sequence log-probs of the completion tokens). Vocabulary logits are built for completion tokens
-    only, a chunk at a time (`prefalign.train.forward`); `completion_kl` compares two models' states."""
-    return policy_scores(model, batch)
 
 
 class Objective(ABC):

@@ -3,15 +3,18 @@
 Each batch holds every pair's chosen and rejected sequence, so the policy and the reference each score both
 completions in ONE forward pass. By default (`--prefix-sharing`) a pair is one sequence [prompt | chosen | rejected]
 (`prefalign.data.shared_prefix`), so the prompt is computed once: all pairs of a batch end to end in one row with no
-padding, under pair attention (`prefalign.train.pair_attention`), or, for models whose attention cannot run it,
+padding, under pair attention (`prefalign.models.pair_attention`), or, for models whose attention cannot run it,
 packed several to a row under a block attention mask. `--no-prefix-sharing` pads chosen and rejected rows side by
 side. A sequence's log-probability sums its completion tokens only, and vocabulary logits are built at those tokens
-alone.
+alone (`prefalign.scoring`).
+
+`rewards/accuracies` is the mean of `prefalign.scoring.preference.preference_outcome` over pairs: a pair whose
+implicit rewards tie counts half, as for the reward model and the evaluation. So a policy still equal to its
+reference (every reward 0, as at step 0) scores 0.5, not 0.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,14 +22,16 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ...console import say, warn
 from ...data.collate import PairBatch, collate_pairs
 from ...data.loading import load_preferences
 from ...data.shared_prefix import SharedPrefixBatch, collate_pair_row, collate_shared_prefix
 from ...data.tokenize import TokenizedPair, TruncationReport, tokenize_preferences
 from ...losses import dpo_loss
-from ..forward import completion_kl, supports_block_masks
-from ..pair_attention import enable_pair_attention
-from .base import Objective, Sums, policy_forward
+from ...scoring.completions import completion_kl
+from ...scoring.preference import preference_margin, preference_outcome
+from ...scoring.run import enable_pair_attention, score_completions, supports_block_masks
+from .base import Objective, Sums
 from .reference import (
     Reference,
     build_reference,
@@ -69,10 +74,9 @@ class DPOObjective(Objective):
     def load(self, source: str, tokenizer: PreTrainedTokenizerBase) -> tuple[list[DPOItem], TruncationReport]:
         data = load_preferences(source, self.config.data_format)
         if data.report.rejected:
-            print(
-                f"prefalign: warning: {source}: {data.report.rejected} of {data.report.read} records rejected "
-                f"(`prefalign data inspect {source}` lists them)",
-                file=sys.stderr,
+            warn(
+                f"{source}: {data.report.rejected} of {data.report.read} records rejected "
+                f"(`prefalign data inspect {source}` lists them)"
             )
         pairs, report = tokenize_preferences(data.records, tokenizer, self.config.tokenize_config())
         self.pad_id = tokenizer.pad_token_id
@@ -83,10 +87,7 @@ class DPOObjective(Objective):
         precompute = self.config.precompute_ref
         reference = build_reference(model, self.config, info.device, borrow=precompute)
         if self.prefix_sharing and not (supports_block_masks(model) and supports_block_masks(reference.model)):
-            print(
-                "prefalign: note: this model's attention takes no block mask; --prefix-sharing off (slower)",
-                file=sys.stderr,
-            )
+            say("note: this model's attention takes no block mask; --prefix-sharing off (slower)")
             self.prefix_sharing = False
         if self.prefix_sharing:
             self.pair_rows = enable_pair_attention(model) and enable_pair_attention(reference.model)
@@ -112,8 +113,9 @@ class DPOObjective(Objective):
         else:
             pairs = collate_pairs(tokenized, self.pad_id).to(self.device)
         ref_logps = None
-        if all(item.ref_logps is not None for item in items):
-            chosen, rejected = zip(*(item.ref_logps for item in items))  # type: ignore[misc]
+        precomputed = [item.ref_logps for item in items if item.ref_logps is not None]
+        if len(precomputed) == len(items):
+            chosen, rejected = zip(*precomputed)
             ref_logps = torch.tensor([*chosen, *rejected], dtype=torch.float32, device=self.device)
         return DPOBatch(pairs, ref_logps)
 
@@ -122,7 +124,7 @@ class DPOObjective(Objective):
 
     def loss(self, model: torch.nn.Module, batch: DPOBatch) -> tuple[torch.Tensor, Sums]:
         pairs, config = batch.pairs, self.config
-        policy_states, policy = policy_forward(model, pairs)
+        policy_states, policy = score_completions(model, pairs)
         sums: Sums = {}
         if batch.ref_logps is not None:
             ref_logps = batch.ref_logps
@@ -162,7 +164,7 @@ class DPOObjective(Objective):
             "loss": losses.detach().sum(),
             "rewards/chosen": out.chosen_rewards.sum(),
             "rewards/rejected": out.rejected_rewards.sum(),
-            "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).sum(),
+            "rewards/accuracies": preference_outcome(preference_margin(out.chosen_rewards, out.rejected_rewards)).sum(),
             "logps/chosen": logps_chosen.sum(),
             "logps/rejected": logps_rejected.sum(),
             "logratio": (policy.sum_logps.detach() - ref_logps).sum(),

@@ -13,8 +13,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,15 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ...console import say
 from ...data.collate import PairBatch
 from ...data.shared_prefix import SharedPrefixBatch
 from ...errors import PrefalignError
-from ...losses import SequenceLogps
+from ...fileio import atomic_open, file_digest, write_json_atomic
+from ...models.loading import load_model, resolve_model
 from ...models.lora import adapter_disabled, is_lora
 from ...models.registry import prefalign_home
-from ...stages import file_digest
-from ..forward import CompletionStates
-from .base import autocast, policy_forward
+from ...scoring.completions import CompletionStates, SequenceLogps
+from ...scoring.run import score_completions
+from .base import autocast
 
 if TYPE_CHECKING:
     from ..config import DPOConfig
@@ -50,7 +50,7 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 class Reference:
-    """The reference policy. `forward` returns (completion states, per-sequence log-probs) like `policy_forward`."""
+    """The reference policy. `forward` returns (completion states, per-sequence log-probs) like `score_completions`."""
 
     def __init__(self, model: torch.nn.Module, *, adapter_off: bool = False):
         self.model = model
@@ -59,9 +59,9 @@ class Reference:
     def forward(self, batch: PairBatch | SharedPrefixBatch) -> tuple[CompletionStates, SequenceLogps]:
         with _eval_mode(self.model):
             if self.adapter_off:
-                with adapter_disabled(self.model):  # type: ignore[arg-type]
-                    return policy_forward(self.model, batch)
-            return policy_forward(self.model, batch)
+                with adapter_disabled(self.model):  # type: ignore[arg-type]  # a LoRA policy: a PeftModel
+                    return score_completions(self.model, batch)
+            return score_completions(self.model, batch)
 
 
 def build_reference(policy: torch.nn.Module, config: DPOConfig, device: torch.device, *, borrow: bool) -> Reference:
@@ -74,8 +74,6 @@ def build_reference(policy: torch.nn.Module, config: DPOConfig, device: torch.de
     if is_lora(policy):
         return Reference(policy, adapter_off=True)
     if config.ref_model:
-        from ...models.loading import load_model
-
         model = load_model(config.ref_model, dtype=torch.float32, device=str(device))
         policy_vocab = policy.get_output_embeddings().weight.shape[0]
         ref_vocab = model.get_output_embeddings().weight.shape[0]
@@ -97,10 +95,9 @@ def build_reference(policy: torch.nn.Module, config: DPOConfig, device: torch.de
 # Precomputed reference log-probs
 
 
-def model_identity(spec: str) -> dict[str, str]:
-    """What a model's outputs depend on: a local directory's path and weight digest, or the hub id."""
-    from ...models.loading import resolve_model
-
+def weights_identity(spec: str) -> dict[str, str]:
+    """What a model's outputs depend on: a local directory's path and the digest of its weight and config files, or
+    the hub id."""
     resolved = resolve_model(spec)
     directory = Path(resolved)
     if not directory.is_dir():
@@ -118,7 +115,7 @@ def cache_settings(config: DPOConfig, source: str, items: Sequence[Any], device:
     for item in items:
         ids.update(json.dumps([item.pair.prompt_ids, item.pair.chosen_ids, item.pair.rejected_ids]).encode())
     return {
-        "reference": model_identity(config.ref_model or config.model),  # type: ignore[arg-type]
+        "reference": weights_identity(config.ref_model or config.model),
         "data_sha256": file_digest(source),
         "tokenize": {
             "max_length": config.max_length,
@@ -152,12 +149,9 @@ def compute_reference_logps(
 
 
 def _save_atomically(logps: torch.Tensor, settings: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"logps": logps}, tmp)
-    os.replace(tmp, path)
-    # Beside it, for people: what the numbers are of.
-    path.with_suffix(".json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    with atomic_open(path, compress=False) as out:
+        torch.save({"logps": logps}, out.buffer)  # torch writes bytes: to the text stream's binary buffer
+    write_json_atomic(path.with_suffix(".json"), settings, sort_keys=True)  # beside it, for people: what they are of
 
 
 def cached_reference_logps(
@@ -175,7 +169,7 @@ def cached_reference_logps(
     path = cache_path(settings)
     hit = path.is_file()
     if not hit and info.is_main:
-        print(f"prefalign: computing reference log-probs of {len(items)} pairs (cached in {path})", file=sys.stderr)
+        say(f"computing reference log-probs of {len(items)} pairs (cached in {path})")
         _save_atomically(compute_reference_logps(reference, items, collate, batch_size), settings, path)
     if info.world_size > 1:
         torch.distributed.barrier()  # the other ranks read what rank 0 wrote
@@ -183,5 +177,5 @@ def cached_reference_logps(
     if logps.shape != (len(items), 2):
         raise PrefalignError(f"{path}: holds {tuple(logps.shape)} log-probs for {len(items)} pairs; delete it")
     if hit and info.is_main:
-        print(f"prefalign: reference log-probs of {len(items)} pairs read from {path}", file=sys.stderr)
+        say(f"reference log-probs of {len(items)} pairs read from {path}")
     return logps, hit

@@ -6,27 +6,30 @@
 
 The LM term keeps the language model's hidden states useful while the head and the LM learn to rank (InstructGPT's
 reward models start from an SFT model for the same reason); --lm-weight 0 turns it off, and the LM then skips its
-output layer over the vocabulary (lm_loss is not logged).
+output layer over the vocabulary (lm_loss is not logged). The LM term's log-probs come from `prefalign.scoring`, as
+SFT's do: the output layer runs at the chosen response's tokens only.
 Chosen and rejected sequences sit in one batch, so every pair is scored in ONE forward pass.
+`rewards/accuracies` is the mean of `prefalign.scoring.preference.preference_outcome`: a tie counts half.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from ...data.collate import PairBatch, collate_pairs
+from ...console import warn
+from ...data.collate import PairBatch, collate_pairs, plain_completion_index
 from ...data.loading import load_preferences
 from ...data.records import PreferenceRecord
 from ...data.tokenize import TokenizedPair, TruncationReport, tokenize_pair
 from ...errors import DataError
-from ...losses import reward_model_loss, sequence_logps
+from ...losses import reward_model_loss
 from ...models.reward import RewardModel, base_model_spec
+from ...scoring.preference import preference_margin, preference_outcome
 from .base import Objective, Sums
 
 if TYPE_CHECKING:
@@ -69,10 +72,9 @@ class RewardObjective(Objective):
     def load(self, source: str, tokenizer: PreTrainedTokenizerBase) -> tuple[list[RewardItem], TruncationReport]:
         data = load_preferences(source, self.config.data_format)
         if data.report.rejected:
-            print(
-                f"prefalign: warning: {source}: {data.report.rejected} of {data.report.read} records rejected "
-                f"(`prefalign data inspect {source}` lists them)",
-                file=sys.stderr,
+            warn(
+                f"{source}: {data.report.rejected} of {data.report.read} records rejected "
+                f"(`prefalign data inspect {source}` lists them)"
             )
         self.pad_id = tokenizer.pad_token_id
         report, items = TruncationReport(unit="pairs"), []
@@ -85,7 +87,8 @@ class RewardObjective(Objective):
         return items, report
 
     def prepare_model(self, model: torch.nn.Module) -> RewardModel:
-        return RewardModel(model, base_model_spec(self.config.model))  # type: ignore[arg-type]
+        # config.model is typed optional in TrainConfig, though every run sets it.
+        return RewardModel(model, base_model_spec(self.config.model))  # type: ignore[arg-type]  # see above
 
     def collate(self, items: Sequence[RewardItem]) -> RewardBatch:
         pairs = collate_pairs([item.pair for item in items], self.pad_id).to(self.device)
@@ -96,16 +99,15 @@ class RewardObjective(Objective):
         return batch.pairs.num_pairs
 
     def loss(self, model: torch.nn.Module, batch: RewardBatch) -> tuple[torch.Tensor, Sums]:
-        pairs, lm_weight = batch.pairs, self.config.lm_weight
-        rewards, logits = model(
-            input_ids=pairs.input_ids, attention_mask=pairs.attention_mask, with_logits=lm_weight > 0
-        )
+        pairs, lm_weight, n = batch.pairs, self.config.lm_weight, batch.pairs.num_pairs
+        # The LM term scores the chosen rows only (the first n); per token, so long and short answers weigh the same.
+        lm_index = plain_completion_index(pairs.labels[:n]) if lm_weight > 0 else None
+        rewards, lm_states = model(input_ids=pairs.input_ids, attention_mask=pairs.attention_mask, lm_index=lm_index)
         chosen, rejected = pairs.split(rewards)
         losses = rm_losses = reward_model_loss(chosen, rejected, batch.margins)
-        n = pairs.num_pairs
         sums: Sums = {}
-        if lm_weight > 0:  # the chosen rows only; per token, so long and short answers weigh the same
-            chosen_logps = sequence_logps(logits[:n, :-1], pairs.labels[:n, 1:])
+        if lm_states is not None:
+            chosen_logps = lm_states.sequence_logps()
             lm_losses = -chosen_logps.sum_logps / chosen_logps.num_tokens
             losses = rm_losses + lm_weight * lm_losses
             sums["lm_loss"] = lm_losses.detach().sum()
@@ -118,7 +120,7 @@ class RewardObjective(Objective):
             "loss": losses.detach().sum(),
             "rm_loss": rm_losses.detach().sum(),
             # A tie is half right: a head that gives every answer the same reward scores exactly 0.5.
-            "rewards/accuracies": (chosen > rejected).sum() + 0.5 * (chosen == rejected).sum(),
+            "rewards/accuracies": preference_outcome(preference_margin(chosen, rejected)).sum(),
             "rewards/chosen": chosen.sum(),
             "rewards/rejected": rejected.sum(),
             "reward_squares": (both * both).sum(),

@@ -20,7 +20,8 @@ from ...data.sources import open_source
 from ...data.tokenize import SFTExample, TruncationReport, tokenize_sft_examples
 from ...data.validation import RecordRejected
 from ...errors import DataError
-from .base import Objective, Sums, policy_forward
+from ...scoring.run import score_completions
+from .base import Objective, Sums
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -82,7 +83,7 @@ class SFTObjective(Objective):
         return batch.num_completion_tokens
 
     def loss(self, model: torch.nn.Module, batch: LMBatch) -> tuple[torch.Tensor, Sums]:
-        _, logps = policy_forward(model, batch)
+        _, logps = score_completions(model, batch)
         nll = -logps.sum_logps.sum()
         sums = {
             "items": torch.tensor(batch.input_ids.shape[0]),

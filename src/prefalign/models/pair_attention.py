@@ -14,30 +14,21 @@ pair costs only its own causal blocks, and no padding is computed anywhere.
 The spans travel with the forward call as the keyword argument `SPANS_KWARG`, which transformers hands through the
 model and each decoder layer to the attention function (gradient checkpointing keeps it for the recompute too). The
 function is registered with transformers' `AttentionInterface` as `ATTENTION_NAME`: plain SDPA whenever a call
-carries no spans, so generation and every other use of the model are unchanged. `enable_pair_attention` switches a
-model to it after checking, on a toy batch, that the result equals the 4D-mask layout: a model whose attention does
-not dispatch through transformers' interface keeps the mask layout instead.
+carries no spans, so generation and every other use of the model are unchanged. Switching a model to it, after
+checking that it scores a toy batch as the 4D-mask layout does, is `prefalign.scoring.run.enable_pair_attention`.
 """
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-ATTENTION_NAME = "prefalign_pairs"
-SPANS_KWARG = "prefalign_pair_spans"
-# (start, prompt length, chosen length, rejected length) of each pair in the row, as Python ints (no device sync).
-PairSpans = tuple[tuple[int, int, int, int], ...]
+from ..data.shared_prefix import SPANS_KWARG, PairSpans
 
-# Kernels differ (causal flag vs mask) in their last bits; a wrong layout is off by whole nats.
-_CHECK_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-8}  # other dtypes: 5e-2
-_CHECKED: weakref.WeakKeyDictionary[torch.nn.Module, bool] = (
-    weakref.WeakKeyDictionary()
-)  # per model: the check's answer
+ATTENTION_NAME = "prefalign_pairs"
 
 
 def pair_attention(
@@ -54,6 +45,7 @@ def pair_attention(
     output as [1, T, H, D]. Without spans in `kwargs`, transformers' own SDPA attention."""
     spans: PairSpans | None = kwargs.pop(SPANS_KWARG, None)
     if spans is None:
+        # transformers is imported on first use here and below: importing it takes seconds.
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(
@@ -93,56 +85,3 @@ def register() -> None:
 
     AttentionInterface.register(ATTENTION_NAME, pair_attention)
     AttentionMaskInterface.register(ATTENTION_NAME, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
-
-
-def enable_pair_attention(model: torch.nn.Module) -> bool:
-    """Switch `model` (its transformers config, shared by every layer) from SDPA to pair attention if that gives the
-    same log-probabilities as the 4D-mask layout on a toy batch; True when the model now runs pair attention."""
-    from .forward import unwrap
-
-    inner = unwrap(model)
-    config = getattr(inner, "config", None)
-    implementation = getattr(config, "_attn_implementation", None)
-    if config is None or implementation not in ("sdpa", ATTENTION_NAME):
-        return False
-    if implementation == ATTENTION_NAME and _CHECKED.get(inner):
-        return True
-    register()
-    config._attn_implementation = ATTENTION_NAME
-    works = _same_as_mask_layout(model)
-    _CHECKED[inner] = works
-    if not works:
-        config._attn_implementation = "sdpa"
-    return works
-
-
-def _same_as_mask_layout(model: torch.nn.Module) -> bool:
-    """Score two toy pairs in one row with pair attention and in 4D-mask packed rows; compare the log-probs."""
-    from ..data.shared_prefix import collate_pair_row, collate_shared_prefix
-    from ..data.tokenize import TokenizedPair
-    from .forward import completion_states, unwrap
-
-    weight = unwrap(model).get_input_embeddings().weight
-    vocab = weight.shape[0]
-
-    def ids(*tokens: int) -> list[int]:
-        return [token % vocab for token in tokens]
-
-    pairs = [TokenizedPair(ids(3, 7, 11), ids(5, 2), ids(9, 4, 6)), TokenizedPair(ids(8), ids(1, 12, 10), ids(13))]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():  # inputs straight to the model: `forward.model_inputs` would ask for this very check
-            row, packed = (
-                completion_states(model, batch.model_inputs(), batch.index).sequence_logps()
-                for batch in (
-                    collate_pair_row(pairs).to(weight.device),
-                    collate_shared_prefix(pairs, pad_id=0).to(weight.device),
-                )
-            )
-    except (TypeError, ValueError, RuntimeError):
-        return False
-    finally:
-        model.train(was_training)
-    tolerance = _CHECK_TOLERANCE.get(weight.dtype, 5e-2)
-    return bool(torch.allclose(row.sum_logps, packed.sum_logps, atol=tolerance, rtol=0))

@@ -1,0 +1,144 @@
+"""The demo's data: prompt sets, SFT data (rejection-sampled or the user's), and preference pairs (built or the
+user's) split into train and held-out pairs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ..console import say
+from ..data.split import split_heldout
+from ..errors import DataError, PrefalignError
+from ..fileio import jsonl_lines, read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from ..generate import GenerationConfig
+from ..pairs.build import PairsConfig
+from .config import DemoConfig
+
+HELDOUT_PAIRS = "heldout-pairs"  # eval_prompts value: evaluate on the prompts of the held-out pairs
+
+
+def prompt_rows(source: str) -> list[dict[str, Any]]:
+    """A prompts file's records, or the built-in set for `builtin[:split]`."""
+    from ..evaluate.prompt_set import load_eval_prompts
+
+    return [{"id": p.id, "prompt": p.prompt, **p.meta} for p in load_eval_prompts(source)]
+
+
+def copy_records(source: str, dest: Path, limit: int | None) -> int:
+    """The first `limit` records (all when None) of any file `prefalign data` reads, as JSON Lines; how many."""
+    from ..data.sources import open_source
+
+    _, rows = open_source(source)
+    written = []
+    for row in rows:
+        if limit is not None and len(written) == limit:
+            break
+        if row.problem is not None:
+            raise DataError(row.location, row.problem.reason.text)
+        written.append(row.value)
+    return write_jsonl_atomic(dest, written)
+
+
+def sample_sft_data(
+    model: str, train_prompts: Path, prompts: int, samples: int, sampling: GenerationConfig, work: Path
+) -> None:
+    """work/sft.jsonl: for each of the first `prompts` train prompts, the first of `samples` samples of `model` that
+    passes every verifier check; work/sampling.json: what happened to every sample."""
+    from ..judges.registry import load_judge
+    from ..models.loading import load_model, load_tokenizer
+    from .sft_data import rejection_sample
+
+    rows = [row for _, row in read_jsonl(train_prompts)]
+    kept, report = rejection_sample(
+        load_model(model),
+        load_tokenizer(model),
+        rows[:prompts],
+        load_judge("verifier"),
+        samples=samples,
+        generation=sampling,
+    )
+    if not kept:
+        raise PrefalignError(
+            f"[sft_data] none of {report.samples} samples passed every check; nothing to train on "
+            "(raise --sft-samples or --sft-prompts, or pass --sft-data)"
+        )
+    write_jsonl_atomic(work / "sft.jsonl", kept)
+    write_json_atomic(work / "sampling.json", report.to_json())
+    say(
+        f"[sft_data] kept {report.kept} of {report.prompts} prompts ({report.passed} of {report.samples} "
+        f"samples passed every check, {report.truncated} cut at the token limit)",
+        prefix="",
+    )
+
+
+def build_or_load_pairs(
+    config: DemoConfig, sampling: PairsConfig, work: Path, sft_model: str, train_prompts: Path
+) -> None:
+    """All pairs into work/pairs.jsonl (the user's, or sampled from `sft_model` with `sampling` and judged), then a
+    seeded split into train.jsonl and heldout.jsonl; work/summary.json says what was done."""
+    built = work / "pairs.jsonl"
+    if config.preference_data is not None:
+        summary = _load_pairs(config.preference_data, config.data_limit, built)
+    else:
+        summary = _build_pairs(config.judge, sampling, sft_model, train_prompts, built)
+    summary.update(split_pairs(built, work, config.heldout_fraction, config.seed))
+    write_json_atomic(work / "summary.json", summary, default=str)
+    say(
+        f"[pairs] {summary['pairs']} pairs: {summary['train_pairs']} to train on, {summary['heldout_pairs']} held out",
+        prefix="",
+    )
+
+
+def _load_pairs(source: str, limit: int | None, built: Path) -> dict[str, Any]:
+    from ..data.loading import load_preferences, save_preferences
+
+    data = load_preferences(source)
+    save_preferences(data.records[:limit], built)
+    return {
+        "source": source,
+        "read": data.report.read,
+        "kept": data.report.kept,
+        "rejected": data.report.rejected,
+        "used": min(len(data.records), limit or len(data.records)),
+    }
+
+
+def _build_pairs(
+    judge_spec: str, sampling: PairsConfig, sft_model: str, train_prompts: Path, built: Path
+) -> dict[str, Any]:
+    from ..judges.registry import load_judge
+    from ..models.loading import load_model, load_tokenizer
+    from ..pairs.build import build_pairs, read_prompt_records
+
+    judge = load_judge(judge_spec)
+    try:
+        report = build_pairs(
+            load_model(sft_model),
+            load_tokenizer(sft_model),
+            judge,
+            read_prompt_records(train_prompts, sampling.limit),
+            built,
+            sampling,
+            model_name="sft",
+            on_batch=lambda r: say(f"[pairs] {r.summary()}", prefix=""),
+        )
+    finally:
+        judge.close()
+    return {"source": "built", "config": asdict(sampling), **asdict(report)}
+
+
+def split_pairs(built: Path, work: Path, fraction: float, seed: int) -> dict[str, int]:
+    """Split the pairs file `built` into work/train.jsonl and work/heldout.jsonl (a seeded draw of at least 2 held-out
+    pairs, both in file order), each pair's line copied as is; the counts."""
+    # Lines end at "\n" only (`jsonl_lines`): a pair whose text holds U+2028 stays one pair.
+    lines = [raw.decode("utf-8").rstrip("\r\n") for _, raw in jsonl_lines(built)]
+    if len(lines) < 4:
+        raise PrefalignError(
+            f"[pairs] only {len(lines)} pairs: too few to train and hold some out "
+            "(more --pair-prompts or --pair-samples)"
+        )
+    train, heldout = split_heldout(lines, fraction, seed=seed, minimum=2, what="pairs")
+    write_text_atomic(work / "train.jsonl", "".join(line + "\n" for line in train))
+    write_text_atomic(work / "heldout.jsonl", "".join(line + "\n" for line in heldout))
+    return {"pairs": len(lines), "train_pairs": len(train), "heldout_pairs": len(heldout)}

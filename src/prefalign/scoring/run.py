@@ -1,0 +1,196 @@
+"""Running a causal LM on a batch for its `CompletionStates`: the one place prefalign runs a model to score text.
+
+The model is called at its top level (DDP, peft and transformers all see an ordinary forward call, so DDP prepares its
+gradient synchronisation and LoRA layers run), asking for hidden states and for the logits of no position at all. The
+head is `get_output_embeddings()` of the model inside any wrappers: the same module object the forward uses. Models
+that do more after the head (Gemma's logit soft-capping, Cohere's logit scale) are detected once per model by
+comparing with the full logits, and scored from the full logits instead.
+
+A batch is anything with `model_inputs()` (the keyword arguments the model takes) and `index` (a `CompletionIndex`):
+the right-padded rows of `prefalign.data.collate`, or the prompt-sharing rows of `prefalign.data.shared_prefix`. A
+one-row pair batch needs the model switched to pair attention (`prefalign.models.pair_attention`), which
+`enable_pair_attention` does after checking that the model then scores a toy batch as the 4D-mask layout does.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..console import say
+from ..data.collate import CompletionIndex
+from ..data.shared_prefix import SPANS_KWARG, collate_pair_row, collate_shared_prefix
+from ..data.tokenize import TokenizedPair
+from ..models import pair_attention
+from .completions import CompletionStates, SequenceLogps
+
+_HEAD_CHECK_TOLERANCE = 1e-4
+# Kernels differ (causal flag vs mask) in their last bits; a wrong layout is off by whole nats.
+_PAIR_CHECK_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-8}  # other dtypes: 5e-2
+
+# Per model (weak keys, so a dropped model is not kept alive): its output head if head(final hidden state)
+# reproduces its logits, else None; and whether it runs pair attention correctly.
+_HEADS: weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module | None] = weakref.WeakKeyDictionary()
+_PAIR_ATTENTION_CHECKED: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside DDP and peft wrappers (the same modules, not a copy)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    get_base_model = getattr(model, "get_base_model", None)  # peft's PeftModel
+    return get_base_model() if callable(get_base_model) else model
+
+
+def final_hidden_states(model: torch.nn.Module, inputs: dict[str, Any]) -> Tensor:
+    """Final (normalised) hidden states [rows, length, H] from a top-level call that projects no position."""
+    no_position = torch.zeros(0, dtype=torch.long, device=inputs["input_ids"].device)
+    out = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=no_position)
+    return out.hidden_states[-1]
+
+
+def output_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The module that turns `model`'s last hidden state into its logits, or None when there is no such module
+    (logits post-processed, e.g. soft-capped; no `logits_to_keep`; an unknown wrapper). Checked once per model by
+    comparing with its full logits on four tokens."""
+    inner = unwrap(model)
+    if inner in _HEADS:
+        return _HEADS[inner]
+    get_head = getattr(inner, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if head is not None and not _head_reproduces_logits(model, head):
+        head = None
+    if head is None:
+        say(f"note: {type(inner).__name__}: no plain output head; scoring from full logits (slower)")
+    _HEADS[inner] = head
+    return head
+
+
+def _head_reproduces_logits(model: torch.nn.Module, head: torch.nn.Module) -> bool:
+    inputs = {"input_ids": torch.tensor([[1, 2, 3, 4]], device=head.weight.device)}
+    was_training = model.training
+    model.eval()  # no dropout, so the two forwards compute the same thing
+    try:
+        with torch.no_grad():
+            logits = model(**inputs, use_cache=False).logits.float()
+            projected = head(final_hidden_states(model, inputs)).float()
+        return projected.shape == logits.shape and torch.allclose(
+            projected, logits, atol=_HEAD_CHECK_TOLERANCE, rtol=_HEAD_CHECK_TOLERANCE
+        )
+    except (TypeError, ValueError, AttributeError, IndexError):  # no `logits_to_keep` or hidden states
+        return False
+    finally:
+        model.train(was_training)
+
+
+def _states(scored: Tensor, head: torch.nn.Module, index: CompletionIndex) -> CompletionStates:
+    """The rows of `scored` [rows, length, H or V] at the index's positions."""
+    flat = scored.reshape(-1, scored.shape[-1])
+    return CompletionStates(flat[index.positions], head, index)
+
+
+def completion_states(model: torch.nn.Module, inputs: dict[str, Any], index: CompletionIndex) -> CompletionStates:
+    """Run `model` on `inputs` (input_ids and the attention_mask / position_ids the layout needs) and keep what scores
+    the completion tokens of `index`."""
+    head = output_head(model)
+    if head is None:
+        return _states(model(**inputs, use_cache=False).logits, torch.nn.Identity(), index)
+    return _states(final_hidden_states(model, inputs), head, index)
+
+
+def hidden_and_completion_states(
+    model: torch.nn.Module, inputs: dict[str, Any], index: CompletionIndex
+) -> tuple[Tensor, CompletionStates]:
+    """One forward of `model`: its final hidden states [rows, length, H] (for a head of one's own, like the reward
+    model's) and the completion states of `index`."""
+    head = output_head(model)
+    if head is None:
+        out = model(**inputs, use_cache=False, output_hidden_states=True)
+        return out.hidden_states[-1], _states(out.logits, torch.nn.Identity(), index)
+    hidden = final_hidden_states(model, inputs)
+    return hidden, _states(hidden, head, index)
+
+
+def supports_block_masks(model: torch.nn.Module) -> bool:
+    """Whether `model` takes a custom 4D attention mask (transformers' sdpa and eager attention do; flash does not)."""
+    config = getattr(unwrap(model), "config", None)
+    return getattr(config, "_attn_implementation", None) in ("sdpa", "eager", pair_attention.ATTENTION_NAME)
+
+
+def enable_pair_attention(model: torch.nn.Module) -> bool:
+    """Switch `model` (its transformers config, shared by every layer) from SDPA to pair attention if that gives the
+    same log-probabilities as the 4D-mask layout on a toy batch; True when the model now runs pair attention."""
+    inner = unwrap(model)
+    config = getattr(inner, "config", None)
+    implementation = getattr(config, "_attn_implementation", None)
+    if config is None or implementation not in ("sdpa", pair_attention.ATTENTION_NAME):
+        return False
+    if implementation == pair_attention.ATTENTION_NAME and _PAIR_ATTENTION_CHECKED.get(inner):
+        return True
+    pair_attention.register()
+    config._attn_implementation = pair_attention.ATTENTION_NAME
+    works = _pair_row_scores_as_mask_layout(model)
+    _PAIR_ATTENTION_CHECKED[inner] = works
+    if not works:
+        config._attn_implementation = "sdpa"
+    return works
+
+
+def _pair_row_scores_as_mask_layout(model: torch.nn.Module) -> bool:
+    """Score two toy pairs in one row with pair attention and in 4D-mask packed rows; compare the log-probs."""
+    weight = unwrap(model).get_input_embeddings().weight
+    vocab = weight.shape[0]
+
+    def ids(*tokens: int) -> list[int]:
+        return [token % vocab for token in tokens]
+
+    pairs = [TokenizedPair(ids(3, 7, 11), ids(5, 2), ids(9, 4, 6)), TokenizedPair(ids(8), ids(1, 12, 10), ids(13))]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():  # inputs straight to the model: `model_inputs` would ask for this very check
+            row, packed = (
+                completion_states(model, batch.model_inputs(), batch.index).sequence_logps()
+                for batch in (
+                    collate_pair_row(pairs).to(weight.device),
+                    collate_shared_prefix(pairs, pad_id=0).to(weight.device),
+                )
+            )
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    finally:
+        model.train(was_training)
+    tolerance = _PAIR_CHECK_TOLERANCE.get(weight.dtype, 5e-2)
+    return bool(torch.allclose(row.sum_logps, packed.sum_logps, atol=tolerance, rtol=0))
+
+
+def model_inputs(model: torch.nn.Module, batch: Any) -> dict[str, Any]:
+    """The keyword arguments `batch` passes to `model`, checked against what the model's attention can take.
+
+    A one-row pair batch (spans instead of a mask) needs a model switched to pair attention. A boolean 4D mask
+    becomes additive (0 or the dtype's minimum) for eager attention, which adds it to the scores."""
+    inputs = batch.model_inputs()
+    mask = inputs.get("attention_mask")
+    if SPANS_KWARG in inputs:
+        if not enable_pair_attention(model):  # checked once per model, then cached
+            raise ValueError("this model's attention cannot run pair attention; use the 4D-mask layout")
+        return inputs
+    if mask is None or mask.dim() != 4:
+        return inputs
+    if not supports_block_masks(model):
+        raise ValueError("this model's attention implementation takes no 4D mask; use the plain layout")
+    if unwrap(model).config._attn_implementation == "eager" and mask.dtype == torch.bool:
+        dtype = unwrap(model).get_output_embeddings().weight.dtype
+        additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        inputs["attention_mask"] = additive.masked_fill(~mask, torch.finfo(dtype).min)
+    return inputs
+
+
+def score_completions(model: torch.nn.Module, batch: Any) -> tuple[CompletionStates, SequenceLogps]:
+    """Run `model` (a policy, a reference, a model under evaluation) on `batch` (plain padded rows or a shared-prefix
+    batch): its completion states, and the per-sequence log-probs of the completion tokens."""
+    states = completion_states(model, model_inputs(model, batch), batch.index)
+    return states, states.sequence_logps()
