@@ -100,7 +100,6 @@ def run_prefalign(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         save_steps=0,
         eval_steps=10**9,
         progress=False,
-        tensorboard=False,
         plots=False,
         lora=lora,
         lora_rank=LORA["r"],

@@ -13,11 +13,14 @@ import torch.distributed as dist
 
 from prefalign.errors import PrefalignError
 from prefalign.train.checkpoint import (
+    DamagedCheckpoint,
     capture_rng_state,
     latest_checkpoint,
     load_checkpoint,
     restore_rng_state,
+    resumable_checkpoint,
     save_checkpoint,
+    verify_checkpoint,
 )
 
 
@@ -362,3 +365,70 @@ def test_a_plain_lora_checkpoint_does_not_resume_a_reward_model_or_back(tmp_path
         load_checkpoint(plain_path, model=rm, optimizer=torch.optim.SGD(rm.parameters(), lr=0.1), scheduler=None)
     with pytest.raises(PrefalignError, match=r"weights around the adapter do not fit .*reward_head.weight"):
         load_checkpoint(rm_path, model=plain, optimizer=torch.optim.SGD(plain.parameters(), lr=0.1), scheduler=None)
+
+
+def _linear_and_optimizer():
+    model = torch.nn.Linear(2, 2)
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def test_the_marker_records_each_file_and_loading_checks_them(tmp_path):
+    checkpoint = _save_linear(tmp_path, 4)
+    marker = json.loads((checkpoint / "COMPLETE").read_text())
+    assert marker["step"] == 4
+    on_disk = {p.relative_to(checkpoint).as_posix() for p in checkpoint.rglob("*") if p.is_file()} - {"COMPLETE"}
+    assert set(marker["files"]) == on_disk
+    assert marker["files"]["optimizer.pt"]["size"] == (checkpoint / "optimizer.pt").stat().st_size
+
+    # One byte changed in place, same size: the digest says so, and nothing is loaded.
+    optimizer_file = checkpoint / "optimizer.pt"
+    data = bytearray(optimizer_file.read_bytes())
+    data[-30] ^= 0xFF
+    optimizer_file.write_bytes(bytes(data))
+    model, optimizer = _linear_and_optimizer()
+    with pytest.raises(DamagedCheckpoint, match=r"step-4: damaged: optimizer.pt does not have the sha256 written"):
+        load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=None)
+
+    optimizer_file.write_bytes(bytes(data[:-30] + bytes([data[-30] ^ 0xFF]) + data[-29:]))  # repaired
+    verify_checkpoint(checkpoint)
+    (checkpoint / "rng.pt").unlink()
+    with pytest.raises(DamagedCheckpoint, match="rng.pt is missing"):
+        verify_checkpoint(checkpoint)
+
+
+def test_resumable_checkpoint_skips_damaged_ones_newest_first(tmp_path, capsys):
+    for step in (2, 4, 6):
+        _save_linear(tmp_path, step, keep_last=0)
+    root = tmp_path / "checkpoints"
+    assert resumable_checkpoint(tmp_path) == root / "step-6"
+    for step in (4, 6):
+        (root / f"step-{step}" / "optimizer.pt").write_bytes(b"PK\x03\x04")  # truncated
+    capsys.readouterr()
+    assert resumable_checkpoint(tmp_path) == root / "step-2"
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3
+    assert err[0].startswith(f"prefalign: warning: {root / 'step-6'}: damaged: optimizer.pt is 4 bytes, ")
+    assert err[2] == f"prefalign: warning: resuming from the newest intact checkpoint instead: {root / 'step-2'}"
+
+    (root / "step-2" / "COMPLETE").write_text("{not json")
+    with pytest.raises(PrefalignError, match=r"^--resume: every checkpoint in .* is damaged \(3, newest: .*step-6"):
+        resumable_checkpoint(tmp_path)
+    assert resumable_checkpoint(tmp_path / "elsewhere") is None
+
+
+def test_a_checkpoint_of_the_previous_version_still_loads_or_is_named_damaged(tmp_path):
+    """Its marker is the step number alone: no digests, so every file must load instead."""
+    saved_model, saved_optimizer = _linear_and_optimizer()
+    checkpoint = save_checkpoint(
+        tmp_path, 3, model=saved_model, optimizer=saved_optimizer, scheduler=None, trainer_state={}, keep_last=0
+    )
+    (checkpoint / "COMPLETE").write_text("3\n")
+    model, optimizer = _linear_and_optimizer()
+    assert load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=None)["step"] == 3
+    assert torch.equal(model.weight, saved_model.weight)
+    assert resumable_checkpoint(tmp_path) == checkpoint
+
+    data = (checkpoint / "optimizer.pt").read_bytes()
+    (checkpoint / "optimizer.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DamagedCheckpoint, match=r"step-3: damaged: optimizer.pt does not load \(.+\)$"):
+        load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=None)

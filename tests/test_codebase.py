@@ -29,6 +29,7 @@ RANKS: dict[str, int] = {
     "prefalign": 0,  # the package's own __init__ (its version); not its subpackages, which have their own rank
     "prefalign.errors": 0,
     "prefalign.fileio": 0,
+    "prefalign.preflight": 0,  # checks before work: outputs writable, inputs readable
     "prefalign.console": 0,
     "prefalign.config": 0,  # the dataclass -> argparse/YAML mechanism, not any command's settings
     "prefalign.stages": 0,

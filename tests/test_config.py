@@ -81,6 +81,15 @@ def test_missing_config_file(tmp_path) -> None:
         build_config(DemoConfig, tmp_path / "absent.yaml")
 
 
+def test_a_directory_or_binary_file_as_config_is_one_clear_error(tmp_path) -> None:
+    with pytest.raises(PrefalignError, match="--config is a directory"):
+        build_config(DemoConfig, tmp_path)
+    binary = tmp_path / "weights.yaml"
+    binary.write_bytes(b"\x80\x81\xfe")
+    with pytest.raises(PrefalignError, match="weights.yaml: not UTF-8 text at byte offset 0"):
+        build_config(DemoConfig, binary)
+
+
 @dataclass
 class Options:
     """Options shared by several commands: one nested group."""

@@ -312,7 +312,7 @@ def test_cli_json_list_of_prompts(model_dir: Path, tmp_path: Path, capsys) -> No
 
 def test_cli_missing_prompts_file_and_unknown_model(model_dir: Path, tmp_path: Path, capsys) -> None:
     assert main(["generate", "--model", str(model_dir), "--prompts", str(tmp_path / "none.jsonl")]) == 2
-    assert "none.jsonl: prompts file not found" in capsys.readouterr().err
+    assert f"--prompts {tmp_path / 'none.jsonl'}: no such file" in capsys.readouterr().err
     assert main(["generate", "--model", str(tmp_path / "nomodel"), "--prompt", "Hi"]) == 2
     assert "nomodel' not found" in capsys.readouterr().err
 

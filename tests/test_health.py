@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prefalign.data.tokenize import TruncationReport
-from prefalign.train.health import HealthMonitor, truncation_warning
+from prefalign.train.health import DivergenceLimits, HealthMonitor, truncation_warning
 
 
 def _feed(monitor: HealthMonitor, split: str, key: str, values, start: int = 1) -> list[tuple[int, str]]:
@@ -121,3 +121,63 @@ def test_truncation_warning():
     )
     cut_only = TruncationReport(records=4, completion_truncated=1, unit="examples")
     assert truncation_warning(cut_only).startswith("tokenization cut or dropped examples: 4 examples: 4 kept; 1 compl")
+
+
+def _check(monitor: HealthMonitor, split: str, records: list[dict[str, float]]) -> list[tuple[int, str, bool]]:
+    found = []
+    for step, metrics in enumerate(records, start=1):
+        found += [(step, f.message, f.diverged) for f in monitor.check(step, split, metrics)]
+    return found
+
+
+def test_loss_blowup_against_the_first_steps_for_every_objective():
+    # SFT: per-token NLL; the baseline is the mean of the first 5 steps (4.0), the limit 10x that.
+    sft = [{"loss": loss} for loss in (4.2, 4.1, 4.0, 3.9, 3.8, 3.0, 39.0, 41.0, 3.0, 45.0)]
+    found = _check(HealthMonitor(), "train", sft)
+    assert [(step, diverged) for step, _, diverged in found] == [(8, True), (10, True)]  # 39 < 40; one per episode
+    assert found[0][1] == (
+        "step 8: diverged: train loss 41 is above --divergence-loss-factor 10 x 4 (its mean over the first 5 values)"
+    )
+    # A loss near 0 is floored at 0.1, so small wobbles are not a blow-up; a reward model's loss is judged alike.
+    assert _check(HealthMonitor(), "train", [{"loss": 0.01}, {"loss": 0.5}, {"loss": 0.9}]) == []
+    assert _check(HealthMonitor(limits=DivergenceLimits(loss_factor=0)), "train", [{"loss": 1}, {"loss": 99}]) == []
+
+
+def test_dpo_kl_and_log_probability_collapse():
+    sound = {"loss": 0.69, "kl": 0.05, "logps/chosen": -60.0, "logps/rejected": -70.0, "logratio": -2.0}
+    destroyed = {"loss": 0.9, "kl": 10.0, "logps/chosen": -450.0, "logps/rejected": -500.0, "logratio": -400.0}
+    found = _check(HealthMonitor(), "train", [sound, sound, destroyed])
+    assert [message for _, message, _ in found] == [
+        "step 3: diverged: train KL from the reference 10 nats/token is above --divergence-max-kl 5",
+        "step 3: diverged: train log-probability of the responses -950 is 6.33x the reference's -150 (per pair; as "
+        "much per token), above --divergence-logp-factor 4",
+    ]
+    # Precomputed reference log-probs: no KL, the log-prob check still works; each check can be turned off.
+    no_kl = {key: value for key, value in destroyed.items() if key != "kl"}
+    assert len(_check(HealthMonitor(), "train", [sound, no_kl])) == 1
+    limits = DivergenceLimits(max_kl=0, logp_factor=0)
+    assert _check(HealthMonitor(limits=limits), "train", [sound, destroyed]) == []
+
+
+def test_zero_gradient_at_a_non_zero_loss_warns_once_per_episode():
+    records = [
+        {"loss": 0.6, "grad_norm": 1.0},
+        {"loss": 0.6, "grad_norm": 0.0},
+        {"loss": 0.6, "grad_norm": 0.0},
+        {"loss": 1e-9, "grad_norm": 0.0},  # a solved loss may round its gradient to 0: fine
+        {"loss": 0.6, "grad_norm": 0.0},
+    ]
+    found = _check(HealthMonitor(), "train", records)
+    assert [(step, diverged) for step, _, diverged in found] == [(2, False), (5, False)]
+    assert found[0][1].startswith("step 2: the gradient norm is exactly 0 at a train loss of 0.6: nothing is learning")
+
+
+def test_the_loss_baseline_survives_a_checkpoint():
+    monitor = HealthMonitor()
+    _check(monitor, "train", [{"loss": 1.0}] * 3)
+    resumed = HealthMonitor()
+    resumed.load_state(monitor.state())
+    assert [d for _, _, d in _check(resumed, "train", [{"loss": 11.0}])] == [True]  # vs 1.0, not vs itself
+    fresh = HealthMonitor()
+    fresh.load_state(None)  # a checkpoint of an older version
+    assert _check(fresh, "train", [{"loss": 11.0}]) == []

@@ -161,3 +161,139 @@ def test_the_rewards_figure_axes_carry_the_objectives_labels(objective, labels):
     assert (axes.get_title(), axes.get_ylabel(), axes.get_xlabel()) == (*labels, "optimizer step")
     curves = [line.get_label() for line in axes.get_lines() if not line.get_label().startswith("_")]  # not y = 0
     assert curves == ["chosen, train", "rejected, train"]
+
+
+# The report's figures (evaluate/plots.py): every text stays inside its own plot, whatever the judge and model names.
+
+LONG_JUDGE = "reward-model:/home/someone/projects/alignment/runs/2026-11-30-demo-with-a-long-name/reward/final"
+LONG_LABELS = ["base", "sft-lora-rank16-lr2e-4-epochs3", "dpo-beta0.1-from-sft-lora-rank16"]
+
+
+def _eval_report():
+    from prefalign.evaluate.pairwise import PairwiseResult
+    from prefalign.evaluate.prompt_set import EvalPrompt
+    from prefalign.evaluate.results import EvalReport
+    from prefalign.evaluate.stats import Estimate
+    from prefalign.evaluate.table import HEURISTIC_METRICS, IFEVAL_METRICS, Metric, Row, judge_metric
+
+    def cells(*values: float) -> dict:
+        return {label: Estimate(v, v - 0.1, v + 0.1, 50, "test") for label, v in zip(LONG_LABELS, values)}
+
+    rows = [Row(metric, cells(0.2, 0.3, 0.4 + i / 10)) for i, metric in enumerate(IFEVAL_METRICS)]
+    rows += [Row(metric, cells(0.1, 0.2, 0.3)) for metric in HEURISTIC_METRICS if metric.key != "refusal"]
+    rows.append(Row(next(m for m in HEURISTIC_METRICS if m.key == "refusal"), cells(0.0, 0.0, 0.0)))
+    rows.append(Row(judge_metric(LONG_JUDGE), cells(1.5, 1.6, 1.7)))
+    rows.append(
+        Row(
+            Metric("kl", "KL from base (nats/response, sampled) over the first 48 tokens", "mean", None), cells(0, 1, 2)
+        )
+    )
+    win = Estimate(0.55, 0.45, 0.65, 50, "test")
+    pairwise = [
+        PairwiseResult(model, baseline, judge, [1.0, 0.5], 0, [], 0, win, win)
+        for model, baseline in zip(LONG_LABELS[1:], LONG_LABELS)
+        for judge in ("verifier", LONG_JUDGE, "openai:meta-llama/Llama-3.1-70B-Instruct-Turbo-with-a-suffix")
+    ]
+    return EvalReport(
+        labels=LONG_LABELS,
+        models={
+            label: {"spec": f"runs/{label}", "identity": "0" * 64, "path": label, "adapter": None}
+            for label in LONG_LABELS
+        },
+        prompts=[EvalPrompt(str(i), "p") for i in range(50)],
+        generations={},
+        scores={},
+        rows=rows,
+        delta_pair=(LONG_LABELS[2], LONG_LABELS[1]),
+        deltas=[],
+        pairwise=pairwise,
+        instructions={},
+        heldout=[],
+        heldout_info={},
+        kl={},
+        settings={
+            "judges": ["verifier", LONG_JUDGE],
+            "prompts": "prompts.jsonl",
+            "generation": {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 8, "seed": 0, "prompt_format": "auto"},
+        },
+        runs={},
+        timings={},
+        generation_counts={},
+        judge_stats={},
+    )
+
+
+def _drawn_tick_labels(axis, coordinate: int) -> list:
+    """The tick labels matplotlib draws: those whose tick lies within the axis' view (it keeps others, unplaced)."""
+    low, high = sorted(axis.get_view_interval())
+    span = 1e-9 * max(1.0, abs(high - low))
+    return [t for t in axis.get_ticklabels() if low - span <= t.get_position()[coordinate] <= high + span]
+
+
+def text_overflows(figure) -> list[str]:
+    """Every title and tick label that leaves the figure, runs past its own plot's sides, or overlaps a text of
+    another plot; measured after drawing, in display pixels."""
+    from matplotlib.text import Text
+
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    placed, problems = [], []
+    for index, ax in enumerate(figure.axes):
+        plot = ax.get_window_extent(renderer)
+        titles = [t for t in ax.get_children() if isinstance(t, Text)]
+        for text in [*titles, *_drawn_tick_labels(ax.xaxis, 0), *_drawn_tick_labels(ax.yaxis, 1)]:
+            if not (text.get_visible() and text.get_text()):
+                continue
+            box = text.get_window_extent(renderer)
+            name = repr(text.get_text())
+            if box.x0 < -0.5 or box.y0 < -0.5 or box.x1 > figure.bbox.x1 + 0.5 or box.y1 > figure.bbox.y1 + 0.5:
+                problems.append(f"{name} leaves the figure")
+            if text in titles and (box.x0 < plot.x0 - 2 or box.x1 > plot.x1 + 2):
+                problems.append(f"{name} runs past its plot ({box.x0:.0f}-{box.x1:.0f} vs {plot.x0:.0f}-{plot.x1:.0f})")
+            placed.append((index, name, box))
+    for i, (ax_a, name_a, a) in enumerate(placed):
+        for ax_b, name_b, b in placed[i + 1 :]:
+            if ax_a != ax_b and a.overlaps(b):
+                problems.append(f"{name_a} overlaps {name_b}")
+    return problems
+
+
+def test_report_figures_keep_long_judge_and_model_names_inside_their_plots():
+    from prefalign.evaluate.plots import ifeval_figure, metrics_figure, win_rate_figure
+
+    report = _eval_report()
+    for build in (metrics_figure, win_rate_figure, ifeval_figure):
+        figure = build(report)
+        assert figure is not None
+        assert text_overflows(figure) == [], build.__name__
+    titles = [ax.get_title(loc="left") for ax in metrics_figure(report).axes]
+    assert any(title.startswith("Judge score: reward model") for title in titles), titles
+    assert "final" in " ".join(titles)  # the short label keeps the path's tail: reward/final
+
+
+def test_a_metric_the_same_for_every_model_gets_no_plot(tmp_path):
+    from prefalign.evaluate.plots import constant_rows, metrics_figure, report_figures
+
+    report = _eval_report()
+    assert [row.metric.key for row in constant_rows(report)] == ["refusal"]
+    titles = [ax.get_title(loc="left") for ax in metrics_figure(report).axes]
+    assert not any(title.startswith("Refusal") for title in titles)
+    assert len(titles) == len(report.rows) - 4 - 1  # all but the IFEval rows (their own figure) and refusals
+    drawn = report_figures(report, tmp_path)
+    assert [path.name for _, path in drawn] == ["ifeval.png", "win_rates.png", "metrics.png"]
+    assert all(path.read_bytes().startswith(PNG_MAGIC) for _, path in drawn)
+
+
+def test_judge_labels_are_short_and_the_full_spec_stays_in_the_judges_table(tmp_path):
+    from prefalign.evaluate.report_html import render_html
+    from prefalign.evaluate.table import judge_label
+
+    assert judge_label("reward-model:/abs/path/runs/demo/reward/final") == "reward model (reward/final)"
+    assert judge_label("verifier") == "verifier"
+    assert len(judge_label("openai:" + "x" * 80)) == 32
+    from dataclasses import replace
+
+    page = render_html(replace(_eval_report(), prompts=[]), tmp_path / "plots")  # no responses to browse
+    assert page.count(LONG_JUDGE) == 1 + 2  # the Judges table, and the hover title of its two win-rate rows
+    assert "<h3>Judges</h3>" in page and "Judge score: reward model (2026-11-30-demo-with-a-long-name" not in page
+    assert "Not drawn, the same for every model: Refusal rate (phrase list): 0.000." in page

@@ -142,7 +142,8 @@ def test_rm_train_then_score_its_output_dir(tiny_model_dir: Path, tmp_path: Path
             "1e-2",
             "--no-progress",
             "--no-plots",
-            "--no-tensorboard",
+            "--report-to",
+            "none",
         ]
     )
     assert all("lm_loss" not in row for row in _read(run / "metrics.jsonl"))

@@ -85,7 +85,8 @@ def test_dpo_command_trains(tiny_model_dir: Path, tmp_path: Path) -> None:
             "1",
             "--no-progress",
             "--no-plots",
-            "--no-tensorboard",
+            "--report-to",
+            "none",
         ]
     )
     assert args.func(args) == 0

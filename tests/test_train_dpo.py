@@ -319,9 +319,13 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny_model_
     with pytest.raises(PrefalignError) as error:
         train(config, DPOObjective(config))
     message = str(error.value)
-    assert "\n" not in message and "non-finite" in message and "--resume" in message
+    assert "\n" not in message and "non-finite" in message
     failed_step = int(message.split(":")[0].removeprefix("step "))
+    # The weights after step failed - 1 made the loss non-finite: that step's checkpoint is never written.
     checkpoint = latest_checkpoint(tmp_path / "run")
-    assert checkpoint is not None and checkpoint.name == f"step-{failed_step - 1}"
-    assert str(checkpoint) in message
+    if failed_step > 2:
+        assert checkpoint is not None and checkpoint.name == f"step-{failed_step - 2}"
+        assert str(checkpoint) in message and "--resume" in message
+    else:
+        assert checkpoint is None and "no checkpoint saved yet" in message
     assert not (tmp_path / "run" / "final").exists()

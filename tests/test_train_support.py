@@ -74,8 +74,8 @@ def write_sft(path: Path, count: int = 16) -> Path:
 
 
 def quiet(**options: Any) -> dict[str, Any]:
-    """Options for a test run: no progress bar, TensorBoard or plots unless asked, checkpoints off."""
-    return {"progress": False, "tensorboard": False, "plots": False, "save_steps": 0, **options}
+    """Options for a test run: no progress bar or plots unless asked (no tracker by default), checkpoints off."""
+    return {"progress": False, "plots": False, "save_steps": 0, **options}
 
 
 def read_records(output_dir: Path) -> list[dict[str, Any]]:

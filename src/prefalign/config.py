@@ -215,6 +215,10 @@ def _load_yaml(path: Path) -> dict[Any, Any]:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise PrefalignError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise PrefalignError(f"{path}: --config is a directory; give a YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise PrefalignError(f"{path}: not UTF-8 text at byte offset {exc.start}; a config file is YAML") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

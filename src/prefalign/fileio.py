@@ -6,6 +6,7 @@ is hidden and unique per process, in the target's directory so that the final `o
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import json
@@ -16,16 +17,32 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import DataError
+from .errors import DataError, PrefalignError
+from .preflight import check_output_file
+
+# Errors of writing a file, whichever file a body inside `atomic_open` was also reading: a full disk, a quota, a file
+# size limit, a file system gone read-only or failing.
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
+def _cannot_write(path: Path, exc: OSError) -> PrefalignError:
+    return PrefalignError(f"cannot write {path}: {exc.strerror or exc}")
 
 
 @contextmanager
 def atomic_open(path: str | os.PathLike[str], *, compress: bool | None = None) -> Iterator[IO[str]]:
-    """Open `path` for writing text (UTF-8; gzip when the name ends in .gz, or `compress`) and publish it on exit."""
+    """Open `path` for writing text (UTF-8; gzip when the name ends in .gz, or `compress`) and publish it on exit.
+
+    A failed write (full disk, read-only file system, a directory in the way) raises PrefalignError naming `path`,
+    never the temporary file, and leaves whatever `path` held before untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     compress = path.name.lower().endswith(".gz") if compress is None else compress
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        check_output_file(path, None)  # names the path at fault (a file where a directory should be...)
+        raise _cannot_write(path, exc) from None
     try:
         with os.fdopen(handle, "wb") as raw:
             if compress:
@@ -34,9 +51,13 @@ def atomic_open(path: str | os.PathLike[str], *, compress: bool | None = None) -
             else:
                 with open(raw.fileno(), "w", encoding="utf-8", closefd=False) as out:
                     yield out
+        if path.is_dir():
+            raise PrefalignError(f"cannot write {path}: it is a directory")
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+            raise _cannot_write(path, exc) from None
         raise
 
 

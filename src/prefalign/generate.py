@@ -15,11 +15,11 @@ import hashlib
 import inspect
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from .console import progress_bar
 from .data.records import Text
 from .data.tokenize import PromptFormat, prompt_token_ids
 from .errors import PrefalignError
@@ -150,6 +150,9 @@ def _decode_batch(
     core = model.get_base_model() if hasattr(model, "get_base_model") else model
     parameters = inspect.signature(core.forward).parameters
     keep_last = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+    # transformers renamed the KV cache argument and output field `past_key_values` -> `cache` (5.x) and warns on the
+    # old name; a model whose forward still takes only the old name gets that one.
+    cache_name = "cache" if "cache" in parameters else "past_key_values"
     # `active[i]` is the input row that batch row i decodes. A row that emits a stop token leaves the batch (and its
     # KV cache) at once, so the steps after it cost only what the unfinished rows need: responses differ in length,
     # and without this a batch decodes as long as its longest answer at full width.
@@ -161,11 +164,11 @@ def _decode_batch(
             input_ids=tokens,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
+            **{cache_name: cache},
             **keep_last,
         )
-        cache = out.past_key_values
+        cache = out[cache_name]
         step_uniforms = uniforms[active, step] if uniforms is not None else None
         next_tokens = sample_next(out.logits[:, -1, :], config.temperature, config.top_p, step_uniforms)
         for row, token in zip(active.tolist(), next_tokens.tolist()):
@@ -198,7 +201,6 @@ def generate(
     length (longest first, so running out of memory shows up at once), and put back in input order.
     """
     import torch
-    from tqdm import tqdm
 
     if not prompts:
         return []
@@ -217,7 +219,7 @@ def generate(
     try:
         with (
             torch.inference_mode(),
-            tqdm(total=len(prompts), unit="prompt", desc="generating", disable=not progress, file=sys.stderr) as bar,
+            progress_bar(total=len(prompts), unit="prompt", desc="generating", disable=not progress) as bar,
         ):
             for start in range(0, len(order), config.batch_size):
                 batch = order[start : start + config.batch_size]

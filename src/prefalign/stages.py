@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .console import say
+from .fileio import write_json_atomic
 
 STAGE_FILE = "stage.json"
 PENDING_FILE = "stage.pending.json"  # in a .partial directory: the settings it is being built with
@@ -67,17 +68,14 @@ def run_stage(
         else:
             shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    pending.write_text(json.dumps({"name": name, "digest": digest}))
+    write_json_atomic(pending, {"name": name, "digest": digest})
     say(f"[{name}] running -> {directory}", prefix="")
     start = time.perf_counter()
     body(work)
     seconds = time.perf_counter() - start
     pending.unlink()
-    (work / STAGE_FILE).write_text(
-        json.dumps(
-            {"name": name, "digest": digest, "settings": settings, "seconds": round(seconds, 2)}, indent=2, default=str
-        )
-    )
+    record = {"name": name, "digest": digest, "settings": settings, "seconds": round(seconds, 2)}
+    write_json_atomic(work / STAGE_FILE, record, default=str)
     if directory.exists():
         shutil.rmtree(directory)
     work.rename(directory)

@@ -11,6 +11,7 @@ from ..config import add_config_args, build_config
 from ..data.loading import PreferenceData, load_preferences, save_preferences
 from ..data.tokenize import PromptFormat
 from ..errors import PrefalignError
+from ..preflight import check_output_file
 
 RecordFormat = Literal["auto", "hh", "explicit", "conversational"]
 
@@ -133,6 +134,10 @@ def run_inspect(args: argparse.Namespace) -> int:
     options = build_config(InspectOptions, overrides=vars(args))
     if options.model is None and (options.max_length or options.max_prompt_length):
         raise PrefalignError("--max-length and --max-prompt-length count tokens: give a tokenizer with --model")
+    if options.model is not None:
+        from ..models.loading import check_model
+
+        check_model(options.model)  # before reading the data, which may take a while
     # Inspect reports bad records rather than failing on them, so no --max-bad-fraction here.
     data = options.data.load(max_bad_fraction=None)
     tokenizer = None
@@ -152,6 +157,7 @@ def run_convert(args: argparse.Namespace) -> int:
     from ..data.inspect import format_rejections, summarize_rejections
 
     options = build_config(ConvertOptions, overrides=vars(args))
+    check_output_file(options.output, create_parent=False)
     data = options.data.load(options.max_bad_fraction)
     report = data.report
     if not data.records:

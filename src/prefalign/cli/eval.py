@@ -9,6 +9,7 @@ from ..config import add_config_args, build_config, config_from_args
 from ..console import say
 from ..evaluate.config import EvalConfig
 from ..generate import GenerationConfig
+from ..preflight import check_input, check_output_dir
 
 _DESCRIPTION = """\
 Generate with every --model on the same prompts (same decoding settings and seed; greedy by default), then measure:
@@ -49,9 +50,32 @@ def run(args: argparse.Namespace) -> int:
     generation = config_from_args(GenerationConfig, args)
     config = build_config(EvalConfig, overrides={**vars(args), "generation": generation})
     started = time.perf_counter()
+    _check(config)
     report = run_evaluation(config)
     print(markdown_summary(report))
     out = config.output_dir
     print(f"full report: {out / 'report.md'}, {out / 'report.html'} (also report.csv, report.json, responses.jsonl)")
     say(f"done in {time.perf_counter() - started:.1f}s", prefix="[eval] ")
     return 0
+
+
+def _check(config: EvalConfig) -> None:
+    """What an evaluation can check before it loads anything: where it writes, the models, the files it reads."""
+    from ..errors import ModelError
+    from ..evaluate.models import resolve_source
+    from ..evaluate.prompt_set import BUILTIN
+
+    check_output_dir(config.output_dir)
+    if config.cache_dir is not None:
+        check_output_dir(config.cache_dir, "--cache-dir")
+    for label, spec in config.models:
+        try:
+            resolve_source(spec)
+        except ModelError as exc:
+            raise ModelError(f"--model {label}={spec}: {exc}") from None
+    if config.prompts != BUILTIN and not config.prompts.startswith(BUILTIN + ":"):
+        check_input(config.prompts, "--prompts")
+    if config.pairs is not None:
+        check_input(config.pairs, "--pairs", "file or directory")
+    for directory in config.runs.values():
+        check_input(directory, "--run", "directory")

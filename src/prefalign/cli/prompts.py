@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..config import add_config_args, build_config
+from ..preflight import check_output_file
 
 
 @dataclass
@@ -38,6 +39,7 @@ def run_builtin(args: argparse.Namespace) -> int:
     from ..prompts import builtin_prompts, write_prompts
 
     options = build_config(BuiltinPromptsOptions, overrides=vars(args))
+    check_output_file(options.output, create_parent=False)
     records = builtin_prompts(options.seed, options.split)
     written = write_prompts(records, options.output)
     by_split = Counter(record["split"] for record in records)

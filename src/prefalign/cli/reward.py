@@ -10,16 +10,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import add_config_args, build_config, config_from_args
 from ..console import say
 from ..data.tokenize import TokenizeConfig
 from ..errors import PrefalignError
+from ..fileio import write_json_atomic, write_jsonl_atomic
+from ..preflight import check_input, check_output_file
 from ..scoring.preference import preference_margin, preference_outcome
 from ..train.config import RewardConfig
 
@@ -79,8 +79,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from ..train.loop import train
     from ..train.objectives.reward import RewardObjective
+    from ..train.run_files import check_run
 
     config = config_from_args(RewardConfig, args)
+    check_run(config)
     train(config, RewardObjective(config))
     return 0
 
@@ -89,26 +91,27 @@ def run_score(args: argparse.Namespace) -> int:
     options = build_config(RewardScoreOptions, overrides=vars(args))
     if options.batch_size < 1:
         raise PrefalignError(f"--batch-size must be at least 1, got {options.batch_size}")
-    from ..models.loading import load_tokenizer
+    output = check_output_file(options.output)
+    check_input(options.data, "--data", "file or directory")
+    score = _score_pairs if _holds_pairs(options.data) else _score_responses  # reads one row: before the model
+    from ..models.loading import check_model, load_tokenizer
     from ..models.reward import load_reward_model, load_reward_tokenizer, with_untrained_head
 
     if options.untrained_head:
+        check_model(options.model)
         model = with_untrained_head(options.model, seed=options.seed, device=options.device)
         tokenizer = load_tokenizer(options.model)
     else:
+        check_input(options.model, "--model", "directory")
         model = load_reward_model(options.model, device=options.device)
         tokenizer = load_reward_tokenizer(options.model)
-    output = Path(options.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    score = _score_pairs if _holds_pairs(options.data) else _score_responses
     rows, summary = score(model, tokenizer, options)
-    with open(output, "w", encoding="utf-8") as out:
-        out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    write_jsonl_atomic(output, rows)
     say(f"wrote {len(rows)} rows to {output}")
     if summary is not None:
         summary_path = output.with_name(output.name.removesuffix(".jsonl") + ".summary.json")
         summary |= {"model": options.model, "data": options.data, "untrained_head": options.untrained_head}
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_json_atomic(summary_path, summary)
         ci = summary["accuracy_ci95"]
         print(
             f"accuracy {summary['accuracy']:.4f} (95% Wilson CI {ci[0]:.4f}-{ci[1]:.4f}) over {summary['pairs']} "

@@ -41,8 +41,10 @@ def _add_options(parser: argparse.ArgumentParser, config_class: type) -> None:
 def run_dpo(args: argparse.Namespace) -> int:
     from ..train.loop import train  # imports torch: only when a run starts, so `--help` stays fast
     from ..train.objectives import DPOObjective
+    from ..train.run_files import check_run
 
     config = config_from_args(DPOConfig, args)
+    check_run(config)
     train(config, DPOObjective(config))
     return 0
 
@@ -50,7 +52,9 @@ def run_dpo(args: argparse.Namespace) -> int:
 def run_sft(args: argparse.Namespace) -> int:
     from ..train.loop import train  # imports torch: only when a run starts, so `--help` stays fast
     from ..train.objectives import SFTObjective
+    from ..train.run_files import check_run
 
     config = config_from_args(SFTConfig, args)
+    check_run(config)
     train(config, SFTObjective(config))
     return 0

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..fileio import atomic_open, write_text_atomic
 from .results import EvalReport
 from .table import CI_METHODS
 
@@ -19,7 +20,7 @@ def write_csv(report: EvalReport, path: Path) -> Path:
     for label in report.labels:
         header += [label, f"{label}_low", f"{label}_high", f"{label}_n"]
     header += ["delta", "delta_low", "delta_high"]
-    with open(path, "w", encoding="utf-8", newline="") as out:
+    with atomic_open(path) as out:
         writer = csv.writer(out)
         writer.writerow(header)
         for row in report.rows:
@@ -45,13 +46,12 @@ def _finite(value: Any) -> Any:
 
 def write_json(report: EvalReport, path: Path) -> Path:
     text = json.dumps(_finite(report.to_json()), indent=2, ensure_ascii=False, allow_nan=False, default=str)
-    path.write_text(text + "\n", encoding="utf-8")
-    return path
+    return write_text_atomic(path, text + "\n")
 
 
 def write_responses(report: EvalReport, path: Path) -> Path:
     """Per prompt: its text and meta, every model's response with its scores, and every pairwise verdict."""
-    with open(path, "w", encoding="utf-8") as out:
+    with atomic_open(path) as out:
         for index, prompt in enumerate(report.prompts):
             record = {
                 "id": prompt.id,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ModelError
 from ..fileio import file_digest, write_text_atomic
 from ..models.loading import resolve_model
+from ..models.lora import load_adapter
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -142,9 +143,7 @@ class EvalModel:
 
             model = load_model(self.source.path, trust_remote_code=self._trust_remote_code)
             if self.source.adapter is not None:
-                from peft import PeftModel
-
-                model = PeftModel.from_pretrained(model, self.source.adapter).merge_and_unload().eval()
+                model = load_adapter(model, self.source.adapter).merge_and_unload().eval()
             self._model = model
             self.loads += 1
         return self._model

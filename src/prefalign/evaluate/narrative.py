@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .results import EvalReport
 from .stats import Estimate
-from .table import Row
+from .table import Row, judge_label
 
 # The rows the paragraph always reports on (when present), in reading order; everything else is summarised after.
 _HEADLINE = ("ifeval/prompt_strict", "ifeval/instruction_strict", "length/tokens", "kl")
@@ -74,7 +74,7 @@ def what_changed(report: EvalReport) -> str | None:
         )
         lc = f", length-controlled {_fmt(result.lc_win_rate, 3)}" if result.lc_win_rate is not None else ""
         sentences.append(
-            f"Judged pairwise by {result.judge}, {model} wins {_fmt(result.win_rate, 3)} against "
+            f"Judged pairwise by {judge_label(result.judge)}, {model} wins {_fmt(result.win_rate, 3)} against "
             f"{baseline}{lc} ({c['wins']} wins, {c['ties']} ties, {c['losses']} losses, "
             f"{c['failures']} judge failures): {verdict}."
         )

@@ -15,12 +15,13 @@ import html
 from pathlib import Path
 
 from ..data.records import Text
+from ..fileio import write_text_atomic
 from .metrics import REFUSAL_WINDOW, REPETITION_N
 from .narrative import what_changed
-from .plots import model_colours, report_figures, training_figures
+from .plots import constant_rows, model_colours, report_figures, training_figures
 from .results import EvalReport, key_deltas
 from .stats import LEVEL, RESAMPLES, SEED, Estimate
-from .table import CI_METHODS, Row
+from .table import CI_METHODS, Row, judge_label
 
 
 def esc(value: object) -> str:
@@ -83,7 +84,8 @@ def _summary(report: EvalReport) -> str:
         for r in report.pairwise:
             if (r.model, r.baseline) == report.delta_pair and r.win_rate is not None:
                 items.append(
-                    f"<li>Win rate of {esc(model)} over {esc(baseline)} ({esc(r.judge)}): {_estimate(r.win_rate)}</li>"
+                    f"<li>Win rate of {esc(model)} over {esc(baseline)} ({esc(judge_label(r.judge))}): "
+                    f"{_estimate(r.win_rate)}</li>"
                 )
         body = "".join(items) or "<li>No metric changed with 95% confidence.</li>"
         parts.append(
@@ -125,7 +127,7 @@ def _pairwise(report: EvalReport) -> str:
             [
                 esc(r.model),
                 esc(r.baseline),
-                esc(r.judge),
+                f'<span title="{esc(r.judge)}">{esc(judge_label(r.judge))}</span>',
                 _estimate(r.win_rate),
                 _estimate(r.lc_win_rate),
                 *(str(c[k]) for k in ("wins", "ties", "losses", "failures", "inconsistent")),
@@ -148,7 +150,7 @@ def _heldout(report: EvalReport) -> str:
         return ""
     info = report.heldout_info
     rows = [
-        [esc(h.scorer), _estimate(h.accuracy), _estimate(h.margin), str(h.accuracy.n if h.accuracy else 0)]
+        [_scorer(report, h.scorer), _estimate(h.accuracy), _estimate(h.margin), str(h.accuracy.n if h.accuracy else 0)]
         for h in report.heldout
     ]
     return (
@@ -158,6 +160,13 @@ def _heldout(report: EvalReport) -> str:
         "(chosen) − log π/π<sub>ref</sub>(rejected)).</p>"
         f"{_simple_table(['Scorer', 'Accuracy', 'Mean margin', 'Pairs scored'], rows)}</section>"
     )
+
+
+def _scorer(report: EvalReport, scorer: str) -> str:
+    """A held-out scorer's name: a judge's short label (its full name on hover), or an implicit reward as it is."""
+    if scorer in _judge_names(report):
+        return f'<span title="{esc(scorer)}">{esc(judge_label(scorer))}</span>'
+    return esc(scorer)
 
 
 def _instructions(report: EvalReport) -> str:
@@ -187,7 +196,16 @@ def _figures(report: EvalReport, plots: Path) -> str:
         f'<figure class="{"wide" if path.stem == "metrics" else ""}">{_image(path, title)}</figure>'
         for title, path in report_figures(report, plots)
     )
-    return f'<section id="figures"><h2>Figures</h2><div class="figures">{figures}</div></section>' if figures else ""
+    same = [f"{esc(row.metric.name)}: {_same_value(row)}" for row in constant_rows(report)]
+    note = f'<p class="muted">Not drawn, the same for every model: {"; ".join(same)}.</p>' if same else ""
+    if not figures and not note:
+        return ""
+    return f'<section id="figures"><h2>Figures</h2><div class="figures">{figures}</div>{note}</section>'
+
+
+def _same_value(row: Row) -> str:
+    value = next(cell.value for cell in row.cells.values() if cell is not None)
+    return f"{value:.{row.metric.digits}f}"
 
 
 def _training(report: EvalReport, plots: Path) -> str:
@@ -233,7 +251,7 @@ def _response_card(report: EvalReport, index: int, colours: dict[str, str]) -> s
             if name.startswith("verifier"):  # already shown as the strict count and the check list
                 continue
             value = "failed" if score.value is None else f"{score.value:.3g}"
-            badges.append(f"{esc(name)}: {esc(value)}")
+            badges.append(f"{esc(judge_label(name))}: {esc(value)}")
         columns.append(
             f'<div class="resp" style="border-top-color:{colours[label]}"><div class="resp-head">'
             f"{_chip(label, colours[label])}<span class='badges'>{' · '.join(badges)}</span></div>{checks}"
@@ -243,7 +261,8 @@ def _response_card(report: EvalReport, index: int, colours: dict[str, str]) -> s
     for r in report.pairwise:
         outcome = r.outcomes[index]
         word = "failed" if outcome is None else {1.0: "wins", 0.5: "ties", 0.0: "loses"}[outcome]
-        verdicts.append(f"{esc(r.model)} {word} vs {esc(r.baseline)} <span class='muted'>({esc(r.judge)})</span>")
+        judge = f"<span class='muted'>({esc(judge_label(r.judge))})</span>"
+        verdicts.append(f"{esc(r.model)} {word} vs {esc(r.baseline)} {judge}")
     footer = f'<footer class="verdicts">{" · ".join(verdicts)}</footer>' if verdicts else ""
     differ = "1" if len(outcomes) > 1 else "0"
     return (
@@ -311,12 +330,21 @@ def _method(report: EvalReport) -> str:
         ],
     )
     timings = _simple_table(["Stage", "Seconds"], [[esc(k), f"{v:.1f}"] for k, v in report.timings.items()])
+    judges = _simple_table(
+        ["Judge", "Spec"], [[esc(judge_label(name)), f"<code>{esc(name)}</code>"] for name in _judge_names(report)]
+    )
     notes = "".join(f"<li>{item}</li>" for item in items)
     return (
         f'<section id="method"><h2>How this was measured</h2><ul class="notes">{notes}</ul>'
         f'<div class="two"><div><h3>Models</h3>{models}</div><div><h3>Wall time</h3>{timings}</div></div>'
-        "</section>"
+        + (f"<h3>Judges</h3>{judges}" if _judge_names(report) else "")
+        + "</section>"
     )
+
+
+def _judge_names(report: EvalReport) -> list[str]:
+    """Every judge's full name (spec), as the evaluation was asked for them."""
+    return list(report.settings.get("judges", []))
 
 
 def render_html(report: EvalReport, plots: Path) -> str:
@@ -366,7 +394,7 @@ def render_html(report: EvalReport, plots: Path) -> str:
 
 
 def write_html(report: EvalReport, path: Path) -> Path:
-    path.write_text(render_html(report, path.parent / "plots"), encoding="utf-8")
+    write_text_atomic(path, render_html(report, path.parent / "plots"))
     return path
 
 

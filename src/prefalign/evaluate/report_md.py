@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..fileio import write_text_atomic
 from .metrics import REFUSAL_WINDOW, REPETITION_N
 from .narrative import what_changed
 from .results import EvalReport
 from .stats import LEVEL, RESAMPLES, SEED
-from .table import format_delta, format_estimate
+from .table import format_delta, format_estimate, judge_label
 
 
 def _cell(text: object) -> str:
@@ -77,7 +78,14 @@ def markdown_summary(report: EvalReport) -> str:
             c = r.counts
             counts = [str(c[key]) for key in ("wins", "ties", "losses", "failures", "inconsistent")]
             rows.append(
-                [r.model, r.baseline, r.judge, format_estimate(r.win_rate), format_estimate(r.lc_win_rate), *counts]
+                [
+                    r.model,
+                    r.baseline,
+                    judge_label(r.judge),
+                    format_estimate(r.win_rate),
+                    format_estimate(r.lc_win_rate),
+                    *counts,
+                ]
             )
         lines += _table(
             [
@@ -108,7 +116,14 @@ def markdown_summary(report: EvalReport) -> str:
         rows = []
         for h in report.heldout:
             scored = h.accuracy.n if h.accuracy else 0
-            rows.append([h.scorer, format_estimate(h.accuracy), format_estimate(h.margin), str(scored)])
+            rows.append(
+                [
+                    judge_label(h.scorer) if h.scorer in report.settings.get("judges", []) else h.scorer,
+                    format_estimate(h.accuracy),
+                    format_estimate(h.margin),
+                    str(scored),
+                ]
+            )
         lines += _table(["Scorer", "Accuracy", "Mean margin", "Pairs scored"], rows)
     return "\n".join(lines) + "\n"
 
@@ -138,6 +153,10 @@ def render_markdown(report: EvalReport) -> str:
             [label, m["spec"], loaded, m["identity"][:12], f"{counts.get('generated', 0)} / {counts.get('cached', 0)}"]
         )
     lines += _table(["Label", "Spec", "Loaded from", "Identity", "Answers generated / cached"], rows)
+    judges = report.settings.get("judges", [])
+    if judges:
+        lines += ["", "## Judges", ""]
+        lines += _table(["Judge", "Spec"], [[judge_label(name), f"`{name}`"] for name in judges])
     lines += ["", "## How the numbers are measured", "", *(f"- {line}" for line in _method_notes(report))]
     if report.notes:
         lines += ["", "## Notes", "", *(f"- {note}" for note in report.notes)]
@@ -170,5 +189,5 @@ def _method_notes(report: EvalReport) -> list[str]:
 
 
 def write_markdown(report: EvalReport, path: Path) -> Path:
-    path.write_text(render_markdown(report), encoding="utf-8")
+    write_text_atomic(path, render_markdown(report))
     return path

@@ -52,6 +52,7 @@ from .table import (
     all_deltas,
     build_rows,
     instruction_breakdown,
+    judge_label,
     judge_metric,
     response_values,
 )
@@ -366,7 +367,7 @@ def _pairwise_rows(pairwise: list[PairwiseResult], labels: list[str]) -> list[Ro
             if estimate is None:
                 continue
             key = f"win_rate{suffix}/{result.judge}/{result.model}:{result.baseline}"
-            metric = Metric(key, f"{name} vs {result.baseline} ({result.judge})", "mean", True)
+            metric = Metric(key, f"{name} vs {result.baseline} ({judge_label(result.judge)})", "mean", True)
             rows.append(Row(metric, {label: estimate if label == result.model else None for label in labels}))
     return rows
 

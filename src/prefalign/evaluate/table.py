@@ -103,8 +103,30 @@ HEURISTIC_METRICS = (
 )
 
 
+def judge_label(name: str) -> str:
+    """A judge's short display name for titles, table rows and prose; the report's Judges table keeps the full one.
+
+    `reward-model:/abs/path/runs/demo/reward/final` -> `reward model (reward/final)`: the last two parts of the path
+    tell the demo's (or a user's) reward models apart. Other judge names are short already (`verifier`,
+    `openai:MODEL`); a very long one keeps its start and end.
+    """
+    kind, _, path = name.partition(":")
+    if kind == "reward-model" and path:
+        parts = [part for part in path.replace("\\", "/").rstrip("/").split("/") if part]
+        return f"reward model ({'/'.join(parts[-2:])})"
+    return clip_label(name, 32)
+
+
+def clip_label(text: str, width: int) -> str:
+    """`text` cut to `width` characters in the middle (`abcdef…uvwxyz`), whole when it fits."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return f"{text[:head]}…{text[len(text) - (width - 1 - head) :]}"
+
+
 def judge_metric(name: str) -> Metric:
-    return Metric(f"judge/{name}", f"Judge score: {name}", "mean", True, 2)
+    return Metric(f"judge/{name}", f"Judge score: {judge_label(name)}", "mean", True, 2)
 
 
 def response_values(scores: dict[str, list[ResponseScores]], judge_names: Sequence[str]) -> MetricValues:

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..console import library_progress_hidden
 from ..errors import ModelError
 from .registry import REGISTRY, is_present, model_dir
 
@@ -50,6 +51,17 @@ def resolve_model(spec: str) -> str:
     return spec
 
 
+def check_model(spec: str, option: str = "--model", *, pullable: bool = False) -> None:
+    """Fail now, naming `option`, if `spec` cannot name a model (see `resolve_model`): a command's check before it
+    loads data or other models. With `pullable`, a registered model not pulled yet passes (the caller pulls it)."""
+    if pullable and spec in REGISTRY:
+        return
+    try:
+        resolve_model(spec)
+    except ModelError as exc:
+        raise ModelError(f"{option}: {exc}") from None
+
+
 def default_device() -> str:
     """`cuda` when a GPU is visible, else `cpu`."""
     import torch
@@ -68,7 +80,8 @@ def _default_dtype(device: str) -> torch.dtype:
 
 def _from_pretrained(loader: Any, spec: str, resolved: str, **kwargs: Any) -> Any:
     try:
-        return loader.from_pretrained(resolved, **kwargs)
+        with library_progress_hidden():  # transformers' "Loading weights" bar, one per load: shown with --verbose
+            return loader.from_pretrained(resolved, **kwargs)
     except OSError as exc:  # missing files, hub unreachable, private repo: transformers raises OSError for all of them
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load '{spec}': {first_line}") from None

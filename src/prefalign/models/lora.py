@@ -62,11 +62,27 @@ def apply_lora(
         task_type=TaskType.CAUSAL_LM, r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, **layers
     )
     try:
-        with warnings.catch_warnings():  # peft reads an attribute transformers 5 deprecates; not the user's concern
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        with _peft_deprecation_ignored():
             return get_peft_model(model, config)
     except ValueError as exc:  # peft names the missing modules; keep its first line
         raise ModelError(f"cannot add LoRA to this model: {str(exc).splitlines()[0]}") from None
+
+
+def load_adapter(base: PreTrainedModel, path: str | Path) -> PeftModel:
+    """`base` wrapped with the peft adapter saved in `path` (as `save_adapter` writes it)."""
+    from peft import PeftModel
+
+    with _peft_deprecation_ignored():
+        return PeftModel.from_pretrained(base, str(path))
+
+
+@contextmanager
+def _peft_deprecation_ignored() -> Iterator[None]:
+    """Wrapping a model, peft reads `is_gradient_checkpointing`, which transformers 5 deprecates with a FutureWarning:
+    peft's business, not the user's, so it is silenced for that call alone."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        yield
 
 
 def is_lora(model: torch.nn.Module) -> bool:

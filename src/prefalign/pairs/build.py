@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..console import say
-from ..data.prompt_files import check_prompt
+from ..data.prompt_files import prompt_rows
 from ..data.records import Text
 from ..errors import DataError, PrefalignError
-from ..fileio import jsonl_lines, parse_json_line
+from ..fileio import jsonl_lines
 from ..generate import Generation, GenerationConfig, PromptFormat
 from ..judges.base import Judge, JudgeItem, Score, Verdict
 
@@ -122,41 +122,28 @@ class PromptRecord:
 
 
 def read_prompt_records(path: str | os.PathLike[str], limit: int | None = None) -> list[PromptRecord]:
-    """The prompts of a JSON Lines file: objects with a `prompt` and an optional unique `id` (default "line-N").
+    """The first `limit` (default: all) prompts of a prompts file (`prefalign.data.prompt_files`), each with a unique
+    `id` (default "line-N"); the fields pairs build writes are refused in the input.
 
     Raises DataError naming file:line for a bad record, PrefalignError for a missing or empty file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise PrefalignError(f"{path}: prompts file not found")
+    reserved = [name for name in PAIR_FIELDS if name not in ("prompt", "id")]
     records: list[PromptRecord] = []
     seen: dict[str, str] = {}
-    for number, raw in jsonl_lines(path):
-        location = f"{path}:{number}"
-        record = _prompt_record(parse_json_line(raw, location), location, number)
-        if record.id in seen:
-            raise DataError(location, f"id {record.id!r} repeats the id at {seen[record.id]}")
-        seen[record.id] = location
-        records.append(record)
-        if limit is not None and len(records) == limit:
+    for location, default_id, row in prompt_rows(Path(path), reserved, writer="pairs build"):
+        identifier = row.get("id", default_id)
+        if not isinstance(identifier, (str, int)) or isinstance(identifier, bool):
+            raise DataError(location, "`id` must be a string or a number")
+        if str(identifier) in seen:
+            raise DataError(location, f"id {str(identifier)!r} repeats the id at {seen[str(identifier)]}")
+        seen[str(identifier)] = location
+        fields = {key: value for key, value in row.items() if key not in ("prompt", "id")}
+        records.append(PromptRecord(str(identifier), row["prompt"], fields))
+        if len(records) == limit:  # read no further: a bad line past the limit does not matter
             break
     if not records:
         raise PrefalignError(f"{path}: no prompts in this file")
     return records
-
-
-def _prompt_record(row: Any, location: str, number: int) -> PromptRecord:
-    if not isinstance(row, dict) or "prompt" not in row:
-        raise DataError(location, "expected a JSON object with a `prompt` field")
-    prompt = check_prompt(row["prompt"], location)
-    identifier = row.get("id", f"line-{number}")
-    if not isinstance(identifier, (str, int)) or isinstance(identifier, bool):
-        raise DataError(location, "`id` must be a string or a number")
-    clashes = [name for name in row if name in PAIR_FIELDS and name not in ("prompt", "id")]
-    if clashes:
-        raise DataError(location, f"field `{clashes[0]}` is written by pairs build; rename it in the prompts file")
-    fields = {key: value for key, value in row.items() if key not in ("prompt", "id")}
-    return PromptRecord(str(identifier), prompt, fields)
 
 
 def check_output_path(output: str | os.PathLike[str]) -> Path:

@@ -16,6 +16,7 @@ from ..errors import PrefalignError
 from ..generate import GenerationConfig
 from ..pairs.build import PairsConfig
 from ..train.config import DPOConfig, RewardConfig, SFTConfig, TrainConfig
+from ..train.trackers import check_report_to
 
 
 def _help(text: str) -> dict[str, str]:
@@ -37,7 +38,6 @@ _TRAINING_FIXED: dict[str, Any] = {
     "keep_checkpoints": 1,
     "resume": True,
     "progress": True,
-    "tensorboard": True,
     "logging_steps": 2,
 }
 # ...and each stage's own: SFT has no held-out data to validate on (so a step count it never reaches), the reward
@@ -134,6 +134,15 @@ class DemoConfig:
     )
     kl_samples: int = field(default=1, metadata=_help("samples per prompt for the KL-from-base estimate"))
 
+    # Experiment trackers, for every training stage (each stage's run is named <output dir's name>-<stage>).
+    report_to: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata=_trains(
+            ALL, "experiment trackers of the training stages: tensorboard, wandb, trackio, mlflow, or none (default)"
+        ),
+    )
+    project: str = field(default="prefalign", metadata=_trains(ALL, "the W&B / Trackio project or MLflow experiment"))
+
     def __post_init__(self) -> None:
         for name in (
             "eval_limit",
@@ -170,6 +179,7 @@ class DemoConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise PrefalignError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+        check_report_to(self.report_to)  # before the first stage, not when training starts
 
     def training_config(
         self, stage: TrainingStage, *, model: str, data: str | Path, output_dir: str | Path, **inputs: Any
@@ -186,6 +196,7 @@ class DemoConfig:
             **_STAGE_FIXED[stage],
             **options,
             lora_alpha=2.0 * self.lora_rank,  # LoRA's update scale alpha / r stays 2 at any rank
+            run_name=f"{Path(self.output_dir).name}-{stage}",  # the stages' runs told apart in a tracker
             model=model,
             data=str(data),
             output_dir=str(output_dir),

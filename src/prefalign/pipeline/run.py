@@ -27,7 +27,9 @@ from typing import Any
 
 from ..console import say
 from ..errors import PrefalignError
+from ..evaluate.prompt_set import BUILTIN
 from ..fileio import file_digest, read_jsonl, write_json_atomic, write_jsonl_atomic
+from ..preflight import check_input, check_output_dir
 from ..stages import StageResult, run_stage
 from ..train.config import TrainConfig
 from .config import DemoConfig, TrainingStage
@@ -37,7 +39,9 @@ from .report import write_demo_report
 STAGES = ("base", "prompts", "sft_data", "sft", "pairs", "reward", "dpo", "eval")
 
 # Config fields that say where a stage writes or how it shows progress, not what it produces: left out of its key.
-_NOT_RESULTS = frozenset({"output_dir", "cache_dir", "runs", "progress", "tensorboard", "plots", "resume"})
+_NOT_RESULTS = frozenset(
+    {"output_dir", "cache_dir", "runs", "progress", "report_to", "project", "run_name", "plots", "resume"}
+)
 
 
 def stage_key(config: Any, **inputs: Any) -> dict[str, Any]:
@@ -88,6 +92,7 @@ def run_demo(config: DemoConfig, from_stage: str | None = None) -> list[StageRes
     """Run every stage in order (skipping the unchanged ones) and return what each did and how long it took."""
     if from_stage is not None and from_stage not in STAGES:
         raise PrefalignError(f"unknown stage {from_stage!r}; stages are {', '.join(STAGES)}")
+    check_demo(config)
     out = Path(config.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     demo = _Demo(config, out, frozenset(STAGES[STAGES.index(from_stage) :]) if from_stage else frozenset())
@@ -101,6 +106,20 @@ def run_demo(config: DemoConfig, from_stage: str | None = None) -> list[StageRes
     _eval_stage(demo, prompts_dir, pairs, base_model, {"sft": sft_dir, "dpo": dpo_dir, "reward": reward_dir})
     write_demo_report(out, demo.results, config)
     return demo.results
+
+
+def check_demo(config: DemoConfig) -> None:
+    """What the demo can check before its first stage: where it writes, the base model, the files it reads."""
+    from ..models.loading import check_model
+
+    check_output_dir(config.output_dir)
+    check_model(config.model, pullable=True)  # the base stage pulls a registered one
+    for option, source in (("--train-prompts", config.train_prompts), ("--eval-prompts", config.eval_prompts)):
+        if source not in (BUILTIN, HELDOUT_PAIRS) and not source.startswith(BUILTIN + ":"):
+            check_input(source, option)
+    for option, data in (("--sft-data", config.sft_data), ("--preference-data", config.preference_data)):
+        if data is not None:
+            check_input(data, option, "file or directory")
 
 
 def _base_stage(demo: _Demo) -> str:

@@ -10,13 +10,19 @@ Layout of `O/checkpoints/step-N/`:
     scheduler.pt             LR scheduler state     (idem; absent when the run has no scheduler)
     rng.json, rng.pt         RNG states: python and numpy as JSON, torch CPU/CUDA as tensors (one pair per rank saved)
     trainer_state.json       step, epoch, data position, whatever JSON the loop passes
-    COMPLETE                 written last
+    COMPLETE                 written last: JSON {"step": N, "files": {relative path: {"size", "sha256"}}}
 
 Atomicity: a checkpoint is written into `step-N.tmp-<pid>`, synced to disk, and renamed to `step-N` in one step, so a
 run killed at any moment leaves either the previous set of checkpoints or the new one. `latest_checkpoint` also insists
 on the COMPLETE marker, so a step directory that somehow lost files (a partial copy by hand) is never resumed from.
 Any name with a dot in it (`.tmp-`, `.old-`, `.deleting-`) is a leftover of an interrupted write or prune and is
 removed by the next save. One process writes a given output directory (rank 0 under torchrun).
+
+Verification: the COMPLETE marker lists every file's size and sha256, and `load_checkpoint` checks them before reading
+anything, so a file damaged after the save (a full disk, an interrupted copy, a bad sector) is named in one line
+(`DamagedCheckpoint`) instead of failing inside torch. `resumable_checkpoint` (--resume) falls back to the newest
+intact checkpoint, saying which it skipped and why. A checkpoint of an older version (marker "N", no digests) is
+checked the only way it can be: every file must load.
 
 Nothing is unpickled on load: weights come from safetensors, optimizer/scheduler/torch RNG through
 `torch.load(weights_only=True)`, and the rest from JSON.
@@ -35,7 +41,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..console import warn
 from ..errors import PrefalignError
+from ..fileio import file_digest
 
 CHECKPOINTS_DIR = "checkpoints"
 COMPLETE_MARKER = "COMPLETE"
@@ -47,6 +55,10 @@ SCHEDULER_FILE = "scheduler.pt"
 TRAINER_STATE_FILE = "trainer_state.json"
 
 _STEP_DIR = re.compile(r"step-(\d+)")
+
+
+class DamagedCheckpoint(PrefalignError):
+    """A checkpoint whose files are not what was written (or, from an older version, do not load)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -85,7 +97,7 @@ def save_checkpoint(
     for rank, state in enumerate(rng_states if rng_states is not None else [capture_rng_state()]):
         _save_rng_state(state, tmp, rank)
     _write_json(tmp / TRAINER_STATE_FILE, {**trainer_state, "step": step})
-    (tmp / COMPLETE_MARKER).write_text(f"{step}\n")
+    _write_json(tmp / COMPLETE_MARKER, {"step": step, "files": _manifest(tmp)})
     _fsync_tree(tmp)
 
     if final.exists():
@@ -103,6 +115,52 @@ def save_checkpoint(
         for stale in _complete_checkpoints(root)[:-keep_last]:
             _remove_dir(stale)
     return final
+
+
+def resumable_checkpoint(output_dir: Path) -> Path | None:
+    """The newest intact checkpoint under `output_dir` (None when there is no complete one), warning about each newer
+    one that is damaged; a PrefalignError when every complete checkpoint is damaged."""
+    root = Path(output_dir) / CHECKPOINTS_DIR
+    damaged: list[str] = []
+    for checkpoint in reversed(_complete_checkpoints(root) if root.is_dir() else []):
+        try:
+            verify_checkpoint(checkpoint)
+        except DamagedCheckpoint as error:
+            damaged.append(str(error))
+            warn(f"{error}; skipping it")
+            continue
+        if damaged:
+            warn(f"resuming from the newest intact checkpoint instead: {checkpoint}")
+        return checkpoint
+    if damaged:
+        raise PrefalignError(
+            f"--resume: every checkpoint in {root} is damaged ({len(damaged)}, newest: {damaged[0]}); "
+            "rerun without --resume to start again"
+        )
+    return None
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise `DamagedCheckpoint` naming the first file of `path` that is missing, of another size or digest than the
+    COMPLETE marker records, or (a checkpoint of an older version, which records none) that does not load."""
+    path = Path(path)
+    marker = path / COMPLETE_MARKER
+    try:
+        recorded = json.loads(marker.read_text())
+    except (OSError, ValueError) as exc:
+        raise DamagedCheckpoint(f"{path}: damaged: {COMPLETE_MARKER} unreadable ({exc})") from None
+    if not isinstance(recorded, dict):  # an older version's marker: the step number only
+        _check_loadable(path)
+        return
+    for name, expected in recorded.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            raise DamagedCheckpoint(f"{path}: damaged: {name} is missing")
+        size = file.stat().st_size
+        if size != expected["size"]:
+            raise DamagedCheckpoint(f"{path}: damaged: {name} is {size} bytes, {expected['size']} were written")
+        if file_digest(file) != expected["sha256"]:
+            raise DamagedCheckpoint(f"{path}: damaged: {name} does not have the sha256 written with it")
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -130,6 +188,7 @@ def load_checkpoint(
     path = Path(path)
     if not (path / COMPLETE_MARKER).is_file():
         raise PrefalignError(f"{path}: not a complete checkpoint (no {COMPLETE_MARKER} marker)")
+    verify_checkpoint(path)
     _load_weights(unwrap_model(model), path)
     optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
     if scheduler is not None:
@@ -330,6 +389,34 @@ def _load_rng_state(checkpoint: Path, rank: int) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Files
+
+
+def _manifest(directory: Path) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file under `directory`, by relative path (the COMPLETE marker's record)."""
+    return {
+        file.relative_to(directory).as_posix(): {"size": file.stat().st_size, "sha256": file_digest(file)}
+        for file in sorted(directory.rglob("*"))
+        if file.is_file() and file.name != COMPLETE_MARKER
+    }
+
+
+def _check_loadable(checkpoint: Path) -> None:
+    """Read every file of an older checkpoint the way loading will (safetensors, torch weights_only, JSON)."""
+    from safetensors.torch import load_file
+
+    for file in sorted(f for f in checkpoint.rglob("*") if f.is_file() and f.name != COMPLETE_MARKER):
+        try:
+            if file.suffix == ".safetensors":
+                load_file(str(file))
+            elif file.suffix == ".pt":
+                torch.load(file, map_location="cpu", weights_only=True)
+            elif file.suffix == ".json":
+                json.loads(file.read_text())
+        except Exception as exc:  # whatever a reader raises on whatever damage, it means the same: damaged
+            reason = _brief(exc)
+            raise DamagedCheckpoint(
+                f"{checkpoint}: damaged: {file.relative_to(checkpoint)} does not load ({reason})"
+            ) from None
 
 
 def _complete_checkpoints(root: Path) -> list[Path]:

@@ -13,6 +13,7 @@ from typing import Literal
 from ..data.tokenize import PromptFormat, TokenizeConfig
 from ..errors import PrefalignError
 from ..scoring.preference import DPOLossType
+from .trackers import check_report_to
 
 Schedule = Literal["linear", "cosine", "constant"]
 
@@ -101,9 +102,50 @@ class TrainConfig:
     save_steps: int = field(default=100, metadata=_help("checkpoint every N steps (0: no intermediate checkpoints)"))
     keep_checkpoints: int = field(default=2, metadata=_help("checkpoints kept on disk (the newest ones)"))
     resume: bool = field(default=False, metadata=_help("continue from the newest complete checkpoint in output-dir"))
-    tensorboard: bool = field(default=True, metadata=_help("also log to TensorBoard when it is installed"))
+    report_to: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata=_help(
+            "experiment trackers to log to besides metrics.jsonl: tensorboard, wandb, trackio, mlflow "
+            "(several at once), or none (default: none)"
+        ),
+    )
+    project: str = field(default="prefalign", metadata=_help("the W&B / Trackio project or MLflow experiment"))
+    run_name: str | None = field(
+        default=None, metadata=_help("the run's name in the trackers (default: the output directory's name)")
+    )
     progress: bool = field(default=True, metadata=_help("show a progress bar"))
     plots: bool = field(default=True, metadata=_help("draw output-dir/plots/*.png at the end"))
+
+    # Divergence: every step's metrics are judged before its update (prefalign.train.health); 0 turns a check off.
+    on_divergence: Literal["stop", "warn"] = field(
+        default="stop",
+        metadata=_help(
+            "when a step's metrics pass a --divergence-* limit: stop before its update, keeping the last good "
+            "checkpoint (stop), or train on and list it in summary.json (warn)"
+        ),
+    )
+    divergence_loss_factor: float = field(
+        default=10.0,
+        metadata={
+            **_help("a step's loss above N x its mean over the first 5 steps is divergence (0: off)"),
+            "metavar": "N",
+        },
+    )
+    divergence_max_kl: float = field(
+        default=5.0,
+        metadata={
+            **_help("DPO: a KL from the reference above N nats per token is divergence (0: off)"),
+            "metavar": "N",
+        },
+    )
+    divergence_logp_factor: float = field(
+        default=4.0,
+        metadata=_help(
+            "DPO: the responses' log-probability more than N x the reference's (N times less likely per token, "
+            "in log terms) is divergence (0: off)"
+        )
+        | {"metavar": "N"},
+    )
 
     # Which objective this config is for ("dpo", "sft"): picks defaults, not an option.
     objective_name = "train"
@@ -147,6 +189,14 @@ class TrainConfig:
             raise PrefalignError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if self.merge and not self.lora:
             raise PrefalignError("--merge applies to a LoRA adapter: add --lora")
+        for name in ("divergence_loss_factor", "divergence_max_kl", "divergence_logp_factor"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise PrefalignError(f"--{name.replace('_', '-')} must be 0 (off) or more, got {value}")
+        for name in ("divergence_loss_factor", "divergence_logp_factor"):
+            if 0 < (value := getattr(self, name)) <= 1:  # a factor of 1 or less trips on the baseline itself
+                raise PrefalignError(f"--{name.replace('_', '-')} must be 0 (off) or above 1, got {value}")
+        check_report_to(self.report_to)  # an unknown or uninstalled tracker fails here, before anything loads
 
     @property
     def peak_learning_rate(self) -> float:
@@ -177,8 +227,9 @@ class DPOConfig(TrainConfig):
     prefix_sharing: bool = field(
         default=True,
         metadata=_help(
-            "run each pair as one packed sequence [prompt | chosen | rejected] under a block attention "
-            "mask, so the prompt is computed once (same results as two sequences; faster)"
+            "run each pair as one sequence [prompt | chosen | rejected], so the prompt is computed once: the "
+            "batch's pairs lie in one padding-free row under pair attention (packed rows under a 4D block mask "
+            "for a model whose attention cannot run it); the same log-probs as two sequences per pair"
         ),
     )
 

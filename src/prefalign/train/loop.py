@@ -46,7 +46,7 @@ from ..data.split import split_heldout
 from ..errors import PrefalignError
 from ..models.loading import load_model, load_tokenizer
 from ..models.lora import apply_lora
-from .checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, resumable_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import DistInfo, barrier, cleanup, init_distributed, reduce_metrics
 from .health import HealthMonitor, truncation_warning
@@ -55,7 +55,19 @@ from .metrics import MetricsLogger, progress_bar, write_summary
 from .objectives.base import Objective, autocast
 from .plots import make_plots
 from .run_files import check_output_dir, save_final, write_run_info
-from .steps import DataOrder, Window, add_sums, evaluate, lr_factor, make_optimizer, my_share
+from .steps import (
+    DataOrder,
+    PendingCheckpoint,
+    Window,
+    add_sums,
+    divergence_limits,
+    evaluate,
+    lr_factor,
+    make_optimizer,
+    my_share,
+    set_peak_learning_rate,
+)
+from .trackers import make_trackers
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -143,6 +155,7 @@ class Run:
     window: Window  # sums since the last train log
     health: HealthMonitor = field(default_factory=HealthMonitor)
     last: dict[str, dict[str, float]] = field(default_factory=dict)  # the last metrics logged, by split
+    pending: PendingCheckpoint | None = None  # the checkpoint of the last step, written once the next one checks it
 
     @property
     def train_model(self) -> torch.nn.Module:
@@ -184,11 +197,16 @@ def setup_run(config: TrainConfig, objective: Objective, info: DistInfo) -> Run:
     total_steps = config.max_steps or config.epochs * order.steps_per_epoch
     warmup = int(config.warmup_ratio * total_steps)
     scheduler = LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup, config.lr_schedule))
-    start_step, window, resumed_from = resume(config, out, model, optimizer, scheduler, order, total_steps, info)
+    health = HealthMonitor(limits=divergence_limits(config))
+    start_step, window, resumed_from = resume(
+        config, out, model, optimizer, scheduler, order, total_steps, info, health
+    )
     if info.is_main:
         write_run_info(out, config, objective, info, resumed_from)
     resume_step = start_step if resumed_from is not None else None
-    logger = MetricsLogger(out, enabled=info.is_main, tensorboard=config.tensorboard, resume_step=resume_step)
+    trackers = make_trackers(config.report_to, out, project=config.project, run_name=config.run_name)
+    tracked = {"objective": objective.name, **asdict(config)}  # the config each tracker shows for the run
+    logger = MetricsLogger(out, enabled=info.is_main, trackers=trackers, config=tracked, resume_step=resume_step)
     say(
         f"{len(train_items)} {objective.unit} to train on, {len(eval_items)} to validate on; {total_steps} steps of "
         f"{order.per_step} ({order.steps_per_epoch} per epoch) on {info.world_size} process(es), {info.device}"
@@ -219,6 +237,7 @@ def setup_run(config: TrainConfig, objective: Objective, info: DistInfo) -> Run:
         warnings=warnings,
         started=started,
         window=window,
+        health=health,
     )
 
 
@@ -312,11 +331,12 @@ def resume(
     order: DataOrder,
     total_steps: int,
     info: DistInfo,
+    health: HealthMonitor,
 ) -> tuple[int, Window, str | None]:
-    """With --resume, load weights, optimizer, schedule and RNG in place from the newest complete checkpoint in `out`
-    and return (its step, its logging window, its path); else (0, an empty window, None). The step is the data
-    position (see `DataOrder`)."""
-    checkpoint = latest_checkpoint(out) if config.resume else None
+    """With --resume, load weights, optimizer, schedule, RNG and the health monitor's baseline in place from the newest
+    intact checkpoint in `out` and return (its step, its logging window, its path); else (0, an empty window, None).
+    The step is the data position (see `DataOrder`)."""
+    checkpoint = resumable_checkpoint(out) if config.resume else None
     if checkpoint is None:
         if config.resume:
             say(f"--resume: no checkpoint in {out} yet, starting from the beginning")
@@ -327,7 +347,10 @@ def resume(
             f"{checkpoint}: saved with data order {state['data_order']}, this run has "
             f"{order.signature}; resume with the run's data, seed and global batch (run.json)"
         )
+    health.load_state(state.get("health"))
     say(f"resuming from {checkpoint} (step {state['step']} of {total_steps})")
+    if (replaced := set_peak_learning_rate(optimizer, scheduler, config.peak_learning_rate)) is not None:
+        say(f"peak learning rate {config.peak_learning_rate:g} from here on (the checkpoint's run had {replaced:g})")
     return state["step"], Window(**state["window"]), str(checkpoint)
 
 
@@ -354,12 +377,7 @@ def train_step(run: Run, step: int) -> float:
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
     grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, max_norm))
     reduced = {key: float(value) for key, value in reduce_metrics(step_sums, info).items()}
-    if not (math.isfinite(reduced["loss"]) and math.isfinite(grad_norm)):
-        raise PrefalignError(
-            f"step {step}: non-finite loss ({reduced['loss'] / reduced['items']:.4g}) or gradient norm "
-            f"({grad_norm:.4g}); stopped before updating the weights. Last good checkpoint: "
-            f"{latest_checkpoint(run.out) or 'none'}. Lower --learning-rate, then rerun with --resume"
-        )
+    check_step(run, step, reduced, grad_norm)
     learning_rate = run.scheduler.get_last_lr()[0]
     run.optimizer.step()
     run.scheduler.step()
@@ -379,6 +397,38 @@ def step_batches(run: Run, step: int) -> tuple[list[Any], float, float]:
     count = sum(run.objective.loss_denominator(batch) for batch in batches) * weight
     global_count = float(reduce_metrics({"n": torch.tensor(count, dtype=torch.float64)}, run.info)["n"])
     return batches, weight, global_count
+
+
+def check_step(run: Run, step: int, sums: dict[str, float], grad_norm: float) -> None:
+    """Before `step`'s update: stop on a non-finite loss or gradient norm, judge the step's metrics (`judge`), and only
+    then write the checkpoint due after the step before, whose weights this step's forward pass just ran."""
+    if not (math.isfinite(sums["loss"]) and math.isfinite(grad_norm)):
+        raise PrefalignError(
+            f"step {step}: non-finite loss ({sums['loss'] / sums['items']:.4g}) or gradient norm "
+            f"({grad_norm:.4g}); stopped before updating the weights; {_last_good(run)}"
+        )
+    judge(run, step, "train", run.objective.metrics(sums) | {"grad_norm": grad_norm})
+    write_pending_checkpoint(run)
+
+
+def judge(run: Run, step: int, split: str, metrics: dict[str, float]) -> None:
+    """Say what the health monitor finds in one step's (or validation's) metrics. Divergence under --on-divergence
+    stop ends the run here, before anything is saved from the weights that diverged."""
+    for finding in run.health.check(step, split, metrics):
+        if finding.diverged and run.config.on_divergence == "stop":
+            raise PrefalignError(
+                f"{finding.message}; stopped, nothing saved from these weights; {_last_good(run)}; "
+                "--on-divergence warn trains on regardless"
+            )
+        run.warnings.append(finding.message)
+        warn(finding.message)
+
+
+def _last_good(run: Run) -> str:
+    checkpoint = latest_checkpoint(run.out)
+    if checkpoint is None:
+        return "no checkpoint saved yet (rerun with a lower --learning-rate)"
+    return f"last good checkpoint: {checkpoint} (rerun with --resume and a lower --learning-rate to continue from it)"
 
 
 def after_step(run: Run, step: int, learning_rate: float) -> None:
@@ -406,28 +456,40 @@ def log(run: Run, step: int, split: str, metrics: dict[str, float]) -> None:
 
 
 def validate(run: Run, step: int) -> None:
+    """Log the validation metrics of the weights after `step`, and judge them: the only look at the final weights."""
     if run.eval_items:
-        log(run, step, "eval", evaluate(run.model, run.objective, run.eval_items, run.config.batch_size, run.info))
+        metrics = evaluate(run.model, run.objective, run.eval_items, run.config.batch_size, run.info)
+        log(run, step, "eval", metrics)
+        judge(run, step, "eval", metrics)
 
 
 def save_step_checkpoint(run: Run, step: int) -> None:
-    """A checkpoint after `step`: weights, optimizer, schedule, RNG of every rank, and the open logging window."""
+    """A checkpoint after `step`: weights, optimizer, schedule, RNG of every rank, the open logging window and the
+    health monitor's baseline. Captured now, written by the next step once its forward pass has judged the weights
+    (`check_step`): a diverged run leaves its last good checkpoint, never one of the weights that diverged."""
     epoch, next_batch = divmod(step, run.order.steps_per_epoch)  # for people: the step alone says it
     state = {"epoch": epoch, "next_batch": next_batch, "data_order": run.order.signature, "window": asdict(run.window)}
+    state["health"] = run.health.state()
     rng_states = [capture_rng_state()]
     if run.info.is_distributed:  # ranks draw different numbers (dropout on different shapes): keep each one's state
         rng_states = [None] * run.info.world_size
         torch.distributed.all_gather_object(rng_states, capture_rng_state())
-    if run.info.is_main:
+    run.pending = PendingCheckpoint(step, state, rng_states)
+
+
+def write_pending_checkpoint(run: Run) -> None:
+    """Write the checkpoint `save_step_checkpoint` captured (rank 0), now that its weights are judged sound."""
+    pending, run.pending = run.pending, None
+    if pending is not None and run.info.is_main:
         save_checkpoint(
             run.out,
-            step,
+            pending.step,
             model=run.model,
             optimizer=run.optimizer,
             scheduler=run.scheduler,
-            trainer_state=state,
+            trainer_state=pending.trainer_state,
             keep_last=run.config.keep_checkpoints,
-            rng_states=rng_states,
+            rng_states=pending.rng_states,
         )
 
 

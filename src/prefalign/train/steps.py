@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 
 from .config import TrainConfig
 from .distributed import DistInfo, reduce_metrics, shard
+from .health import DivergenceLimits
 from .objectives.base import Objective, autocast
 
 
@@ -88,6 +90,40 @@ class Window:
             "tokens_per_second": self.sums["tokens"] / seconds,
             f"{unit}_per_second": self.sums["items"] / seconds,
         }
+
+
+@dataclass
+class PendingCheckpoint:
+    """A checkpoint due after `step`, captured then (its trainer state and RNG states) and written once the next
+    step's forward pass has shown the weights sound: a checkpoint never holds weights that diverged."""
+
+    step: int
+    trainer_state: dict[str, Any]
+    rng_states: list[Any]
+
+
+def set_peak_learning_rate(optimizer: torch.optim.Optimizer, scheduler: LambdaLR, peak: float) -> float | None:
+    """Make `peak` the schedule's peak learning rate from the current step on; return the peak it replaces (None when
+    it is the same). A resumed checkpoint restores its run's peak, and --learning-rate must still win: lowering it is
+    how a run that diverged continues from its last good checkpoint."""
+    saved = scheduler.base_lrs[0]
+    if math.isclose(saved, peak, rel_tol=1e-12):
+        return None
+    factors = [lr / base if base else 0.0 for lr, base in zip(scheduler.get_last_lr(), scheduler.base_lrs)]
+    scheduler.base_lrs = [peak] * len(scheduler.base_lrs)
+    for group, factor in zip(optimizer.param_groups, factors):
+        group["initial_lr"], group["lr"] = peak, peak * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
+    return saved
+
+
+def divergence_limits(config: TrainConfig) -> DivergenceLimits:
+    """The --divergence-* options as the health monitor's limits."""
+    return DivergenceLimits(
+        loss_factor=config.divergence_loss_factor,
+        max_kl=config.divergence_max_kl,
+        logp_factor=config.divergence_logp_factor,
+    )
 
 
 @torch.no_grad()
