@@ -215,3 +215,19 @@ def test_the_pairs_split_keeps_a_pair_whose_text_holds_a_line_separator_whole(tm
     ]
     assert sorted(row["chosen"] for row in split) == sorted(row["chosen"] for row in rows)
     assert json.loads((work / "summary.json").read_text())["pairs"] == len(rows)
+
+
+def test_the_demo_report_lists_what_the_training_stages_warned_about(tmp_path: Path) -> None:
+    from prefalign.pipeline.report import training_warnings
+
+    assert training_warnings(tmp_path) == ["No training stage warned.", ""]
+    for stage, warnings in (("sft", []), ("dpo", ["step 5: diverged: train loss 41 is above ...", "chosen falls"])):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "summary.json").write_text(json.dumps({"steps": 6, "warnings": warnings}))
+    assert training_warnings(tmp_path) == [
+        "## Training warnings",
+        "",
+        "- dpo: step 5: diverged: train loss 41 is above ...",
+        "- dpo: chosen falls",
+        "",
+    ]

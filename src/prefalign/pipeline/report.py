@@ -72,6 +72,22 @@ def _stage_facts(out: Path) -> dict[str, str]:
     return facts
 
 
+TRAINING_STAGES = ("sft", "reward", "dpo")
+
+
+def training_warnings(out: Path) -> list[str]:
+    """The report's lines on what the training stages warned about (a divergence under `--on-divergence warn`, a
+    falling chosen log-probability, truncation...): nothing a run flagged stays in its summary.json alone."""
+    warned = [
+        f"- {stage}: {warning}"
+        for stage in TRAINING_STAGES
+        for warning in _read(out / stage / "summary.json").get("warnings", [])
+    ]
+    if not warned:
+        return ["No training stage warned.", ""]
+    return ["## Training warnings", "", *warned, ""]
+
+
 def write_demo_report(out: Path, results: list[StageResult], config: DemoConfig) -> Path:
     """Write output_dir/report.md and report.html; return the .md path."""
     facts = _stage_facts(out)
@@ -93,6 +109,7 @@ def write_demo_report(out: Path, results: list[StageResult], config: DemoConfig)
         *rows,
         f"| total | | {total:.0f} | |",
         "",
+        *training_warnings(out),
     ]
     evaluation = out / "eval" / "report.md"
     if evaluation.exists():
