@@ -12,8 +12,9 @@ import torch
 from prefalign.errors import PrefalignError
 from prefalign.train.config import SFTConfig
 from prefalign.train.distributed import DistInfo
-from prefalign.train.loop import process_settings, split_eval
+from prefalign.train.loop import process_settings
 from prefalign.train.memory import release_free_memory
+from prefalign.train.setup import split_eval
 from prefalign.train.steps import DataOrder, lr_factor, make_optimizer, my_share
 
 
