@@ -23,6 +23,7 @@ from .console import progress_bar
 from .data.records import Text
 from .data.tokenize import PromptFormat, prompt_token_ids
 from .errors import PrefalignError
+from .models.loading import stop_token_ids
 
 if TYPE_CHECKING:
     import torch
@@ -84,16 +85,6 @@ def _uniforms(seed: int, prompt: Text, count: int) -> torch.Tensor:
 
     generator = torch.Generator().manual_seed(prompt_seed(seed, prompt))
     return torch.rand(count, generator=generator)
-
-
-def _stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    # Chat models often stop on a token other than the tokenizer's eos (e.g. an end-of-turn token); the generation
-    # config lists those, so stop on the union.
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    if configured is not None:
-        ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
-    return sorted(ids)
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor | None) -> torch.Tensor:
@@ -204,7 +195,7 @@ def generate(
 
     if not prompts:
         return []
-    stop_ids = _stop_token_ids(model, tokenizer)
+    stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop_ids or [0])[0]
     encoded = [prompt_token_ids(prompt, tokenizer, config.prompt_format) for prompt in prompts]
     for index, ids in enumerate(encoded):

@@ -134,3 +134,13 @@ def load_model(
         AutoModelForCausalLM, spec, resolve_model(spec), dtype=dtype, trust_remote_code=trust_remote_code
     )
     return model.to(device).eval()
+
+
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokens that end a response: the tokenizer's eos and every eos the model's generation config lists (chat
+    models often stop on an end-of-turn token other than the tokenizer's eos), sorted."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if configured is not None:
+        ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    return sorted(ids)

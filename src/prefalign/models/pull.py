@@ -27,6 +27,7 @@ from .. import __version__
 from ..console import say
 from ..errors import ModelError
 from ..fileio import file_digest, write_json_atomic
+from .loading import load_model, load_tokenizer, stop_token_ids
 from .registry import COMPLETE_MARKER, EmbeddedModel, get_embedded, is_present, model_dir
 
 
@@ -146,18 +147,15 @@ def _greedy_answer(model: Any, tokenizer: Any, question: str, max_new_tokens: in
     """The model's greedy answer to `question` as one chat turn.
 
     A plain transformers `generate` is all a one-prompt check needs (prefalign's own sampler sits in a layer above
-    this one). Like ours, it stops at the tokenizer's EOS and at the end-of-turn tokens the generation config lists.
+    this one); it stops where ours does (`stop_token_ids`).
     """
     import torch
 
     from ..data.tokenize import prompt_token_ids
 
     input_ids = torch.tensor([prompt_token_ids([{"role": "user", "content": question}], tokenizer, "chat")])
-    stop_ids = set() if tokenizer.eos_token_id is None else {tokenizer.eos_token_id}
-    configured = model.generation_config.eos_token_id
-    if configured is not None:
-        stop_ids.update(configured if isinstance(configured, list | tuple) else [configured])
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop_ids, default=0)
+    stop_ids = stop_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop_ids or [0])[0]
     with torch.inference_mode():
         output = model.generate(
             input_ids,
@@ -167,7 +165,7 @@ def _greedy_answer(model: Any, tokenizer: Any, question: str, max_new_tokens: in
             temperature=None,  # unset the generation config's sampling settings: greedy ignores them, with a warning
             top_p=None,
             top_k=None,
-            eos_token_id=sorted(stop_ids),
+            eos_token_id=stop_ids,
             pad_token_id=pad_id,
         )
     return tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True).strip()
@@ -176,8 +174,6 @@ def _greedy_answer(model: Any, tokenizer: Any, question: str, max_new_tokens: in
 def _check_answer(model_spec: EmbeddedModel, saved: Path) -> str:
     """Reload the saved directory and require the expected word in its greedy answer to the check prompt."""
     import torch
-
-    from .loading import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(str(saved))
     model = load_model(str(saved), dtype=torch.float32, device="cpu")  # the reference numerics, whatever the machine

@@ -35,12 +35,10 @@ from ..console import say
 from ..errors import PrefalignError
 from ..fileio import write_json_atomic
 
+# Each tracker's name is also its Python module's and its pip extra's (`pip install 'prefalign[wandb]'`).
 TRACKER_NAMES = ("tensorboard", "wandb", "trackio", "mlflow")
 RUN_IDS_FILE = "trackers.json"  # in the output directory: what a resumed run needs to continue the same tracker runs
 TENSORBOARD_DIR = "tensorboard"
-
-# The module each tracker needs; the pip extra that installs it has the tracker's name.
-_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow"}
 
 
 class Tracker(Protocol):
@@ -67,8 +65,8 @@ def check_report_to(names: Sequence[str], option: str = "--report-to") -> tuple[
         raise PrefalignError(f"{option}: `none` cannot be combined with a tracker")
     trackers = tuple(dict.fromkeys(name for name in chosen if name != "none"))
     for name in trackers:
-        if importlib.util.find_spec(_MODULES[name]) is None:
-            raise PrefalignError(f"{option} {name}: {_MODULES[name]} is not installed; pip install 'prefalign[{name}]'")
+        if importlib.util.find_spec(name) is None:
+            raise PrefalignError(f"{option} {name}: {name} is not installed; pip install 'prefalign[{name}]'")
     return trackers
 
 
