@@ -1,15 +1,25 @@
-"""Parsing the three preference formats: HH-RLHF dialogues, explicit strings, conversational messages."""
+"""Parsing the three preference formats (HH-RLHF dialogues, explicit strings, conversational messages) and KTO's
+unpaired records."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from prefalign.data import PreferenceRecord, load_preferences
-from prefalign.data.formats import detect_format, parse_record, split_hh_dialogue, to_conversational, to_explicit
+from prefalign.data.formats import (
+    detect_format,
+    parse_record,
+    parse_unpaired,
+    split_hh_dialogue,
+    to_conversational,
+    to_explicit,
+)
+from prefalign.data.unpaired import load_unpaired
 from prefalign.data.validation import Reason, RecordRejected
-from prefalign.errors import DataError
+from prefalign.errors import DataError, PrefalignError
 
 DATA = Path(__file__).parent / "fixtures" / "data"
 H, A = "\n\nHuman:", "\n\nAssistant:"
@@ -214,3 +224,48 @@ def test_to_explicit_refuses_a_completion_of_several_messages():
     )
     with pytest.raises(DataError, match=r"^x\.jsonl:4: 'chosen' holds 2 messages; an explicit completion is one"):
         to_explicit(record)
+
+
+def unpaired_rejection(row: object) -> tuple[Reason, str]:
+    with pytest.raises(RecordRejected) as caught:
+        parse_unpaired(row, "x.jsonl:1")
+    return caught.value.reason, caught.value.detail
+
+
+def test_unpaired_records_parse_with_their_label_and_the_same_checks():
+    record = parse_unpaired({"prompt": "Hi", "completion": " there", "label": False, "id": 7}, "u.jsonl:2")
+    assert (record.prompt, record.completion, record.desirable, record.extra) == ("Hi", " there", False, {"id": 7})
+    chat = parse_unpaired({"prompt": [user("Hi")], "completion": [assistant("Hello")], "label": True}, "u.jsonl:3")
+    assert chat.completion == [assistant("Hello")] and chat.desirable
+    assert unpaired_rejection({"prompt": "Hi", "completion": "x"})[0] is Reason.MISSING_FIELD
+    assert unpaired_rejection({"prompt": "Hi", "completion": "x", "label": 1}) == (
+        Reason.WRONG_TYPE,
+        "'label' is a number, expected true or false",
+    )
+    assert unpaired_rejection({"prompt": " ", "completion": "x", "label": True})[0] is Reason.EMPTY_PROMPT
+    assert unpaired_rejection({"prompt": "Hi", "completion": "", "label": True})[0] is Reason.EMPTY_COMPLETION
+    assert unpaired_rejection({"prompt": "Hi", "completion": [user("x")], "label": True})[0] is Reason.BAD_MESSAGE
+    assert unpaired_rejection(["not", "an", "object"])[0] is Reason.WRONG_TYPE
+
+
+def test_load_unpaired_reads_labelled_rows_and_converts_pairs(tmp_path: Path):
+    path = tmp_path / "mixed.jsonl"
+    rows = [
+        {"prompt": "a", "completion": "good", "label": True},
+        {"prompt": "b", "chosen": "yes", "rejected": "no"},
+        {"prompt": "c", "completion": "bad", "label": "no"},
+    ]
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n{oops\n")
+    data = load_unpaired(path, max_bad_fraction=0.5)
+    assert [(r.prompt, r.completion, r.desirable) for r in data.records] == [
+        ("a", "good", True),
+        ("b", "yes", True),
+        ("b", "no", False),
+    ]
+    assert (data.report.read, data.report.kept, data.report.rejected) == (4, 2, 2)
+    assert [str(r) for r in data.report.rejections] == [
+        f"{path}:3: wrong type: 'label' is a string, expected true or false",
+        f"{path}:4: not valid JSON: Expecting property name enclosed in double quotes at column 2",
+    ]
+    with pytest.raises(PrefalignError, match=r"2 of 4 records are bad"):
+        load_unpaired(path)

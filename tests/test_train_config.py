@@ -29,7 +29,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def test_defaults_and_learning_rate_by_objective_and_lora() -> None:
     config = DPOConfig(**REQUIRED)
-    assert (config.beta, config.loss_type, config.epochs) == (0.1, "sigmoid", 1)
+    assert (config.beta, config.loss, config.epochs) == (0.1, "sigmoid", 1)
     assert config.lora_target_modules == ["all-linear"]
     assert config.peak_learning_rate == 5e-6 and DPOConfig(**REQUIRED, lora=True).peak_learning_rate == 5e-5
     assert SFTConfig(**REQUIRED).peak_learning_rate == 2e-5
@@ -42,7 +42,15 @@ def test_defaults_and_learning_rate_by_objective_and_lora() -> None:
         ({"model": None}, "missing --model"),
         ({"eval_split": 0.1, "eval_data": "e.jsonl"}, "not both"),
         ({"merge": True}, "add --lora"),
-        ({"loss_type": "hinge", "label_smoothing": 0.1}, "no effect with loss_type 'hinge'"),
+        ({"loss": "hinge", "label_smoothing": 0.1}, "no effect with loss 'hinge'"),
+        ({"loss": "dpo"}, "unknown term 'dpo'; choose from sigmoid, cdpo"),
+        ({"loss": "sigmoid:x"}, "the weight of sigmoid is 'x', not a number"),
+        ({"loss": "sigmoid:0"}, "the weight of sigmoid must be a number > 0"),
+        ({"loss": "sigmoid,sigmoid:2"}, "sigmoid appears twice"),
+        ({"loss": "kto,sft"}, "kto trains on single labelled completions"),
+        ({"loss": "simpo,sft", "precompute_ref": True}, "uses no reference model: drop --precompute-ref"),
+        ({"loss": "orpo", "ref_model": "other"}, "uses no reference model: drop --ref-model"),
+        ({"simpo_gamma": -1.0}, "--simpo-gamma must be 0 or more"),
         ({"beta": 0.0}, "beta must be"),
         ({"lora": True, "ref_model": "other"}, "drop --ref-model"),
         ({"batch_size": 0}, "--batch-size must be at least 1"),
@@ -62,9 +70,10 @@ def test_yaml_file_then_command_line(tmp_path: Path) -> None:
         "model: tiny\ndata: pairs.jsonl\noutput-dir: out\nbeta: 0.3\nlora: true\n"
         "lora_target_modules: [q_proj, v_proj]\n"
     )
-    args = parse(["dpo", "--config", str(path), "--beta", "0.05", "--loss-type", "ipo", "--no-lora"])
+    args = parse(["dpo", "--config", str(path), "--beta", "0.05", "--loss", "ipo,sft:0.5", "--no-lora"])
     config = config_from_args(DPOConfig, args)
-    assert (config.model, config.beta, config.loss_type, config.lora) == ("tiny", 0.05, "ipo", False)
+    assert (config.model, config.beta, config.loss, config.lora) == ("tiny", 0.05, "ipo,sft:0.5", False)
+    assert config.loss_terms == {"ipo": 1.0, "sft": 0.5} and not config.reference_free
     assert config.lora_target_modules == ["q_proj", "v_proj"]
     sft = config_from_args(SFTConfig, parse(["sft", "--model", "m", "--data", "d", "--output-dir", "o"]))
     assert sft.objective_name == "sft" and not hasattr(sft, "beta")

@@ -227,17 +227,26 @@ def test_gradient_checkpointing_takes_the_same_steps(tiny_model_dir: Path, tmp_p
 
 
 @pytest.mark.parametrize(
-    ("loss_type", "label_smoothing", "expected"),
+    ("loss", "label_smoothing", "expected"),
     [
         ("sigmoid", 0.0, LN2),
         ("ipo", 0.0, (1 / (2 * 0.1)) ** 2),
         ("hinge", 0.0, 1.0),
         ("cdpo", 0.2, LN2),
         ("robust", 0.2, LN2),
+        # At policy == reference every log-ratio is 0, which fixes each of these by hand:
+        ("sigmoid_norm", 0.0, LN2),
+        ("dpop", 0.0, LN2),  # no penalty while log pi(y_w) = log ref(y_w)
+        ("apo_zero", 0.0, 1.0),  # (1 - 1/2) + 1/2
+        ("apo_down", 0.0, 1.0),  # 1/2 + (1 - 1/2)
+        ("bco_pair", 0.0, 2 * LN2),  # every reward equals the mean reward delta = 0
+        ("exo_pair", 0.0, 0.5 * (2 * -LN2 - math.log1p(-1e-3) - math.log(1e-3))),
+        ("nca_pair", 0.0, 2 * LN2),  # ln 2 + ln 2 / 2 + ln 2 / 2
+        ("sigmoid:1.0,apo_zero:0.5", 0.0, LN2 + 0.5),
     ],
 )
-def test_every_loss_type_at_policy_equals_reference(
-    tiny_model_dir: Path, tmp_path: Path, loss_type: str, label_smoothing: float, expected: float
+def test_every_loss_at_policy_equals_reference(
+    tiny_model_dir: Path, tmp_path: Path, loss: str, label_smoothing: float, expected: float
 ) -> None:
     from prefalign.models.loading import load_model, load_tokenizer
 
@@ -245,7 +254,7 @@ def test_every_loss_type_at_policy_equals_reference(
         model=str(tiny_model_dir),
         data=str(write_pairs(tmp_path / "p.jsonl", 4)),
         output_dir="x",
-        loss_type=loss_type,
+        loss=loss,
         label_smoothing=label_smoothing,
     )
     objective = DPOObjective(config)
@@ -258,12 +267,15 @@ def test_every_loss_type_at_policy_equals_reference(
     assert metrics["rewards/margins"] == 0.0
 
 
-def test_sft_weight_adds_the_chosen_nll_per_token(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_an_sft_term_adds_the_chosen_nll_per_token(tiny_model_dir: Path, tmp_path: Path) -> None:
     from prefalign.models.loading import load_model, load_tokenizer
     from prefalign.scoring.run import score_completions
 
     config = DPOConfig(
-        model=str(tiny_model_dir), data=str(write_pairs(tmp_path / "p.jsonl", 4)), output_dir="x", sft_weight=0.5
+        model=str(tiny_model_dir),
+        data=str(write_pairs(tmp_path / "p.jsonl", 4)),
+        output_dir="x",
+        loss="sigmoid,sft:0.5",
     )
     objective = DPOObjective(config)
     items, _ = objective.load(config.data, load_tokenizer(config.model))
@@ -275,7 +287,7 @@ def test_sft_weight_adds_the_chosen_nll_per_token(tiny_model_dir: Path, tmp_path
     with torch.no_grad():
         _, logps = score_completions(model, batch.pairs)
     per_token = -(logps.sum_logps[:4] / logps.num_tokens[:4]).mean()
-    assert abs(metrics["nll"] - float(per_token)) < 1e-5
+    assert abs(metrics["loss/sft"] - float(per_token)) < 1e-5 and abs(metrics["loss/sigmoid"] - LN2) < 1e-5
     assert abs(metrics["loss"] - (LN2 + 0.5 * float(per_token))) < 1e-5
 
 

@@ -19,7 +19,7 @@ from ..console import NORMAL, QUIET, VERBOSE, verbosity_scope
 from ..errors import PrefalignError
 
 # The order here is the order of `prefalign --help`.
-COMMAND_MODULES = ("demo", "models", "data", "generate", "prompts", "pairs", "train", "reward", "eval")
+COMMAND_MODULES = ("demo", "models", "data", "generate", "prompts", "pairs", "train", "reward", "eval", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,9 +16,11 @@ _OUTPUTS = (
 def register(subparsers: argparse._SubParsersAction) -> None:
     dpo = subparsers.add_parser(
         "dpo",
-        help="train a policy with Direct Preference Optimization",
-        description="Train --model on the preference pairs of --data against a frozen reference (DPO, "
-        "Rafailov et al. 2023; or IPO, hinge, cDPO, robust DPO with --loss-type). " + _OUTPUTS,
+        help="train a policy on preferences: DPO, or SimPO, ORPO, KTO, APO, ... (--loss)",
+        description="Train --model on the preference pairs of --data (DPO, Rafailov et al. 2023, against a frozen "
+        "reference), or with another preference method or a weighted mixture of them (--loss; the README's "
+        "Preference methods table gives each one's formula and paper). simpo and orpo need no reference model; kto "
+        'also reads unpaired data, {"prompt", "completion", "label": true|false}. ' + _OUTPUTS,
     )
     _add_options(dpo, DPOConfig)
     dpo.set_defaults(func=run_dpo)

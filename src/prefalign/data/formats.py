@@ -13,17 +13,21 @@
 
 `format="auto"` picks one per row: list completions mean "conversational", else a `prompt` key means "explicit",
 else "hh". Every problem raises `RecordRejected` with its `Reason`.
+
+KTO also reads UNPAIRED rows, `{"prompt", "completion", "label": true|false}` (`parse_unpaired`): one completion (a
+string, or assistant messages) labelled desirable or not, with the same checks; a pair converts to two of them
+(`to_unpaired`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import DataError
 from .records import Message, PreferenceRecord, Text
-from .validation import Reason, RecordRejected, check_record
+from .validation import Reason, RecordRejected, check_record, is_blank
 
 FORMATS = ("auto", "hh", "explicit", "conversational")
 ROLES = ("system", "user", "assistant")
@@ -218,4 +222,63 @@ def to_conversational(record: PreferenceRecord) -> PreferenceRecord:
         prompt=as_messages(record.prompt, "user"),
         chosen=as_messages(record.chosen, "assistant"),
         rejected=as_messages(record.rejected, "assistant"),
+    )
+
+
+@dataclass(frozen=True)
+class UnpairedRecord:
+    """One completion of a prompt, labelled desirable (True) or undesirable (False), for KTO.
+
+    `prompt` and `completion` are as in `PreferenceRecord` (strings, or messages); `extra` keeps the other fields."""
+
+    prompt: Text
+    completion: Text
+    desirable: bool
+    location: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+UNPAIRED_FIELDS = ("prompt", "completion", "label")
+
+
+def is_unpaired(row: Any) -> bool:
+    """Whether a raw row is an unpaired (labelled) record rather than a pair."""
+    return isinstance(row, dict) and "label" in row and "chosen" not in row
+
+
+def parse_unpaired(row: Any, location: str) -> UnpairedRecord:
+    """Parse and validate one `{"prompt", "completion", "label"}` row; raise `RecordRejected` naming the problem."""
+    if not isinstance(row, dict):
+        raise RecordRejected(Reason.WRONG_TYPE, f"the record is {_type_name(row)}, expected an object")
+    _require(row, UNPAIRED_FIELDS)
+    prompt, completion, label = row["prompt"], row["completion"], row["label"]
+    if isinstance(prompt, list):
+        prompt = _messages(prompt, "prompt")
+    elif not isinstance(prompt, str):
+        raise RecordRejected(
+            Reason.WRONG_TYPE, f"'prompt' is {_type_name(prompt)}, expected a string or a list of messages"
+        )
+    if isinstance(completion, list):
+        completion = _messages(completion, "completion")
+        if any(message["role"] != "assistant" for message in completion):
+            raise RecordRejected(Reason.BAD_MESSAGE, "'completion' holds a turn that is not the assistant's")
+    elif not isinstance(completion, str):
+        raise RecordRejected(
+            Reason.WRONG_TYPE, f"'completion' is {_type_name(completion)}, expected a string or a list of messages"
+        )
+    if not isinstance(label, bool):
+        raise RecordRejected(Reason.WRONG_TYPE, f"'label' is {_type_name(label)}, expected true or false")
+    if is_blank(prompt):
+        raise RecordRejected(Reason.EMPTY_PROMPT, "the prompt has no text")
+    if is_blank(completion):
+        raise RecordRejected(Reason.EMPTY_COMPLETION, "'completion' has no text")
+    extra = {key: value for key, value in row.items() if key not in UNPAIRED_FIELDS}
+    return UnpairedRecord(prompt, completion, label, location, extra)
+
+
+def to_unpaired(record: PreferenceRecord) -> tuple[UnpairedRecord, UnpairedRecord]:
+    """A pair as two unpaired records: the chosen completion desirable, the rejected one not."""
+    return (
+        UnpairedRecord(record.prompt, record.chosen, True, record.location, record.extra),
+        UnpairedRecord(record.prompt, record.rejected, False, record.location, record.extra),
     )

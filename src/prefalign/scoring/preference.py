@@ -6,20 +6,72 @@
   0.5 when it is exactly 0, and 0 when negative. A tie counts half, so a scorer that cannot tell answers apart (a
   policy still equal to its reference, a reward head of zeros) scores exactly 0.5, chance, not 0. Every
   `rewards/accuracies` and every held-out accuracy is the mean of these outcomes.
-- The names of the preference losses, kept torch-free so that building the command line does not load torch.
+- The names of the preference losses and the `--loss` mixture syntax, kept torch-free so that building the command
+  line does not load torch. This is the one list of loss names: `prefalign.losses`, the DPO objective and `--help`
+  read it from here.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Literal, TypeVar, get_args
 
 if TYPE_CHECKING:
     from torch import Tensor
 
+# Functions of the log-ratio margin alone, computed by `prefalign.losses.dpo_loss`.
 DPOLossType = Literal["sigmoid", "cdpo", "robust", "ipo", "hinge"]
 DPO_LOSS_TYPES: tuple[str, ...] = get_args(DPOLossType)
+# Every term `--loss` accepts: the ones above, the other pair losses (with a reference, then without one), KTO (single
+# completions labelled desirable or not) and `sft` (the NLL of the chosen response per token).
+LossName = Literal[
+    DPOLossType,
+    "sigmoid_norm",
+    "dpop",
+    "apo_zero",
+    "apo_down",
+    "bco_pair",
+    "exo_pair",
+    "nca_pair",
+    "simpo",
+    "orpo",
+    "kto",
+    "sft",
+]
+LOSS_NAMES: tuple[str, ...] = get_args(LossName)
+# Terms that need no reference model: a mixture made of these alone builds none and computes no reference log-probs.
+REFERENCE_FREE_LOSSES: tuple[str, ...] = ("simpo", "orpo", "sft")
+# Terms with a label-smoothing parameter (--label-smoothing).
+SMOOTHED_LOSSES: tuple[str, ...] = ("cdpo", "robust")
 
 Number = TypeVar("Number", float, "Tensor")
+
+
+def parse_loss_mixture(text: str) -> dict[str, float]:
+    """`--loss` text as {term: weight}, in the order given: "simpo" is {"simpo": 1.0}, and
+    "sigmoid:1.0,bco_pair:0.2,sft:1.0" three weighted terms. Raises ValueError with a one-line reason."""
+    terms: dict[str, float] = {}
+    for part in text.split(","):
+        name, colon, weight_text = part.strip().partition(":")
+        if name not in LOSS_NAMES:
+            raise ValueError(f"--loss {text!r}: unknown term {name!r}; choose from {', '.join(LOSS_NAMES)}")
+        if name in terms:
+            raise ValueError(f"--loss {text!r}: {name} appears twice")
+        try:
+            weight = float(weight_text) if colon else 1.0
+        except ValueError:
+            raise ValueError(f"--loss {text!r}: the weight of {name} is {weight_text!r}, not a number") from None
+        if not (math.isfinite(weight) and weight > 0):
+            raise ValueError(f"--loss {text!r}: the weight of {name} must be a number > 0, got {weight_text}")
+        terms[name] = weight
+    if "kto" in terms and len(terms) > 1:
+        raise ValueError(f"--loss {text!r}: kto trains on single labelled completions and mixes with no pair term")
+    return terms
+
+
+def is_reference_free(terms: dict[str, float]) -> bool:
+    """Whether every term of a mixture is computed without a reference model."""
+    return all(name in REFERENCE_FREE_LOSSES for name in terms)
 
 
 def implicit_reward(policy_logps: Number, ref_logps: Number, beta: float) -> Number:

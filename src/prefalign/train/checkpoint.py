@@ -83,15 +83,34 @@ def save_checkpoint(
     rank) when ranks draw different random numbers (e.g. dropout seeded by rank); by default the calling process's
     state is saved, and every rank restores it. Returns the checkpoint directory.
     """
+    tmp = begin_checkpoint(output_dir, step)
+    _save_weights(unwrap_model(model), tmp)
+    torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+    return publish_checkpoint(tmp, step, scheduler, trainer_state, keep_last, rng_states)
+
+
+def begin_checkpoint(output_dir: Path, step: int) -> Path:
+    """The empty directory a checkpoint of `step` is written into before `publish_checkpoint` (leftovers of an
+    interrupted write removed first)."""
     root = Path(output_dir) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(root)
-
-    final = root / f"step-{step}"
     tmp = root / f"step-{step}.tmp-{os.getpid()}"
     tmp.mkdir()
-    _save_weights(unwrap_model(model), tmp)
-    torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+    return tmp
+
+
+def publish_checkpoint(
+    tmp: Path,
+    step: int,
+    scheduler: Any | None,
+    trainer_state: dict[str, Any],
+    keep_last: int,
+    rng_states: list[dict[str, Any]] | None = None,
+) -> Path:
+    """Add the schedule, RNG and trainer state to the weights and optimizer state in `tmp` (`begin_checkpoint`),
+    then the COMPLETE marker, and rename it to `step-<step>` (see `save_checkpoint`); returns that directory."""
+    root, final = tmp.parent, tmp.parent / f"step-{step}"
     if scheduler is not None:
         torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
     for rank, state in enumerate(rng_states if rng_states is not None else [capture_rng_state()]):
@@ -191,6 +210,11 @@ def load_checkpoint(
     verify_checkpoint(path)
     _load_weights(unwrap_model(model), path)
     optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
+    return restore_run_state(path, scheduler, rank)
+
+
+def restore_run_state(path: Path, scheduler: Any | None, rank: int) -> dict[str, Any]:
+    """Restore the schedule and this rank's RNG states from the checkpoint `path`; return its trainer state."""
     if scheduler is not None:
         if not (path / SCHEDULER_FILE).is_file():
             raise PrefalignError(f"{path}: no {SCHEDULER_FILE}, but this run has a learning-rate scheduler")

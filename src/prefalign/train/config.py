@@ -12,7 +12,7 @@ from typing import Literal
 
 from ..data.tokenize import PromptFormat, TokenizeConfig
 from ..errors import PrefalignError
-from ..scoring.preference import DPOLossType
+from ..scoring.preference import LOSS_NAMES, is_reference_free, parse_loss_mixture
 from .trackers import check_report_to
 
 Schedule = Literal["linear", "cosine", "constant"]
@@ -81,6 +81,14 @@ class TrainConfig:
             ),
             "metavar": "N",
         },
+    )
+    fsdp: bool = field(
+        default=False,
+        metadata=_help(
+            "under torchrun, shard parameters, gradients and optimizer state across the processes (FSDP2, per "
+            "decoder layer) instead of a whole copy in each; bf16 compute on CUDA; with DPO the reference log-probs "
+            "are precomputed unless --no-precompute-ref"
+        ),
     )
 
     # LoRA (peft).
@@ -213,16 +221,32 @@ class TrainConfig:
 class DPOConfig(TrainConfig):
     """`prefalign dpo`: a policy trained on preference pairs against a frozen reference."""
 
-    beta: float = field(default=0.1, metadata=_help("strength of the pull towards the reference (DPO's beta)"))
-    loss_type: DPOLossType = field(
+    beta: float = field(
+        default=0.1,
+        metadata=_help(
+            "strength of the pull towards the reference (DPO's beta); for simpo the reward scale, for orpo the "
+            "weight lambda of its odds-ratio term"
+        ),
+    )
+    loss: str = field(
         default="sigmoid",
-        metadata=_help("sigmoid (DPO), ipo, hinge, cdpo, robust; ipo uses length-averaged log-probs as IPO intends"),
+        metadata=_help(
+            f"the preference method, or a weighted mixture NAME:WEIGHT,... (e.g. sigmoid:1,sft:0.5); names: "
+            f"{', '.join(LOSS_NAMES)}. simpo, orpo and sft need no reference model; kto trains on single labelled "
+            "completions (README: Preference methods)"
+        )
+        | {"metavar": "NAME[:WEIGHT],..."},
     )
     label_smoothing: float = field(default=0.0, metadata=_help("assumed label-flip rate for cdpo and robust"))
-    sft_weight: float = field(default=0.0, metadata=_help("weight of an NLL term on the chosen response (0: off)"))
+    simpo_gamma: float = field(default=0.5, metadata=_help("SimPO's target reward margin gamma"))
+    dpop_lambda: float = field(default=50.0, metadata=_help("DPO-Positive's weight of the chosen log-prob penalty"))
     ref_model: str | None = field(default=None, metadata=_help("reference model (default: a frozen copy of --model)"))
-    precompute_ref: bool = field(
-        default=False, metadata=_help("compute reference log-probs once, cache them on disk, keep no reference model")
+    precompute_ref: bool | None = field(
+        default=None,
+        metadata=_help(
+            "compute reference log-probs once, cache them on disk, keep no reference model (default: on with "
+            "--fsdp, off otherwise)"
+        ),
     )
     prefix_sharing: bool = field(
         default=True,
@@ -237,16 +261,35 @@ class DPOConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from ..losses import check_dpo_args
-
-        try:
-            check_dpo_args(self.loss_type, self.beta, self.label_smoothing)
-        except ValueError as exc:
-            raise PrefalignError(str(exc)) from None
-        if not (math.isfinite(self.sft_weight) and self.sft_weight >= 0):
-            raise PrefalignError(f"--sft-weight must be 0 or more, got {self.sft_weight}")
+        self._check_loss()
         if self.lora and self.ref_model:
             raise PrefalignError("with --lora the reference is the model without its adapter; drop --ref-model")
+        if self.precompute_ref is None:  # a sharded run keeps no whole reference model in each process
+            self.precompute_ref = self.fsdp and not self.reference_free
+
+    @property
+    def loss_terms(self) -> dict[str, float]:
+        """--loss as {term: weight}."""
+        return parse_loss_mixture(self.loss)
+
+    @property
+    def reference_free(self) -> bool:
+        """Whether every --loss term does without a reference model (then none is built or scored)."""
+        return is_reference_free(self.loss_terms)
+
+    def _check_loss(self) -> None:
+        from ..losses import check_loss_args
+
+        try:
+            check_loss_args(self.loss_terms, self.beta, self.label_smoothing)
+        except ValueError as exc:
+            raise PrefalignError(str(exc)) from None
+        for name in ("simpo_gamma", "dpop_lambda"):
+            if not (math.isfinite(value := getattr(self, name)) and value >= 0):
+                raise PrefalignError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
+        if self.reference_free and (self.ref_model or self.precompute_ref):
+            option = "--ref-model" if self.ref_model else "--precompute-ref"
+            raise PrefalignError(f"--loss {self.loss} uses no reference model: drop {option}")
 
 
 @dataclass

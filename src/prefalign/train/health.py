@@ -8,7 +8,8 @@ once when it starts and stays quiet while it lasts; it can warn again after it h
   training is no longer teaching the preference (judged on evaluations only; training margins are too noisy).
 * Chosen log-probs falling: the policy lowers the likelihood of the chosen responses log after log while the margin
   grows. DPO only constrains the difference, so it can widen the gap by pushing both responses down, the known
-  failure mode (Pal et al. 2024, arXiv 2402.13228); an NLL term on the chosen responses (`--sft-weight`) counters it.
+  failure mode (Pal et al. 2024, arXiv 2402.13228); an NLL term on the chosen responses (`--loss sigmoid,sft:0.5`)
+  or DPO-Positive (`--loss dpop`) counters it.
 
 `HealthMonitor.check` is fed every training step's metrics (means of the step's sums, before its update) and every
 validation, and returns `Finding`s: divergence, a model being destroyed (the loop stops the run or warns, per
@@ -152,7 +153,7 @@ class HealthMonitor:
             f"step {step}: {where} chosen log-probs fell in each of the last {len(window)} records "
             f"({logps[0]:.4g} -> {logps[-1]:.4g}) while the reward gap grew ({window[0][1]:.4g} -> "
             f"{window[-1][1]:.4g}): the policy is pushing down both responses, a known DPO failure; "
-            "consider --sft-weight or a lower learning rate"
+            "consider --loss sigmoid,sft:0.5 (an NLL term on chosen), --loss dpop, or a lower learning rate"
         ]
 
     def check(self, step: int, split: str, metrics: dict[str, float]) -> list[Finding]:

@@ -21,8 +21,9 @@ Two choices make resuming and multi-process runs exact:
 - The items of step s are a pure function of (seed, s): each epoch is a permutation seeded by (seed, epoch), and step
   s takes the next global batch of it. A checkpoint needs no data iterator state; the step number says where we are.
 - Objectives return summed losses and metric sums. Each rank divides its summed loss by the step's GLOBAL count
-  (pairs, or response tokens for SFT) times the number of processes, and DDP averages gradients over processes: the
-  update is the exact mean over the global batch whatever its split into processes and micro-batches.
+  (pairs, or response tokens for SFT) times the number of processes, and DDP (or FSDP2 under --fsdp, see
+  `sharding.py`) averages gradients over processes: the update is the exact mean over the global batch whatever its
+  split into processes and micro-batches.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,7 @@ import torch
 
 from ..console import say, warn
 from ..errors import PrefalignError
-from .checkpoint import capture_rng_state, latest_checkpoint, save_checkpoint
+from .checkpoint import capture_rng_state, latest_checkpoint
 from .config import TrainConfig
 from .distributed import barrier, cleanup, init_distributed, reduce_metrics
 from .memory import release_free_memory
@@ -47,13 +48,15 @@ from .metrics import write_summary
 from .objectives.base import Objective, autocast
 from .plots import make_plots
 from .run_files import save_final
-from .setup import Run, setup_run
+from .setup import Run, build_model, setup_run
+from .sharded_checkpoint import save_run_checkpoint
+from .sharding import full_state_dict, full_value, gradient_sync, is_sharded
 from .steps import (
     PendingCheckpoint,
     Window,
     add_sums,
     evaluate,
-    my_share,
+    my_batches,
 )
 
 if TYPE_CHECKING:
@@ -117,11 +120,11 @@ def train_step(run: Run, step: int) -> float:
     learning rate it used."""
     started = time.perf_counter()
     config, info = run.config, run.info
-    batches, weight, global_count = step_batches(run, step)
+    batches, global_count = step_batches(run, step)
     step_sums: dict[str, torch.Tensor] = {}
-    for i, batch in enumerate(batches):
-        last_micro = i == len(batches) - 1  # DDP synchronises gradients on the last micro-batch only
-        with run.ddp.no_sync() if run.ddp is not None and not last_micro else nullcontext():
+    for i, (batch, weight) in enumerate(batches):
+        last_micro = i == len(batches) - 1  # gradients are synchronised on the last micro-batch only
+        with gradient_sync(run.train_model, last_micro):
             with autocast(info.device):
                 loss_sum, sums = run.objective.loss(run.train_model, batch)
             if config.trim_heap_every_layers:
@@ -129,7 +132,7 @@ def train_step(run: Run, step: int) -> float:
             (loss_sum * (weight * info.world_size / global_count)).backward()
         add_sums(step_sums, sums, weight)
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, max_norm))
+    grad_norm = float(full_value(torch.nn.utils.clip_grad_norm_(run.params, max_norm)))
     reduced = {key: float(value) for key, value in reduce_metrics(step_sums, info).items()}
     check_step(run, step, reduced, grad_norm)
     learning_rate = run.scheduler.get_last_lr()[0]
@@ -143,14 +146,15 @@ def train_step(run: Run, step: int) -> float:
     return learning_rate
 
 
-def step_batches(run: Run, step: int) -> tuple[list[Any], float, float]:
-    """This rank's micro-batches of `step`, their weight (see `my_share`), and the loss denominator of all ranks."""
-    mine, weight = my_share([run.train_items[i] for i in run.order.indices(step - 1)], run.info)
-    size = run.config.batch_size
-    batches = [run.objective.collate(mine[i : i + size]) for i in range(0, len(mine), size)]
-    count = sum(run.objective.loss_denominator(batch) for batch in batches) * weight
+def step_batches(run: Run, step: int) -> tuple[list[tuple[Any, float]], float]:
+    """This rank's micro-batches of `step` with their weights (see `my_batches`), and the loss denominator of all
+    ranks."""
+    items = [run.train_items[i] for i in run.order.indices(step - 1)]
+    mine = my_batches(items, run.info, run.config.batch_size)
+    batches = [(run.objective.collate(batch), weight) for batch, weight in mine]
+    count = sum(run.objective.loss_denominator(batch) * weight for batch, weight in batches)
     global_count = float(reduce_metrics({"n": torch.tensor(count, dtype=torch.float64)}, run.info)["n"])
-    return batches, weight, global_count
+    return batches, global_count
 
 
 def check_step(run: Run, step: int, sums: dict[str, float], grad_norm: float) -> None:
@@ -232,10 +236,11 @@ def save_step_checkpoint(run: Run, step: int) -> None:
 
 
 def write_pending_checkpoint(run: Run) -> None:
-    """Write the checkpoint `save_step_checkpoint` captured (rank 0), now that its weights are judged sound."""
+    """Write the checkpoint `save_step_checkpoint` captured (rank 0, or under --fsdp every rank its shards), now that
+    its weights are judged sound."""
     pending, run.pending = run.pending, None
-    if pending is not None and run.info.is_main:
-        save_checkpoint(
+    if pending is not None:
+        save_run_checkpoint(
             run.out,
             pending.step,
             model=run.model,
@@ -244,6 +249,7 @@ def write_pending_checkpoint(run: Run) -> None:
             trainer_state=pending.trainer_state,
             keep_last=run.config.keep_checkpoints,
             rng_states=pending.rng_states,
+            info=run.info,
         )
 
 
@@ -251,11 +257,24 @@ def write_pending_checkpoint(run: Run) -> None:
 # The end
 
 
+def model_to_save(run: Run) -> torch.nn.Module | None:
+    """What rank 0 saves as the final model (None on other ranks): the policy, or under --fsdp an unsharded copy
+    built on the CPU from the weights gathered from every rank, so that it saves as an ordinary model would."""
+    if not is_sharded(run.model):
+        return run.model if run.info.is_main else None
+    state = full_state_dict(run.model)  # a collective: every rank takes part
+    if not run.info.is_main:
+        return None
+    model = build_model(run.config, run.objective, replace(run.info, device=torch.device("cpu")))
+    model.load_state_dict(state)
+    return model
+
+
 def finish_run(run: Run) -> TrainResult:
     """Rank 0 saves the final model, plots and summary.json; every rank returns the same summary."""
-    final_dir = None
-    if run.info.is_main:
-        final_dir = save_final(run.model, run.tokenizer, run.out, merge=run.config.merge)
+    final_dir, model = None, model_to_save(run)
+    if model is not None:
+        final_dir = save_final(model, run.tokenizer, run.out, merge=run.config.merge)
         plots = make_plots(run.out / "metrics.jsonl", run.out / "plots") if run.config.plots else []
         say(f"final model in {final_dir}" + (f", plots in {run.out / 'plots'}" if plots else ""))
     summary = {

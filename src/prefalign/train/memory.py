@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,3 +59,47 @@ def trim_in_backward(model: torch.nn.Module, every: int) -> list[Any]:
 
 def _trim_and_pass(_grad: torch.Tensor) -> None:
     release_free_memory()  # the gradient itself goes on unchanged (the hook returns None)
+
+
+@dataclass(frozen=True)
+class StateBytes:
+    """What one process holds of the training state, in bytes: its local shards under --fsdp, everything otherwise.
+
+    `gradients` and `optimizer` are what the trainable parameters take once the first step has run (AdamW keeps two
+    moments of each parameter's shape and dtype, and one fp32 step count per parameter tensor); DDP holds another
+    gradient-sized set of communication buckets besides, not counted here."""
+
+    parameters: int
+    gradients: int
+    optimizer: int
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.gradients + self.optimizer
+
+    def describe(self) -> str:
+        parts = [("parameters", self.parameters), ("gradients", self.gradients), ("AdamW state", self.optimizer)]
+        return ", ".join(f"{name} {_mib(size)}" for name, size in parts) + f" ({_mib(self.total)} in all)"
+
+
+def training_state_bytes(model: torch.nn.Module) -> StateBytes:
+    """This process's parameter, gradient and AdamW bytes for training `model` (see `StateBytes`)."""
+    parameters = trainable = tensors = 0
+    for param in model.parameters():  # tied weights are listed once
+        size = _local_bytes(param)
+        parameters += size
+        if param.requires_grad:
+            trainable += size
+            tensors += 1
+    return StateBytes(parameters=parameters, gradients=trainable, optimizer=2 * trainable + 4 * tensors)
+
+
+def _local_bytes(tensor: torch.Tensor) -> int:
+    from torch.distributed.tensor import DTensor
+
+    local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+    return local.numel() * local.element_size()
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"

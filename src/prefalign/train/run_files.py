@@ -21,6 +21,7 @@ from ..models.loading import check_model
 from ..models.lora import is_lora, merged_copy, save_adapter
 from .config import TrainConfig
 from .distributed import DistInfo
+from .memory import StateBytes
 from .objectives.base import Objective
 
 
@@ -83,8 +84,15 @@ def _save_weights(model: torch.nn.Module, tokenizer: Any, directory: Path, *, me
 
 
 def write_run_info(
-    out: Path, config: TrainConfig, objective: Objective, info: DistInfo, resumed_from: str | None
+    out: Path,
+    config: TrainConfig,
+    objective: Objective,
+    info: DistInfo,
+    resumed_from: str | None,
+    state_bytes: StateBytes,
 ) -> None:
+    """O/run.json: the command, config, versions, data digests, processes, and the training state's bytes per
+    process (rank 0's: local shards under --fsdp)."""
     import peft  # for their versions; loaded by training anyway, but not by importing this module
     import transformers
 
@@ -102,6 +110,8 @@ def write_run_info(
         "data_sha256": {path: file_digest(path) for path in data_files},
         "world_size": info.world_size,
         "device": str(info.device),
+        "sharding": "fsdp" if config.fsdp and info.is_distributed else None,
+        "state_bytes_per_process": asdict(state_bytes) | {"total": state_bytes.total},
         "resumed_from": resumed_from,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

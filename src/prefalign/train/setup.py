@@ -19,14 +19,16 @@ from ..data.split import split_heldout
 from ..errors import PrefalignError
 from ..models.loading import load_model, load_tokenizer
 from ..models.lora import apply_lora
-from .checkpoint import load_checkpoint, resumable_checkpoint
+from .checkpoint import resumable_checkpoint
 from .config import TrainConfig
 from .distributed import DistInfo
 from .health import HealthMonitor, truncation_warning
-from .memory import release_free_memory, trim_in_backward
+from .memory import release_free_memory, training_state_bytes, trim_in_backward
 from .metrics import MetricsLogger, progress_bar
 from .objectives.base import Objective
 from .run_files import check_output_dir, write_run_info
+from .sharded_checkpoint import load_run_checkpoint
+from .sharding import shard_model
 from .steps import (
     DataOrder,
     PendingCheckpoint,
@@ -56,7 +58,7 @@ class Run:
     reports: dict[str, TruncationReport]  # per data source: what tokenization cut
     train_items: list[Any]
     eval_items: list[Any]
-    model: torch.nn.Module  # the policy, unwrapped
+    model: torch.nn.Module  # the policy, unwrapped (under --fsdp, sharded in place)
     ddp: DistributedDataParallel | None  # the policy wrapped for multi-process runs
     optimizer: torch.optim.Optimizer
     scheduler: LambdaLR
@@ -76,7 +78,8 @@ class Run:
 
     @property
     def train_model(self) -> torch.nn.Module:
-        """What the forward pass runs: the DDP wrapper in multi-process runs (it synchronises gradients)."""
+        """What the forward pass runs: the DDP wrapper in multi-process runs (it synchronises gradients); under --fsdp
+        the sharded model itself."""
         return self.ddp if self.ddp is not None else self.model
 
     @property
@@ -108,7 +111,9 @@ def setup_run(config: TrainConfig, objective: Objective, info: DistInfo) -> Run:
     if config.release_memory:
         release_free_memory()  # what loading, tokenizing and a reference pass freed
     train_items, eval_items = split_data(config, objective, items)
-    ddp = _wrap_ddp(model, info)
+    ddp = _wrap(model, config, info)
+    state_bytes = training_state_bytes(model)
+    say(f"training state per process: {state_bytes.describe()}")
     optimizer = make_optimizer(trainable_params(model), config, info.device)
     order = DataOrder(len(train_items), config.batch_size * config.grad_accum * info.world_size, config.seed)
     total_steps = config.max_steps or config.epochs * order.steps_per_epoch
@@ -119,7 +124,7 @@ def setup_run(config: TrainConfig, objective: Objective, info: DistInfo) -> Run:
         config, out, model, optimizer, scheduler, order, total_steps, info, health
     )
     if info.is_main:
-        write_run_info(out, config, objective, info, resumed_from)
+        write_run_info(out, config, objective, info, resumed_from, state_bytes)
     resume_step = start_step if resumed_from is not None else None
     trackers = make_trackers(config.report_to, out, project=config.project, run_name=config.run_name)
     tracked = {"objective": objective.name, **asdict(config)}  # the config each tracker shows for the run
@@ -233,8 +238,15 @@ def trainable_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _wrap_ddp(model: torch.nn.Module, info: DistInfo) -> DistributedDataParallel | None:
+def _wrap(model: torch.nn.Module, config: TrainConfig, info: DistInfo) -> DistributedDataParallel | None:
+    """The DDP wrapper for a multi-process run; None for one process, or under --fsdp, which shards `model` in
+    place instead (`prefalign.train.sharding`)."""
     if not info.is_distributed:
+        if config.fsdp:
+            say("note: --fsdp with one process: nothing to shard across, training unsharded")
+        return None
+    if config.fsdp:
+        shard_model(model, info)
         return None
     return DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
 
@@ -258,7 +270,7 @@ def resume(
         if config.resume:
             say(f"--resume: no checkpoint in {out} yet, starting from the beginning")
         return 0, Window(), None
-    state = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, rank=info.rank)
+    state = load_run_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, rank=info.rank)
     if state["data_order"] != order.signature:  # the step number would point elsewhere in the data
         raise PrefalignError(
             f"{checkpoint}: saved with data order {state['data_order']}, this run has "

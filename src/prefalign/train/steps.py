@@ -42,6 +42,20 @@ def my_share(items: Sequence[Any], info: DistInfo) -> tuple[list[Any], float]:
     return (mine, 1.0) if mine else (list(items[:1]), 0.0)
 
 
+def my_batches(items: Sequence[Any], info: DistInfo, batch_size: int) -> list[tuple[list[Any], float]]:
+    """This rank's share of `items` (see `my_share`) in batches of `batch_size`, each with its weight. Every rank gets
+    as many batches as rank 0 (whose share is the largest): under --fsdp every forward pass gathers weights from all
+    ranks, so a rank that ran fewer would leave the others waiting. The extra batches run the first item with weight
+    0, adding nothing."""
+    if not items:
+        return []
+    mine, weight = my_share(items, info)
+    batches = [(mine[start : start + batch_size], weight) for start in range(0, len(mine), batch_size)]
+    most = math.ceil(len(items) / info.world_size)
+    batches += [(list(items[:1]), 0.0)] * (max(1, math.ceil(most / batch_size)) - len(batches))
+    return batches
+
+
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     """Multiplier of the peak LR at 0-based step `step`: linear warmup to 1, then linear or cosine decay towards 0."""
     if step < warmup:
@@ -132,11 +146,10 @@ def evaluate(
 ) -> dict[str, float]:
     """The objective's metrics over all of `items` (sharded across processes), in eval mode."""
     model.eval()
-    mine, weight = my_share(items, info)
     sums: dict[str, torch.Tensor] = {}
-    for start in range(0, len(mine), batch_size):
+    for batch, weight in my_batches(items, info, batch_size):
         with autocast(info.device):
-            _, batch_sums = objective.loss(model, objective.collate(mine[start : start + batch_size]))
+            _, batch_sums = objective.loss(model, objective.collate(batch))
         add_sums(sums, batch_sums, weight)
     model.train()
     return objective.metrics({key: float(value) for key, value in reduce_metrics(sums, info).items()})

@@ -1,4 +1,4 @@
-"""DPO (and IPO, hinge, cDPO, robust DPO): the policy against a frozen reference on preference pairs.
+"""The preference objective of `prefalign dpo`: DPO and the methods `--loss` names, alone or as a weighted mixture.
 
 Each batch holds every pair's chosen and rejected sequence, so the policy and the reference each score both
 completions in ONE forward pass. By default (`--prefix-sharing`) a pair is one sequence [prompt | chosen | rejected]
@@ -8,9 +8,14 @@ packed several to a row under a block attention mask. `--no-prefix-sharing` pads
 side. A sequence's log-probability sums its completion tokens only, and vocabulary logits are built at those tokens
 alone (`prefalign.scoring`).
 
+The terms of `--loss` are computed by `prefalign.train.objectives.mixture` (KTO, on single labelled completions, by
+`.kto`). A mixture of reference-free terms only (simpo, orpo, sft) builds no reference model and scores nothing with
+one. Every term is logged as `loss/<name>` (before its weight), `loss` is the weighted sum.
+
 `rewards/accuracies` is the mean of `prefalign.scoring.preference.preference_outcome` over pairs: a pair whose
 implicit rewards tie counts half, as for the reward model and the evaluation. So a policy still equal to its
-reference (every reward 0, as at step 0) scores 0.5, not 0.
+reference (every reward 0, as at step 0) scores 0.5, not 0. Rewards are logged only where the mixture defines them
+(see `mixture_rewards`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,11 +32,12 @@ from ...data.collate import PairBatch, collate_pairs
 from ...data.loading import load_preferences
 from ...data.shared_prefix import SharedPrefixBatch, collate_pair_row, collate_shared_prefix
 from ...data.tokenize import TokenizedPair, TruncationReport, tokenize_preferences
-from ...losses import dpo_loss
-from ...scoring.completions import completion_kl
+from ...scoring.completions import CompletionStates, SequenceLogps, completion_kl
 from ...scoring.preference import preference_margin, preference_outcome
 from ...scoring.run import enable_pair_attention, score_completions, supports_block_masks
 from .base import Objective, Sums
+from .kto import KTOItem, kto_metrics, kto_sums, load_kto_items
+from .mixture import PairLogps, mixture_losses
 from .reference import (
     Reference,
     build_reference,
@@ -56,6 +62,7 @@ class DPOItem:
 class DPOBatch:
     pairs: PairBatch | SharedPrefixBatch
     ref_logps: torch.Tensor | None  # [2 * num_pairs], chosen then rejected, when precomputed
+    desirable: torch.Tensor | None = None  # KTO: [num_pairs] labels of the (completion, mismatched completion) pairs
 
 
 class DPOObjective(Objective):
@@ -65,13 +72,23 @@ class DPOObjective(Objective):
     def __init__(self, config: DPOConfig):
         super().__init__(config)
         self.config: DPOConfig = config
+        self.terms = config.loss_terms
+        self.unpaired = "kto" in self.terms  # KTO: items are labelled completions, not pairs
+        self.reference_free = config.reference_free  # then no reference model is built and none scores a batch
+        if self.unpaired:
+            self.unit = "completions"
         self.reference: Reference | None = None
         self.pad_id = 0
         self.prefix_sharing = config.prefix_sharing  # setup() turns it off for models that take no block mask
         self.pair_rows = False  # setup() turns it on where the models run pair attention: one padding-free row
         self.precompute_seconds = 0.0  # wall time of the --precompute-ref pass (or of reading its cache)
 
-    def load(self, source: str, tokenizer: PreTrainedTokenizerBase) -> tuple[list[DPOItem], TruncationReport]:
+    def load(
+        self, source: str, tokenizer: PreTrainedTokenizerBase
+    ) -> tuple[list[DPOItem] | list[KTOItem], TruncationReport]:
+        self.pad_id = tokenizer.pad_token_id
+        if self.unpaired:
+            return load_kto_items(source, tokenizer, self.config)
         data = load_preferences(source, self.config.data_format)
         if data.report.rejected:
             warn(
@@ -79,18 +96,16 @@ class DPOObjective(Objective):
                 f"(`prefalign data inspect {source}` lists them)"
             )
         pairs, report = tokenize_preferences(data.records, tokenizer, self.config.tokenize_config())
-        self.pad_id = tokenizer.pad_token_id
         return [DPOItem(pair) for pair in pairs], report
 
-    def setup(self, model: torch.nn.Module, sources: dict[str, list[DPOItem]], info: DistInfo) -> None:
+    def setup(self, model: torch.nn.Module, sources: dict[str, list[Any]], info: DistInfo) -> None:
         super().setup(model, sources, info)
+        if self.reference_free:
+            self._choose_layout([model])
+            return
         precompute = self.config.precompute_ref
         reference = build_reference(model, self.config, info.device, borrow=precompute)
-        if self.prefix_sharing and not (supports_block_masks(model) and supports_block_masks(reference.model)):
-            say("note: this model's attention takes no block mask; --prefix-sharing off (slower)")
-            self.prefix_sharing = False
-        if self.prefix_sharing:
-            self.pair_rows = enable_pair_attention(model) and enable_pair_attention(reference.model)
+        self._choose_layout([model, reference.model])
         if not precompute:
             self.reference = reference
             return
@@ -104,7 +119,16 @@ class DPOObjective(Objective):
         # No reference model is kept: full fine-tuning scored with the policy itself (not yet updated), LoRA with its
         # adapter off, --ref-model's copy is dropped here. Training reads the log-probs from the items.
 
-    def collate(self, items: Sequence[DPOItem]) -> DPOBatch:
+    def _choose_layout(self, models: list[torch.nn.Module]) -> None:
+        """Prefix sharing where every model that scores the batches takes a block mask; one row where they run pair
+        attention."""
+        if self.prefix_sharing and not all(supports_block_masks(model) for model in models):
+            say("note: this model's attention takes no block mask; --prefix-sharing off (slower)")
+            self.prefix_sharing = False
+        if self.prefix_sharing:
+            self.pair_rows = all(enable_pair_attention(model) for model in models)
+
+    def collate(self, items: Sequence[Any]) -> DPOBatch:
         tokenized = [item.pair for item in items]
         # A pair with an empty prompt has no position to predict its responses' first tokens from: pad it instead.
         if self.prefix_sharing and all(pair.prompt_ids for pair in tokenized):
@@ -117,77 +141,84 @@ class DPOObjective(Objective):
         if len(precomputed) == len(items):
             chosen, rejected = zip(*precomputed)
             ref_logps = torch.tensor([*chosen, *rejected], dtype=torch.float32, device=self.device)
-        return DPOBatch(pairs, ref_logps)
+        desirable = None
+        if self.unpaired:
+            desirable = torch.tensor([item.desirable for item in items], dtype=torch.bool, device=self.device)
+        return DPOBatch(pairs, ref_logps, desirable)
 
     def loss_denominator(self, batch: DPOBatch) -> int:
         return batch.pairs.num_pairs
 
     def loss(self, model: torch.nn.Module, batch: DPOBatch) -> tuple[torch.Tensor, Sums]:
-        pairs, config = batch.pairs, self.config
+        pairs = batch.pairs
         policy_states, policy = score_completions(model, pairs)
+        sums: Sums = {"items": torch.tensor(pairs.num_pairs), "tokens": torch.tensor(pairs.num_tokens)}
+        ref_logps = None
+        if not self.reference_free:
+            ref_logps, reference_sums = self._reference_logps(batch, policy_states, policy)
+            sums |= reference_sums
+        if batch.desirable is not None:
+            assert ref_logps is not None, "KTO needs the reference"
+            losses, loss_sums = kto_sums(pairs, policy, ref_logps, batch.desirable, self.config.beta)
+        else:
+            losses, loss_sums = self._pair_loss(pairs, policy, ref_logps)
+        return losses.sum(), sums | loss_sums
+
+    def _reference_logps(
+        self, batch: DPOBatch, policy_states: CompletionStates, policy: SequenceLogps
+    ) -> tuple[torch.Tensor, Sums]:
+        """The reference's completion log-probs of the batch (precomputed, or scored now, with the exact KL then), and
+        the sums that compare the policy with it."""
         sums: Sums = {}
         if batch.ref_logps is not None:
             ref_logps = batch.ref_logps
         else:
             assert self.reference is not None, "setup() builds a live reference unless log-probs are precomputed"
-            ref_states, ref = self.reference.forward(pairs)
+            ref_states, ref = self.reference.forward(batch.pairs)
             ref_logps = ref.sum_logps
             kl = completion_kl(policy_states, ref_states)
             sums |= {"kl": kl.sum(), "kl_tokens": policy.num_tokens.sum()}
+        sums["logratio"] = (policy.sum_logps.detach() - ref_logps).sum()
+        return ref_logps, sums
 
-        scored_policy, scored_ref = policy.sum_logps, ref_logps.to(policy.sum_logps.dtype)
-        if config.loss_type == "ipo":  # IPO's margin target 1/(2 beta) is meant for length-averaged log-probs
-            scored_policy, scored_ref = scored_policy / policy.num_tokens, scored_ref / policy.num_tokens
-        policy_chosen, policy_rejected = pairs.split(scored_policy)
-        ref_chosen, ref_rejected = pairs.split(scored_ref)
-        out = dpo_loss(
-            policy_chosen,
-            policy_rejected,
-            ref_chosen,
-            ref_rejected,
-            beta=config.beta,
-            loss_type=config.loss_type,
-            label_smoothing=config.label_smoothing,
-        )
-        losses = out.losses
-        if config.sft_weight > 0:  # NLL per chosen token, so long and short answers weigh the same
-            chosen_sum, _ = pairs.split(policy.sum_logps)
-            chosen_tokens, _ = pairs.split(policy.num_tokens)
-            nll = -chosen_sum / chosen_tokens
-            losses = losses + config.sft_weight * nll
-            sums["nll"] = nll.detach().sum()
-
+    def _pair_loss(
+        self, pairs: PairBatch | SharedPrefixBatch, policy: SequenceLogps, ref_logps: torch.Tensor | None
+    ) -> tuple[torch.Tensor, Sums]:
+        """(per-pair losses of the --loss mixture, metric sums) of one batch of pairs."""
+        reference = None if ref_logps is None else pairs.split(ref_logps.to(policy.sum_logps.dtype))
+        logps = PairLogps(pairs.split(policy.sum_logps), pairs.split(policy.num_tokens), reference)
+        out = mixture_losses(self.terms, logps, self.config)
         logps_chosen, logps_rejected = pairs.split(policy.sum_logps.detach())
-        sums |= {
-            "items": torch.tensor(pairs.num_pairs),
-            "tokens": torch.tensor(pairs.num_tokens),
-            "loss": losses.detach().sum(),
-            "rewards/chosen": out.chosen_rewards.sum(),
-            "rewards/rejected": out.rejected_rewards.sum(),
-            "rewards/accuracies": preference_outcome(preference_margin(out.chosen_rewards, out.rejected_rewards)).sum(),
+        sums: Sums = {
+            "loss": out.losses.detach().sum(),
             "logps/chosen": logps_chosen.sum(),
             "logps/rejected": logps_rejected.sum(),
-            "logratio": (policy.sum_logps.detach() - ref_logps).sum(),
         }
-        return losses.sum(), sums
+        sums |= {f"loss/{name}": values.sum() for name, values in out.terms.items()}
+        if out.rewards is not None:
+            chosen, rejected = out.rewards
+            outcomes = preference_outcome(preference_margin(chosen, rejected))
+            sums |= {
+                "rewards/chosen": chosen.sum(),
+                "rewards/rejected": rejected.sum(),
+                "rewards/accuracies": outcomes.sum(),
+            }
+        if out.log_odds_ratio is not None:
+            sums["log_odds_ratio"] = out.log_odds_ratio.sum()
+        return out.losses, sums
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
-        pairs = sums["items"]
-        means = {
-            key: sums[key] / pairs
-            for key in (
-                "loss",
-                "rewards/chosen",
-                "rewards/rejected",
-                "rewards/accuracies",
-                "logps/chosen",
-                "logps/rejected",
-            )
-        }
-        means["rewards/margins"] = means["rewards/chosen"] - means["rewards/rejected"]
-        means["logratio"] = sums["logratio"] / (2 * pairs)  # per sequence: chosen and rejected alike
+        means = kto_metrics(sums) if self.unpaired else self._pair_metrics(sums)
+        if "logratio" in sums:
+            means["logratio"] = sums["logratio"] / (2 * sums["items"])  # per sequence: both of each pair alike
         if sums.get("kl_tokens"):
             means["kl"] = sums["kl"] / sums["kl_tokens"]
-        if "nll" in sums:
-            means["nll"] = sums["nll"] / pairs
+        return means
+
+    @staticmethod
+    def _pair_metrics(sums: dict[str, float]) -> dict[str, float]:
+        per_pair = ("loss", "rewards/", "logps/", "log_odds_ratio")
+        means = {key: value / sums["items"] for key, value in sums.items() if key.startswith(per_pair)}
+        if "rewards/chosen" in means:
+            means["rewards/margins"] = means["rewards/chosen"] - means["rewards/rejected"]
         return means

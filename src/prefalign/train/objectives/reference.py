@@ -162,7 +162,8 @@ def cached_reference_logps(
     batch_size: int,
     info: DistInfo,
 ) -> tuple[torch.Tensor, bool]:
-    """The [N, 2] reference log-probs of `items`: read from the cache, or computed (by rank 0) and cached.
+    """The [N, 2] reference log-probs of `items`: read from the cache, or computed and cached, by rank 0, which sends
+    them to the other ranks.
 
     Returns (log-probs, whether they came from the cache).
     """
@@ -171,9 +172,11 @@ def cached_reference_logps(
     if not hit and info.is_main:
         say(f"computing reference log-probs of {len(items)} pairs (cached in {path})")
         _save_atomically(compute_reference_logps(reference, items, collate, batch_size), settings, path)
-    if info.world_size > 1:
-        torch.distributed.barrier()  # the other ranks read what rank 0 wrote
-    logps = torch.load(path, map_location="cpu", weights_only=True)["logps"]
+    logps = torch.load(path, map_location="cpu", weights_only=True)["logps"] if info.is_main else None
+    if info.world_size > 1:  # the other ranks take rank 0's: theirs may be another machine's PREFALIGN_HOME
+        shared = [logps, hit]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        logps, hit = shared
     if logps.shape != (len(items), 2):
         raise PrefalignError(f"{path}: holds {tuple(logps.shape)} log-probs for {len(items)} pairs; delete it")
     if hit and info.is_main:
