@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -66,17 +67,20 @@ def test_kl_of_a_model_from_itself_is_zero_and_from_another_is_positive(tiny_mod
     model.save_pretrained(other_dir)
     policy.tokenizer.save_pretrained(other_dir)
     other = EvalModel("base", str(other_dir), digests)
-    config = GenerationConfig(max_new_tokens=6, temperature=1.0, seed=3)
-    samples = [generate(policy.model, policy.tokenizer, [p.prompt for p in PROMPTS], config, progress=False)]
+    texts = [p.prompt for p in PROMPTS]
+    config = GenerationConfig(max_new_tokens=6, temperature=1.0, seed=3, batch_size=1)
+    samples = [
+        generate(policy.model, policy.tokenizer, texts, replace(config, seed=3 + j), progress=False) for j in (0, 1)
+    ]
 
-    same = kl_from_base(
-        policy, EvalModel("copy", str(tiny_model_dir), digests), PROMPTS, samples, prompt_format="auto", batch_size=4
-    )
+    same = kl_from_base(policy, EvalModel("copy", str(tiny_model_dir), digests), texts, config, 2, progress=False)
     assert same.kl == [0.0, 0.0] and same.logratio == [0.0, 0.0]
-    assert same.tokens == [float(len(s.token_ids)) for s in samples[0]]
+    assert same.tokens == [(len(a.token_ids) + len(b.token_ids)) / 2 for a, b in zip(*samples)]
 
-    drift = kl_from_base(policy, other, PROMPTS, samples, prompt_format="auto", batch_size=1)
+    drift = kl_from_base(policy, other, texts, config, 2, progress=False)
     assert all(k > 0 for k in drift.kl)
     assert drift.logratio != pytest.approx(drift.kl)  # a different estimator of the same quantity
-    together = kl_from_base(policy, other, PROMPTS, samples, prompt_format="auto", batch_size=2)
+    one_draw = kl_from_base(policy, other, texts, config, 1, progress=False)
+    assert one_draw.kl != pytest.approx(drift.kl)  # the second draw counts
+    together = kl_from_base(policy, other, texts, replace(config, batch_size=2), 2, progress=False)
     assert together.kl == pytest.approx(drift.kl, rel=1e-4)  # batching (and padding) changes nothing

@@ -242,6 +242,19 @@ def test_report_json_holds_every_result(workspace):
     assert report["settings"]["confidence"] == {"level": 0.95, "bootstrap_resamples": 2000, "bootstrap_seed": 0}
 
 
+def test_unseen_phrasings_have_their_own_row(workspace):
+    # Four of the five built-in held-out prompts are worded in held-out-only phrasings; the chat prompt has none.
+    report = json.loads((workspace["out"] / "report.json").read_text())
+    keys = [row["key"] for row in report["table"]["rows"]]
+    assert keys[:2] == ["ifeval/prompt_strict", "ifeval/prompt_strict_unseen"]
+    row = report["table"]["rows"][1]
+    assert row["name"] == "IFEval prompt-level accuracy (strict), unseen phrasings"
+    assert {label: cell["n"] for label, cell in row["cells"].items()} == dict.fromkeys(LABELS, 4)
+    assert row["delta"] is not None and any(d["metric"] == row["key"] for d in report["deltas"])
+    markdown = (workspace["out"] / "report.md").read_text()
+    assert "Unseen phrasings: the 4 prompts" in markdown and "unseen phrasings" in markdown.split("## What changed")[1]
+
+
 def test_a_cached_rerun_loads_no_model_and_asks_the_judge_nothing_new(workspace):
     rerun = workspace["rerun"]
     # The greedy answers come from the cache; the KL and the pair log-probs too, so no sample is even read.

@@ -170,6 +170,88 @@ def test_rows_that_finish_early_leave_the_batch_without_changing_the_others(tiny
         assert generation.token_ids == row.token_ids[:cut]
 
 
+def test_continuous_batching_refills_slots_and_matches_each_prompt_alone(tiny) -> None:
+    # Two slots for five prompts: the queue refills a slot as soon as its row stops, rows finish at different steps
+    # (extra stop tokens), and long answers make the cache drop the columns no row in use still reaches.
+    model, tokenizer = tiny
+    for config in (GenerationConfig(max_new_tokens=48), GenerationConfig(max_new_tokens=48, temperature=1.0, seed=4)):
+        free = generate(model, tokenizer, PROMPTS, config, progress=False)
+        stops = {free[1].token_ids[5], free[3].token_ids[30]}
+        saved = model.generation_config.eos_token_id
+        model.generation_config.eos_token_id = [tokenizer.eos_token_id, *stops]
+        try:
+            two_slots = generate(model, tokenizer, PROMPTS, replace(config, batch_size=2), progress=False)
+            alone = [generate(model, tokenizer, [p], config, progress=False)[0] for p in PROMPTS]
+        finally:
+            model.generation_config.eos_token_id = saved
+        assert [g.token_ids for g in two_slots] == [g.token_ids for g in alone]
+        assert len({g.num_tokens for g in two_slots}) >= 2
+
+
+def test_a_joining_prompt_longer_than_the_rows_in_use_gets_columns_on_the_left(tiny) -> None:
+    # `generate` queues prompts longest first; the batch itself must also take them in any order.
+    from prefalign.generate.decode import ContinuousBatch, DecodeSettings
+
+    model, tokenizer = tiny
+    prompts = sorted((prompt_token_ids(p, tokenizer, "auto") for p in PROMPTS), key=len)
+    settings = DecodeSettings(8, 0.0, 1.0, 2, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+    with torch.inference_mode():
+        together = ContinuousBatch(model, prompts, None, settings).run()
+        alone = [ContinuousBatch(model, [p], None, settings).run()[0] for p in prompts]
+    assert [d.token_ids for d in together] == [d.token_ids for d in alone]
+
+
+def test_kl_from_a_reference_decoded_alongside_equals_scoring_the_answers(tiny, tiny_model_dir: Path) -> None:
+    from prefalign.data.collate import pad_sequences
+    from prefalign.scoring.completions import completion_kl
+    from prefalign.scoring.run import score_completions
+
+    model, tokenizer = tiny
+    config = GenerationConfig(max_new_tokens=10, temperature=1.0, seed=2, batch_size=2)
+    itself = generate(model, tokenizer, PROMPTS, config, reference=model, progress=False)
+    assert all(g.kl == pytest.approx(0.0, abs=1e-6) and g.logratio == pytest.approx(0.0, abs=1e-6) for g in itself)
+    other = load_model(str(tiny_model_dir))
+    drift = generate(model, tokenizer, PROMPTS, config, reference=other, progress=False)
+    assert [g.token_ids for g in drift] == [g.token_ids for g in itself]  # the reference never changes the sample
+    lm = pad_sequences([prompt_token_ids(p, tokenizer, "auto") for p in PROMPTS], [g.token_ids for g in drift], 0)
+    with torch.inference_mode():
+        policy_states, policy_logps = score_completions(model, lm)
+        base_states, base_logps = score_completions(other, lm)
+        kl = completion_kl(policy_states, base_states)
+    assert [g.kl for g in drift] == pytest.approx(kl.tolist(), rel=1e-4, abs=1e-4)
+    logratio = (policy_logps.sum_logps - base_logps.sum_logps).tolist()
+    assert [g.logratio for g in drift] == pytest.approx(logratio, rel=1e-4, abs=1e-4)
+    assert min(g.kl for g in drift) > 0.1
+
+
+def test_bfloat16_generation_leaves_the_callers_model_as_it_was(tiny) -> None:
+    model, tokenizer = tiny
+    model.train()
+    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+    config = GenerationConfig(max_new_tokens=6, dtype="bfloat16")
+    out = generate(model, tokenizer, PROMPTS[:2], config, progress=False)
+    assert [g.num_tokens for g in out] == [6, 6]
+    assert model.training and model.dtype == torch.float32
+    assert all(torch.equal(weights[name], p) for name, p in model.named_parameters())
+    model.eval()
+
+
+def test_top_p_over_the_head_candidates_equals_the_full_sort() -> None:
+    # Peaked rows (their head holds the top-p mass) and flat rows (it does not: the full sort) in one batch.
+    generator = torch.Generator().manual_seed(0)
+    vocab = 3000
+    logits = torch.randn(64, vocab, generator=generator) * torch.linspace(0.5, 12.0, 64)[:, None]
+    uniforms = torch.rand(64, generator=generator)
+    for top_p in (0.5, 0.9, 0.95, 0.999):
+        probs = torch.softmax(logits / 0.8, dim=-1)
+        ranked, order = probs.sort(dim=-1, descending=True)
+        kept = ranked.masked_fill(ranked.cumsum(dim=-1) - ranked >= top_p, 0.0)
+        cdf = kept.cumsum(dim=-1)
+        target = torch.minimum(uniforms[:, None] * cdf[:, -1:], torch.nextafter(cdf[:, -1:], torch.zeros(1)))
+        expected = order.gather(-1, torch.searchsorted(cdf, target, right=True)).squeeze(-1)
+        assert torch.equal(sample_next(logits, 0.8, top_p, uniforms), expected)
+
+
 def test_empty_raw_prompt_is_refused(tiny) -> None:
     model, tokenizer = tiny
     with pytest.raises(PrefalignError, match="prompt 2 is empty"):
@@ -221,6 +303,7 @@ def test_a_draw_next_to_one_never_picks_an_impossible_token() -> None:
         ({"max_new_tokens": 0}, "max_new_tokens must be at least 1"),
         ({"batch_size": 0}, "batch_size must be at least 1"),
         ({"prompt_format": "json"}, "prompt_format must be auto, chat or raw"),
+        ({"dtype": "float16"}, "dtype must be one of model, auto, float32, bfloat16"),
     ],
 )
 def test_invalid_generation_settings_are_refused(options: dict, message: str) -> None:
@@ -258,6 +341,7 @@ def test_cli_prompts_file_to_jsonl(tiny, model_dir: Path, tmp_path: Path) -> Non
         "seed": 3,
         "batch_size": 16,
         "prompt_format": "auto",
+        "dtype": "model",
     }
     assert all(r["model"] == str(model_dir) and r["finish_reason"] in ("eos", "length") for r in rows)
     model, tokenizer = tiny

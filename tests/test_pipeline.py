@@ -188,6 +188,7 @@ def test_quick_demo_on_smollm2_produces_the_three_way_report(smollm2_dir: Path, 
         cell = rows["ifeval/prompt_strict"]["cells"][label]
         assert cell["low"] <= cell["value"] <= cell["high"]
     assert rows["ifeval/prompt_strict"]["delta"] is not None
+    assert rows["ifeval/prompt_strict_unseen"]["cells"]["dpo"]["n"] < 16  # the prompts worded in unseen phrasings
     assert any(key.startswith("judge/reward-model") for key in rows)
     report = (out / "report.md").read_text()
     assert "| Metric | base | sft | dpo | Δ dpo over sft (95% CI) |" in report

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import re
 from itertools import combinations
 
 import pytest
@@ -11,7 +13,7 @@ from if_verifiable.ifeval.instructions_registry import INSTRUCTION_CONFLICTS, co
 from prefalign.cli import main
 from prefalign.errors import PrefalignError
 from prefalign.judges import SUPPORTED_INSTRUCTIONS, JudgeItem, VerifierJudge, describe_instruction
-from prefalign.prompts import HELDOUT_TOPICS, INSTRUCTIONS, TRAIN_TOPICS, builtin_prompts, conflicts
+from prefalign.prompts import _FORBIDDEN, HELDOUT_TOPICS, INSTRUCTIONS, TRAIN_TOPICS, builtin_prompts, conflicts
 
 
 @pytest.fixture(scope="module")
@@ -22,17 +24,26 @@ def prompts() -> list[dict]:
 def test_sizes_and_splits(prompts: list[dict]):
     train = [p for p in prompts if p["split"] == "train"]
     heldout = [p for p in prompts if p["split"] == "heldout"]
-    assert (len(train), len(heldout)) == (440, 120)
-    assert [p["split"] for p in prompts] == ["train"] * 440 + ["heldout"] * 120
+    assert (len(train), len(heldout)) == (720, 240)
+    assert [p["split"] for p in prompts] == ["train"] * 720 + ["heldout"] * 240
     assert builtin_prompts(0, "train") == train and builtin_prompts(0, "heldout") == heldout
     assert len({p["id"] for p in prompts}) == len(prompts)
-    assert (train[0]["id"], heldout[-1]["id"]) == ("train-0000", "heldout-0119")
-    assert set(prompts[0]) == {"id", "split", "topic", "prompt", "instruction_id_list", "kwargs"}
+    assert (train[0]["id"], heldout[-1]["id"]) == ("train-0000", "heldout-0239")
+    assert set(prompts[0]) == {
+        "id",
+        "split",
+        "topic",
+        "prompt",
+        "instruction_id_list",
+        "kwargs",
+        "phrasings",
+        "unseen_phrasing",
+    }
 
 
 def test_train_and_heldout_topics_are_disjoint(prompts: list[dict]):
     assert not set(TRAIN_TOPICS) & set(HELDOUT_TOPICS)
-    assert len(set(TRAIN_TOPICS) | set(HELDOUT_TOPICS)) == len(TRAIN_TOPICS) + len(HELDOUT_TOPICS) >= 120
+    assert len(set(TRAIN_TOPICS) | set(HELDOUT_TOPICS)) == len(TRAIN_TOPICS) + len(HELDOUT_TOPICS) >= 160
     assert {p["topic"] for p in prompts if p["split"] == "train"} == set(TRAIN_TOPICS)
     assert {p["topic"] for p in prompts if p["split"] == "heldout"} == set(HELDOUT_TOPICS)
 
@@ -73,10 +84,71 @@ def test_no_contradictory_combinations(prompts: list[dict]):
 
 
 def test_prompt_text_is_the_task_then_each_instruction(prompts: list[dict]):
-    prompt = next(p for p in prompts if len(p["instruction_id_list"]) == 3)
-    texts = [INSTRUCTIONS[i].describe(k) for i, k in zip(prompt["instruction_id_list"], prompt["kwargs"])]
-    assert prompt["prompt"].endswith(" ".join(texts))
-    assert prompt["topic"] in prompt["prompt"].removesuffix(" ".join(texts))
+    for prompt in [p for p in prompts if len(p["instruction_id_list"]) == 3][:20]:
+        instructions = zip(prompt["instruction_id_list"], prompt["kwargs"], prompt["phrasings"])
+        texts = [INSTRUCTIONS[i].describe(k, n) for i, k, n in instructions]
+        assert prompt["prompt"].endswith(" ".join(texts))
+        assert prompt["topic"] in prompt["prompt"].removesuffix(" ".join(texts))
+
+
+def test_every_kind_has_several_phrasings_and_some_are_heldout_only():
+    for kind in INSTRUCTIONS.values():
+        assert len(kind.phrasings) >= 4 and kind.train_phrasings >= 3
+        assert not kind.is_heldout_only(kind.train_phrasings - 1) and kind.is_heldout_only(len(kind.phrasings) - 1)
+        kwargs = kind.sample(random.Random(0))
+        texts = [kind.describe(kwargs, n) for n in range(len(kind.phrasings))]
+        assert len(set(texts)) == len(texts), kind.id
+
+
+def test_train_prompts_never_use_a_heldout_only_phrasing(prompts: list[dict]):
+    def heldout_only(prompt: dict) -> list[bool]:
+        return [INSTRUCTIONS[i].is_heldout_only(n) for i, n in zip(prompt["instruction_id_list"], prompt["phrasings"])]
+
+    train_texts = set()
+    for prompt in prompts:
+        flags = heldout_only(prompt)
+        assert len(flags) == len(prompt["instruction_id_list"])
+        if prompt["split"] == "train":
+            assert not any(flags) and prompt["unseen_phrasing"] is False
+            instructions = zip(prompt["instruction_id_list"], prompt["kwargs"], prompt["phrasings"])
+            train_texts |= {INSTRUCTIONS[i].describe(k, n) for i, k, n in instructions}
+        else:
+            assert all(flags) if prompt["unseen_phrasing"] else not any(flags)
+    unseen = [p for p in prompts if p["unseen_phrasing"]]
+    assert 80 <= len(unseen) <= 160  # about half of the 240 held-out prompts
+    for prompt in unseen:  # an unseen wording never appears in a train prompt, whatever its arguments
+        instructions = zip(prompt["instruction_id_list"], prompt["kwargs"], prompt["phrasings"])
+        assert not {INSTRUCTIONS[i].describe(k, n) for i, k, n in instructions} & train_texts
+    # Every phrasing is used somewhere: each train phrasing by train prompts, each held-out-only one by held-out ones.
+    used = {(i, n) for p in prompts for i, n in zip(p["instruction_id_list"], p["phrasings"])}
+    assert used == {(i, n) for i, kind in INSTRUCTIONS.items() for n in range(len(kind.phrasings))}
+
+
+def test_every_phrasing_states_every_argument():
+    for kind in INSTRUCTIONS.values():
+        for seed in range(6):
+            kwargs = kind.sample(random.Random(seed))
+            values = [v for key, value in kwargs.items() if key != "relation" for v in _as_list(value)]
+            for n in range(len(kind.phrasings)):
+                text = kind.describe(kwargs, n)
+                assert all(str(value) in text for value in values), (kind.id, n, text)
+                if "relation" in kwargs:  # "less than" is said as fewer/under/shorter/less, "at least" otherwise
+                    strict = any(w in text for w in ("fewer than", "under", "shorter", "less than"))
+                    assert strict == (kwargs["relation"] == "less than"), (kind.id, n, text)
+
+
+def _as_list(value: object) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def test_no_phrasing_uses_a_forbidden_word():
+    # A phrasing that says "very" would contradict a prompt that forbids it.
+    for kind in INSTRUCTIONS.values():
+        if kind.id == "keywords:forbidden_words":
+            continue
+        for n in range(len(kind.phrasings)):
+            text = kind.describe(kind.sample(random.Random(n)), n).lower()
+            assert not set(re.findall(r"[a-z]+", text)) & set(_FORBIDDEN), (kind.id, n, text)
 
 
 @pytest.mark.parametrize(
@@ -137,7 +209,7 @@ def test_unknown_split_is_an_error():
 def test_cli_writes_the_set(tmp_path, capsys: pytest.CaptureFixture[str]):
     out = tmp_path / "prompts.jsonl"
     assert main(["prompts", "builtin", "-o", str(out), "--seed", "3", "--split", "heldout"]) == 0
-    assert capsys.readouterr().out == f"wrote 120 prompts (120 heldout) to {out}\n"
+    assert capsys.readouterr().out == f"wrote 240 prompts (240 heldout) to {out}\n"
     lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert lines == builtin_prompts(3, "heldout")
 

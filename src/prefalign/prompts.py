@@ -12,6 +12,9 @@ Choices, and why:
   the policy never trained on. The topic lists are fixed; the seed picks tasks, instructions and arguments.
 * Instruction texts are our own plain phrasings rather than IFEval's (which read, e.g., "Include keywords ['a', 'b'] in
   the response."): a small model follows plain English better. Each says exactly what its checker tests.
+* Every instruction has several phrasings, and the last of each is used by held-out prompts only: half the held-out
+  prompts are worded entirely in such unseen phrasings (`unseen_phrasing: true`), so an evaluation can tell a model
+  that learned the instruction from one that learned a wording of it.
 * Every prompt draws from its own generator, seeded from (seed, split, topic, slot), so a prompt does not change when
   topics are added elsewhere in the lists.
 """
@@ -31,8 +34,8 @@ from .fileio import write_jsonl_atomic
 Split = Literal["train", "heldout", "all"]
 SPLITS = ("train", "heldout", "all")
 
-# Prompts per topic: 110 train topics x 4 = 440 train prompts; 30 held-out topics x 4 = 120 held-out prompts.
-PROMPTS_PER_TOPIC = 4
+# Prompts per topic: 120 train topics x 6 = 720 train prompts; 40 held-out topics x 6 = 240 held-out prompts.
+PROMPTS_PER_TOPIC = 6
 
 TRAIN_TOPICS: tuple[str, ...] = (
     "recycling plastic bottles",
@@ -145,6 +148,16 @@ TRAIN_TOPICS: tuple[str, ...] = (
     "collecting seashells",
     "cooking eggs for breakfast",
     "a school field trip",
+    "washing the car",
+    "raking leaves",
+    "a rainy afternoon indoors",
+    "making a birthday card",
+    "learning to cook pasta",
+    "visiting a lighthouse",
+    "watering the garden",
+    "a trip to the bakery",
+    "building a sandcastle",
+    "learning to draw animals",
 )
 
 HELDOUT_TOPICS: tuple[str, ...] = (
@@ -178,6 +191,16 @@ HELDOUT_TOPICS: tuple[str, ...] = (
     "teaching a dog a trick",
     "a bake sale",
     "making a scrapbook",
+    "a sleepover at a friend's house",
+    "planting a tree",
+    "learning to row a boat",
+    "a visit to an aquarium",
+    "making a kite",
+    "a family game night",
+    "the first snowfall",
+    "caring for a rabbit",
+    "a trip to the post office",
+    "learning magic tricks",
 )
 
 # Short tasks, so answers stay short: the demo generates about a hundred tokens per answer on a laptop CPU.
@@ -190,6 +213,10 @@ TASKS: tuple[str, ...] = (
     "Write a short story about {topic}.",
     "Write a short message to a neighbor about {topic}.",
     "Share a few thoughts on {topic}.",
+    "Write a few tips about {topic}.",
+    "Write a short diary entry about {topic}.",
+    "Answer a friend who asks you about {topic}.",
+    "Write a short speech for a class about {topic}.",
 )
 
 _RELATIONS = ("less than", "at least")
@@ -197,6 +224,11 @@ _KEYWORDS = ("simple", "friend", "today", "careful", "together", "enjoy", "easy"
 # Disjoint from _KEYWORDS and from every end phrase, so no prompt asks for a word and forbids it.
 _FORBIDDEN = ("very", "really", "also", "just", "great", "good")
 _END_PHRASES = ("Any other questions?", "Is there anything else I can help with?", "Have a nice day.", "That is all.")
+
+# The last phrasing of every instruction kind is held-out-only: no train prompt uses it.
+HELDOUT_ONLY_PHRASINGS = 1
+# The fraction of held-out prompts whose every instruction is phrased in a held-out-only wording.
+UNSEEN_PHRASING_FRACTION = 0.5
 
 
 def _quoted(words: list[str], joiner: str) -> str:
@@ -208,13 +240,29 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
+Phrasing = Callable[[dict[str, Any]], str]
+
+
 @dataclass(frozen=True)
 class InstructionKind:
-    """One verifiable instruction: how to draw its IFEval arguments, and how to say it to the model."""
+    """One verifiable instruction: how to draw its IFEval arguments, and the ways to say it to the model. Each
+    phrasing says exactly what the checker tests; the last `HELDOUT_ONLY_PHRASINGS` are for held-out prompts only."""
 
     id: str
     sample: Callable[[random.Random], dict[str, Any]]
-    describe: Callable[[dict[str, Any]], str]
+    phrasings: tuple[Phrasing, ...]
+
+    def describe(self, kwargs: dict[str, Any], phrasing: int = 0) -> str:
+        """The instruction with arguments `kwargs`, in phrasing number `phrasing`."""
+        return self.phrasings[phrasing](kwargs)
+
+    @property
+    def train_phrasings(self) -> int:
+        """How many phrasings train prompts draw from: phrasings 0 .. train_phrasings - 1."""
+        return len(self.phrasings) - HELDOUT_ONLY_PHRASINGS
+
+    def is_heldout_only(self, phrasing: int) -> bool:
+        return phrasing >= self.train_phrasings
 
 
 def _words_rule(rng: random.Random) -> dict[str, Any]:
@@ -228,97 +276,238 @@ def _sentences_rule(rng: random.Random) -> dict[str, Any]:
     return {"num_sentences": rng.choice((3, 4, 5) if relation == "less than" else (2, 3, 4)), "relation": relation}
 
 
+def _relational(less: str, at_least: str, count_key: str) -> Phrasing:
+    """A phrasing of a "less than" / "at least" count rule: `less` or `at_least` with {n} filled in."""
+    return lambda kw: (less if kw["relation"] == "less than" else at_least).format(n=kw[count_key])
+
+
+def _words(kw: dict[str, Any], key: str) -> tuple[str, str]:
+    """("word" or "words", the quoted words) for a keyword list argument."""
+    return ("word" if len(kw[key]) == 1 else "words"), _quoted(kw[key], "and")
+
+
+def _forbidden(kw: dict[str, Any]) -> tuple[str, str]:
+    return ("word" if len(kw["forbidden_words"]) == 1 else "words"), _quoted(kw["forbidden_words"], "or")
+
+
 INSTRUCTIONS: dict[str, InstructionKind] = {
     kind.id: kind
     for kind in (
         InstructionKind(
             "change_case:english_lowercase",
             lambda rng: {},
-            lambda kw: "Write your entire answer in English using only lowercase letters, with no capital letters.",
+            (
+                lambda kw: "Write your entire answer in English using only lowercase letters, with no capital letters.",
+                lambda kw: (
+                    "Answer in English in lowercase only: no capital letters anywhere, not even to start a sentence."
+                ),
+                lambda kw: "Do not use any capital letters: write the whole answer in lowercase English.",
+                lambda kw: "Your whole reply must be in English and entirely in lowercase letters.",
+            ),
         ),
         InstructionKind(
             "change_case:english_capital",
             lambda rng: {},
-            lambda kw: "Write your entire answer in English using only capital letters.",
+            (
+                lambda kw: "Write your entire answer in English using only capital letters.",
+                lambda kw: "Answer in English with every letter in uppercase.",
+                lambda kw: "Do not use any lowercase letters: write the whole answer in English capital letters.",
+                lambda kw: "Your whole reply must be in English and entirely in capital letters.",
+            ),
         ),
-        InstructionKind("punctuation:no_comma", lambda rng: {}, lambda kw: "Do not use any commas in your answer."),
+        InstructionKind(
+            "punctuation:no_comma",
+            lambda rng: {},
+            (
+                lambda kw: "Do not use any commas in your answer.",
+                lambda kw: "Your answer must not contain a single comma.",
+                lambda kw: "Write without commas: not one comma anywhere in the answer.",
+                lambda kw: "Leave the comma out of your reply completely.",
+            ),
+        ),
         InstructionKind(
             "length_constraints:number_words",
             _words_rule,
-            lambda kw: f"Use {'fewer than' if kw['relation'] == 'less than' else 'at least'} {kw['num_words']} words.",
+            (
+                _relational("Use fewer than {n} words.", "Use at least {n} words.", "num_words"),
+                _relational("Keep your answer under {n} words.", "Make your answer {n} words or longer.", "num_words"),
+                _relational(
+                    "Your answer must be shorter than {n} words.",
+                    "Your answer must have at least {n} words.",
+                    "num_words",
+                ),
+                _relational(
+                    "Write a reply of fewer than {n} words in total.",
+                    "Write a reply of {n} words or more in total.",
+                    "num_words",
+                ),
+            ),
         ),
         InstructionKind(
             "length_constraints:number_sentences",
             _sentences_rule,
-            lambda kw: (
-                f"Write {'fewer than' if kw['relation'] == 'less than' else 'at least'} "
-                f"{kw['num_sentences']} sentences."
+            (
+                _relational("Write fewer than {n} sentences.", "Write at least {n} sentences.", "num_sentences"),
+                _relational(
+                    "Keep your answer to fewer than {n} sentences.",
+                    "Your answer must have at least {n} sentences.",
+                    "num_sentences",
+                ),
+                _relational("Answer in less than {n} sentences.", "Answer in {n} or more sentences.", "num_sentences"),
+                _relational(
+                    "Your reply should contain fewer than {n} sentences in total.",
+                    "Your reply should contain {n} or more sentences in total.",
+                    "num_sentences",
+                ),
             ),
         ),
         InstructionKind(
             "length_constraints:number_paragraphs",
             lambda rng: {"num_paragraphs": rng.choice((2, 3))},
-            lambda kw: f"Write exactly {kw['num_paragraphs']} paragraphs, separated by a line with only *** on it.",
+            (
+                lambda kw: f"Write exactly {kw['num_paragraphs']} paragraphs, separated by a line with only *** on it.",
+                lambda kw: (
+                    f"Split your answer into exactly {kw['num_paragraphs']} paragraphs, with the markdown "
+                    "divider *** between them."
+                ),
+                lambda kw: f"Give exactly {kw['num_paragraphs']} paragraphs and separate each from the next with ***.",
+                lambda kw: (
+                    f"Your reply must have {kw['num_paragraphs']} paragraphs, no more and no fewer, divided "
+                    "from each other by ***."
+                ),
+            ),
         ),
         InstructionKind(
             "detectable_format:number_bullet_lists",
             lambda rng: {"num_bullets": rng.choice((2, 3, 4))},
-            lambda kw: f'Give exactly {kw["num_bullets"]} bullet points, each on its own line starting with "* ".',
+            (
+                lambda kw: f'Give exactly {kw["num_bullets"]} bullet points, each on its own line starting with "* ".',
+                lambda kw: (
+                    f'Use exactly {kw["num_bullets"]} markdown bullet points, such as "* first point", and '
+                    "no other bullets."
+                ),
+                lambda kw: (
+                    f'Include {kw["num_bullets"]} bullet points, no more and no fewer, each a line beginning with "* ".'
+                ),
+                lambda kw: (
+                    f"Your reply must list exactly {kw['num_bullets']} points as markdown bullets, each line "
+                    'starting with "* ".'
+                ),
+            ),
         ),
         InstructionKind(
             "detectable_format:title",
             lambda rng: {},
-            lambda kw: "Give your answer a title wrapped in double angular brackets, such as <<a day out>>.",
+            (
+                lambda kw: "Give your answer a title wrapped in double angular brackets, such as <<a day out>>.",
+                lambda kw: "Include a title in double angular brackets, for example <<a sunny day>>.",
+                lambda kw: "Put a title in your answer, written as <<title>> with double angular brackets.",
+                lambda kw: "Your reply needs a title enclosed in double angular brackets, as in <<my story>>.",
+            ),
         ),
         InstructionKind(
             "detectable_format:number_highlighted_sections",
             lambda rng: {"num_highlights": rng.choice((1, 2))},
-            lambda kw: (
-                f"Highlight at least {_plural(kw['num_highlights'], 'part')} of your answer with markdown, "
-                "like *this part*."
+            (
+                lambda kw: (
+                    f"Highlight at least {_plural(kw['num_highlights'], 'part')} of your answer with markdown, "
+                    "like *this part*."
+                ),
+                lambda kw: (
+                    f"Use markdown to highlight at least {_plural(kw['num_highlights'], 'section')}, for "
+                    "example *an important idea*."
+                ),
+                lambda kw: (
+                    f"Mark at least {_plural(kw['num_highlights'], 'phrase')} of your answer as highlighted "
+                    "by wrapping it in asterisks, like *this*."
+                ),
+                lambda kw: (
+                    f"Emphasise at least {_plural(kw['num_highlights'], 'part')} of your reply with markdown "
+                    "asterisks, as in *highlighted text*."
+                ),
             ),
         ),
         InstructionKind(
             "detectable_content:postscript",
             lambda rng: {"postscript_marker": rng.choice(("P.S.", "P.P.S"))},
-            lambda kw: f"At the end of your answer, add a postscript starting with {kw['postscript_marker']}",
+            (
+                lambda kw: f"At the end of your answer, add a postscript starting with {kw['postscript_marker']}",
+                lambda kw: f"Finish with a postscript that begins with {kw['postscript_marker']}",
+                lambda kw: f"After the main answer, add a short note starting with {kw['postscript_marker']}",
+                lambda kw: f"Close your reply with a postscript introduced by {kw['postscript_marker']}",
+            ),
         ),
         InstructionKind(
             "detectable_content:number_placeholders",
             lambda rng: {"num_placeholders": rng.choice((1, 2))},
-            lambda kw: (
-                f"Include at least {_plural(kw['num_placeholders'], 'placeholder')} in square brackets, such as [name]."
+            (
+                lambda kw: (
+                    f"Include at least {_plural(kw['num_placeholders'], 'placeholder')} in square brackets, "
+                    "such as [name]."
+                ),
+                lambda kw: (
+                    f"Leave at least {_plural(kw['num_placeholders'], 'blank')} for the reader to fill in, "
+                    "written in square brackets like [address]."
+                ),
+                lambda kw: (
+                    f"Use at least {_plural(kw['num_placeholders'], 'placeholder')} such as [date], in square brackets."
+                ),
+                lambda kw: (
+                    f"Your reply must contain {kw['num_placeholders']} or more bracketed placeholders, for "
+                    "example [city]."
+                ),
             ),
         ),
         InstructionKind(
             "startend:end_checker",
             lambda rng: {"end_phrase": rng.choice(_END_PHRASES)},
-            lambda kw: f'End your answer with the exact phrase "{kw["end_phrase"]}" and nothing after it.',
+            (
+                lambda kw: f'End your answer with the exact phrase "{kw["end_phrase"]}" and nothing after it.',
+                lambda kw: f'Finish your answer with the words "{kw["end_phrase"]}", with nothing following them.',
+                lambda kw: f'Make "{kw["end_phrase"]}" the final words of your answer.',
+                lambda kw: (
+                    f'Your reply must close with the exact phrase "{kw["end_phrase"]}", and nothing may come after it.'
+                ),
+            ),
         ),
         InstructionKind(
             "startend:quotation",
             lambda rng: {},
-            lambda kw: "Wrap your entire answer in double quotation marks.",
+            (
+                lambda kw: "Wrap your entire answer in double quotation marks.",
+                lambda kw: 'Put your whole answer inside double quotes, starting and ending with ".',
+                lambda kw: "Enclose the complete answer in double quotation marks.",
+                lambda kw: "Your entire reply must begin and end with a double quotation mark.",
+            ),
         ),
         InstructionKind(
             "keywords:existence",
             lambda rng: {"keywords": sorted(rng.sample(_KEYWORDS, rng.choice((1, 2))))},
-            lambda kw: (
-                f"Use the {'word' if len(kw['keywords']) == 1 else 'words'} {_quoted(kw['keywords'], 'and')} "
-                "in your answer."
+            (
+                lambda kw: "Use the {} {} in your answer.".format(*_words(kw, "keywords")),
+                lambda kw: "Include the {} {} somewhere in your answer.".format(*_words(kw, "keywords")),
+                lambda kw: "Make sure your answer contains the {} {}.".format(*_words(kw, "keywords")),
+                lambda kw: "Your reply must mention the {} {}.".format(*_words(kw, "keywords")),
             ),
         ),
         InstructionKind(
             "keywords:frequency",
             lambda rng: {"keyword": rng.choice(_KEYWORDS), "frequency": rng.choice((2, 3)), "relation": "at least"},
-            lambda kw: f'Use the word "{kw["keyword"]}" at least {kw["frequency"]} times.',
+            (
+                lambda kw: f'Use the word "{kw["keyword"]}" at least {kw["frequency"]} times.',
+                lambda kw: f'Include the word "{kw["keyword"]}" {kw["frequency"]} or more times.',
+                lambda kw: f'The word "{kw["keyword"]}" must appear at least {kw["frequency"]} times in your answer.',
+                lambda kw: f'Repeat the word "{kw["keyword"]}" in your reply, at least {kw["frequency"]} times in all.',
+            ),
         ),
         InstructionKind(
             "keywords:forbidden_words",
             lambda rng: {"forbidden_words": sorted(rng.sample(_FORBIDDEN, rng.choice((1, 2))))},
-            lambda kw: (
-                f"Do not use the {'word' if len(kw['forbidden_words']) == 1 else 'words'} "
-                f"{_quoted(kw['forbidden_words'], 'or')}."
+            (
+                lambda kw: "Do not use the {} {}.".format(*_forbidden(kw)),
+                lambda kw: "Never write the {} {} in your answer.".format(*_forbidden(kw)),
+                lambda kw: "Avoid the {} {} completely.".format(*_forbidden(kw)),
+                lambda kw: "Your reply must not contain the {} {}.".format(*_forbidden(kw)),
             ),
         ),
     )
@@ -363,20 +552,34 @@ def _pick_instructions(rng: random.Random) -> tuple[list[str], list[dict[str, An
     return chosen, [INSTRUCTIONS[i].sample(rng) for i in chosen]
 
 
+def _pick_phrasings(rng: random.Random, split: str, instruction_ids: list[str]) -> tuple[list[int], bool]:
+    """The phrasing of each instruction, and whether they are all held-out-only ones: a held-out prompt is phrased
+    entirely in unseen wordings with probability `UNSEEN_PHRASING_FRACTION`, otherwise (and always for train) every
+    instruction takes one of its train phrasings."""
+    unseen = split == "heldout" and rng.random() < UNSEEN_PHRASING_FRACTION
+    kinds = [INSTRUCTIONS[i] for i in instruction_ids]
+    if unseen:
+        return [rng.randrange(k.train_phrasings, len(k.phrasings)) for k in kinds], True
+    return [rng.randrange(k.train_phrasings) for k in kinds], False
+
+
 def _topic_prompts(split: str, topic: str, seed: int) -> list[dict[str, Any]]:
     tasks = random.Random(f"prefalign-tasks/{seed}/{split}/{topic}").sample(TASKS, PROMPTS_PER_TOPIC)
     records = []
     for slot, task in enumerate(tasks):
         rng = random.Random(f"prefalign-prompt/{seed}/{split}/{topic}/{slot}")
         instruction_ids, kwargs = _pick_instructions(rng)
-        sentences = [task.format(topic=topic)] + [INSTRUCTIONS[i].describe(k) for i, k in zip(instruction_ids, kwargs)]
+        phrasings, unseen = _pick_phrasings(rng, split, instruction_ids)
+        described = [INSTRUCTIONS[i].describe(k, n) for i, k, n in zip(instruction_ids, kwargs, phrasings)]
         records.append(
             {
                 "split": split,
                 "topic": topic,
-                "prompt": " ".join(sentences),
+                "prompt": " ".join([task.format(topic=topic), *described]),
                 "instruction_id_list": instruction_ids,
                 "kwargs": kwargs,
+                "phrasings": phrasings,
+                "unseen_phrasing": unseen,
             }
         )
     return records
@@ -385,8 +588,10 @@ def _topic_prompts(split: str, topic: str, seed: int) -> list[dict[str, Any]]:
 def builtin_prompts(seed: int = 0, split: Split = "all") -> list[dict[str, Any]]:
     """The built-in prompts of `split` ("train", "heldout" or "all": train then held-out), deterministic in `seed`.
 
-    Each record: `id` ("train-0000", "heldout-0000", ...), `split`, `topic`, `prompt` (a string), and the verifier's
-    `instruction_id_list` and `kwargs` (IFEval's field names).
+    Each record: `id` ("train-0000", "heldout-0000", ...), `split`, `topic`, `prompt` (a string), the verifier's
+    `instruction_id_list` and `kwargs` (IFEval's field names), `phrasings` (the phrasing number of each instruction,
+    see `InstructionKind.phrasings`) and `unseen_phrasing` (true when every instruction is worded in a held-out-only
+    phrasing, which no train prompt uses).
     """
     if split not in SPLITS:
         raise PrefalignError(f"unknown prompt split {split!r}; expected one of {', '.join(SPLITS)}")

@@ -8,20 +8,19 @@ beside it as a check (the two agree in expectation).
 
 Responses are sampled from the model at temperature 1 (top_p 1: the model's own distribution), k per prompt, up to
 a token budget, so the number reported is the KL of the distributions over the first `max_new_tokens` tokens, in
-nats per response. Per prompt the k samples are averaged; the interval is the bootstrap over prompts. Both numbers
-come from `prefalign.scoring`, as DPO's `kl` metric and log-probs do.
+nats per response. The base decodes each sampled token alongside the model (`generate(..., reference=base)`), so both
+sums come out of the sampling itself, with no second pass over the answers. Per prompt the k samples are averaged; the
+interval is the bootstrap over prompts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from ..data.collate import pad_sequences
-from ..data.tokenize import PromptFormat, prompt_token_ids
-from ..generate import Generation
+from ..data.records import Text
+from ..generate import GenerationConfig, generate
 from .models import EvalModel
-from .prompt_set import EvalPrompt
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -42,38 +41,19 @@ def same_vocabulary(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> b
 
 
 def kl_from_base(
-    policy: EvalModel,
-    base: EvalModel,
-    prompts: list[EvalPrompt],
-    samples: list[list[Generation]],
-    *,
-    prompt_format: PromptFormat,
-    batch_size: int,
+    policy: EvalModel, base: EvalModel, prompts: list[Text], config: GenerationConfig, samples: int, progress: bool
 ) -> KLEstimate:
-    """KL(policy || base) per prompt from `samples` (k lists, each one sample of the policy per prompt)."""
-    import torch  # torch loads on first use, not when the evaluation's options are read
-
-    from ..scoring.completions import completion_kl
-    from ..scoring.run import score_completions
-
-    tokenizer = policy.tokenizer
-    prompt_ids = [prompt_token_ids(p.prompt, tokenizer, prompt_format) for p in prompts]
-    rows = [(i, prompt_ids[i], draw[i].token_ids) for draw in samples for i in range(len(prompts))]
-    rows.sort(key=lambda row: -(len(row[1]) + len(row[2])))  # similar lengths share a batch: less padding
+    """KL(policy || base) per prompt from `samples` answers of the policy per prompt, sampled under `config` with
+    seeds `config.seed`, `config.seed + 1`, ... (give it temperature 1 and top_p 1: the policy's own distribution)."""
     n = len(prompts)
     kl_sum, logratio_sum, token_sum = [0.0] * n, [0.0] * n, [0.0] * n
-    pad_id = tokenizer.pad_token_id
-    with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            lm = pad_sequences([r[1] for r in batch], [r[2] for r in batch], pad_id)
-            policy_states, policy_logps = score_completions(policy.model, lm.to(policy.model.device))
-            base_states, base_logps = score_completions(base.model, lm.to(base.model.device))
-            kl = completion_kl(policy_states, base_states)
-            logratio = policy_logps.sum_logps - base_logps.sum_logps.to(policy_logps.sum_logps.device)
-            for (index, _, completion), k, r in zip(batch, kl.tolist(), logratio.tolist()):
-                kl_sum[index] += k
-                logratio_sum[index] += r
-                token_sum[index] += len(completion)
-    draws = len(samples)
-    return KLEstimate([k / draws for k in kl_sum], [r / draws for r in logratio_sum], [t / draws for t in token_sum])
+    for draw in range(samples):
+        drawn = replace(config, seed=config.seed + draw)
+        answers = generate(policy.model, policy.tokenizer, prompts, drawn, reference=base.model, progress=progress)
+        for index, answer in enumerate(answers):
+            kl_sum[index] += answer.kl or 0.0
+            logratio_sum[index] += answer.logratio or 0.0
+            token_sum[index] += answer.num_tokens
+    return KLEstimate(
+        [k / samples for k in kl_sum], [r / samples for r in logratio_sum], [t / samples for t in token_sum]
+    )

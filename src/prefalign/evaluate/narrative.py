@@ -14,7 +14,13 @@ from .stats import Estimate
 from .table import Row, judge_label
 
 # The rows the paragraph always reports on (when present), in reading order; everything else is summarised after.
-_HEADLINE = ("ifeval/prompt_strict", "ifeval/instruction_strict", "length/tokens", "kl")
+_HEADLINE = (
+    "ifeval/prompt_strict",
+    "ifeval/prompt_strict_unseen",
+    "ifeval/instruction_strict",
+    "length/tokens",
+    "kl",
+)
 
 
 def _fmt(estimate: Estimate, digits: int, signed: bool = False) -> str:

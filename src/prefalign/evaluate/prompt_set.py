@@ -1,8 +1,9 @@
 """The evaluation prompts: a prompts file, or the built-in prompt set by name.
 
 A prompts file is what `prefalign generate --prompts` reads (.jsonl/.json records with a `prompt`, or .txt lines).
-Records may carry an `id` (shown in the report) and the verifier's `instruction_id_list` and `kwargs` (IFEval's field
-names), as `prefalign prompts builtin` writes them. `builtin`, `builtin:heldout`, `builtin:train` and `builtin:all`
+Records may carry an `id` (shown in the report), the verifier's `instruction_id_list` and `kwargs` (IFEval's field
+names) and `unseen_phrasing` (true: the accuracy on such prompts is reported as its own row), as `prefalign prompts
+builtin` writes them. `builtin`, `builtin:heldout`, `builtin:train` and `builtin:all`
 name the built-in set itself (seed 0), so an evaluation needs no file: `builtin` is the held-out split.
 """
 
@@ -16,6 +17,9 @@ from ..data.records import Text
 from ..errors import PrefalignError
 
 BUILTIN = "builtin"
+# A prompt record's fields that judges and the report read: the verifier's instructions, and how they are worded
+# (`phrasings`; `unseen_phrasing`: worded only in phrasings no train prompt uses, reported as its own row).
+META_FIELDS = ("instruction_id_list", "kwargs", "phrasings", "unseen_phrasing")
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,11 @@ class EvalPrompt:
     @property
     def instruction_ids(self) -> list[str]:
         return list(self.meta.get("instruction_id_list") or [])
+
+    @property
+    def unseen_phrasing(self) -> bool:
+        """True when the prompt's instructions are worded only in phrasings no train prompt uses."""
+        return self.meta.get("unseen_phrasing") is True
 
 
 def load_eval_prompts(source: str, limit: int | None = None) -> list[EvalPrompt]:
@@ -47,7 +56,7 @@ def load_eval_prompts(source: str, limit: int | None = None) -> list[EvalPrompt]
     records = records[:limit] if limit is not None else records
     prompts = []
     for index, record in enumerate(records):
-        meta = {key: record[key] for key in ("instruction_id_list", "kwargs") if key in record}
+        meta = {key: record[key] for key in META_FIELDS if key in record}
         prompts.append(EvalPrompt(str(record.get("id", f"#{index + 1}")), record["prompt"], meta))
     ids = [p.id for p in prompts]
     if len(set(ids)) != len(ids):

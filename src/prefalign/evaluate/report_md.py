@@ -178,6 +178,12 @@ def _method_notes(report: EvalReport) -> list[str]:
         f"{REFUSAL_WINDOW} characters.",
         f"Repetition: 1 − distinct/total word {REPETITION_N}-grams of the response.",
     ]
+    unseen = sum(p.unseen_phrasing for p in report.prompts)
+    if unseen:
+        notes.append(
+            f"Unseen phrasings: the {unseen} prompts whose instructions are all worded in phrasings no train prompt "
+            "uses (`unseen_phrasing`); a gain there is a gain on the instruction, not on one wording of it."
+        )
     kl = s["kl"]
     if report.kl:
         notes.append(

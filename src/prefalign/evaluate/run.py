@@ -58,6 +58,10 @@ from .table import (
 )
 
 _HTTP_JUDGES = ("openai", "anthropic")
+# Prompt-level strict accuracy on the prompts worded only in phrasings no train prompt uses (`unseen_phrasing`).
+UNSEEN_PHRASING_METRIC = Metric(
+    "ifeval/prompt_strict_unseen", "IFEval prompt-level accuracy (strict), unseen phrasings", "proportion", True
+)
 
 
 # Progress lines of an evaluation, through the one output path for our messages.
@@ -100,7 +104,7 @@ def run_evaluation(config: EvalConfig, *, progress: bool = True, say: Callable[[
         heldout, heldout_info = _heldout(config, judges, pairs, logps, notes) if pairs is not None else ([], {})
         timings["heldout_judges"] = time.perf_counter() - t
 
-        metrics, values = _metric_values(config, scores, pointwise, kl, heldout)
+        metrics, values = _metric_values(config, prompts, scores, pointwise, kl, heldout)
         delta_pair = config.baseline_pairs[0] if config.baseline_pairs else None
         rows = build_rows(metrics, values, config.labels, delta_pair)
         rows += _pairwise_rows(pairwise, config.labels)
@@ -281,18 +285,7 @@ def _model_pass(
             elif not same_vocabulary(model.tokenizer, base.tokenizer):
                 notes.append(f"no KL for {label}: its tokenizer differs from {base.label}'s")
             else:
-                samples = [
-                    cache.generate(model, texts, replace(kl_config, seed=config.generation.seed + j), progress=progress)
-                    for j in range(config.kl_samples)
-                ]
-                kl[label] = kl_from_base(
-                    model,
-                    base,
-                    prompts,
-                    samples,
-                    prompt_format=config.generation.prompt_format,
-                    batch_size=config.generation.batch_size,
-                )
+                kl[label] = kl_from_base(model, base, texts, kl_config, config.kl_samples, progress)
                 results.put(kl_key, dataclasses.asdict(kl[label]))
             timings[f"kl/{label}"] = time.perf_counter() - t
         if label in pair_labels and pairs is not None:
@@ -331,6 +324,7 @@ def _digest(value: Any) -> str:
 
 def _metric_values(
     config: EvalConfig,
+    prompts: list[EvalPrompt],
     scores: dict[str, list[ResponseScores]],
     pointwise: list[str],
     kl: dict[str, KLEstimate],
@@ -341,6 +335,13 @@ def _metric_values(
     judge_names = [name for name in pointwise if not name.startswith("verifier")]
     metrics = [*IFEVAL_METRICS, *(judge_metric(name) for name in judge_names), *HEURISTIC_METRICS]
     values = response_values(scores, judge_names)
+    unseen = [p.unseen_phrasing for p in prompts]
+    if any(unseen) and "ifeval/prompt_strict" in values:  # its own row: did the model learn more than a wording?
+        metrics.insert(1, UNSEEN_PHRASING_METRIC)
+        values[UNSEEN_PHRASING_METRIC.key] = {
+            label: [value if u else None for value, u in zip(items, unseen)]
+            for label, items in values["ifeval/prompt_strict"].items()
+        }
     if kl:
         metrics.append(Metric("kl", f"KL from {config.base_label} (nats/response, sampled)", "mean", None, 2))
         values["kl"] = {label: list(estimate.kl) for label, estimate in kl.items()}

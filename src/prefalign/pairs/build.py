@@ -4,7 +4,11 @@ For each prompt the model answers `num_samples` times, sample j with temperature
 and seed `seed + j`: every sample has its own random stream (so two samples never share their draws, even at the
 same temperature), and the temperatures cycle when there are more samples than temperatures. With two distinct
 answers the judge compares them (`Judge.compare`: LLM judges ask in both orders); with more it scores each
-(`Judge.score`) and the best and the worst make the pair.
+(`Judge.score`) and the best and the worst make the pair (the first sample of equal scores on either side). With
+`min_score_gap`, a pair whose scores differ by less is skipped as "small_gap", so that every pair carries signal.
+With `rewrite`, a prompt can give a second line: a rewrite pair (`prefalign.pairs.rewrite`), a sample edited to follow
+the instructions it failed, chosen over the sample as it was, with `source` "rewrite:..." (judged pairs: "judge"); a
+batch's rewrite pairs are written before its judged pairs.
 
 Two files come out:
 
@@ -12,8 +16,9 @@ Two files come out:
   id and fields, model, judge, scores, each side's sampling settings, the judge's details). It loads with
   `load_preferences(OUT, strict=True)`.
 * OUT + ".skipped.jsonl": the prompts that gave no pair, never a guessed one, with a `status`: "tie" (the judge saw no
-  difference, or flipped its verdict with the order), "judge_failure" (an error, say an unparseable LLM answer), or
-  "no_distinct_responses" (fewer than two different non-empty answers), plus the answers and scores.
+  difference, or flipped its verdict with the order), "judge_failure" (an error, say an unparseable LLM answer),
+  "no_distinct_responses" (fewer than two different non-empty answers) or "small_gap" (the judge's scores differ by
+  less than `min_score_gap`), plus the answers and scores.
 
 Resuming: both files are appended batch by batch (flushed and fsynced), and a rerun skips every prompt found in either,
 so a kill loses at most the batch in flight. Prompts are cut into batches of `batch_size` in input order before
@@ -44,8 +49,10 @@ from ..judges.base import Judge, JudgeItem, Score, Verdict
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from ..judges.verifier import VerifierJudge
+
 SKIPPED_SUFFIX = ".skipped.jsonl"
-SKIP_STATUSES = ("tie", "judge_failure", "no_distinct_responses")
+SKIP_STATUSES = ("tie", "judge_failure", "no_distinct_responses", "small_gap")
 # Fields a pairs line is made of; a prompt record's own fields (instruction ids, topic...) are copied beside them and
 # may not reuse these names.
 PAIR_FIELDS = (
@@ -64,6 +71,7 @@ PAIR_FIELDS = (
     "status",
     "error",
     "samples",
+    "source",
 )
 
 
@@ -82,6 +90,21 @@ class PairsConfig:
     seed: int = field(default=0, metadata={"help": "sampling seed; sample j uses seed + j"})
     limit: int | None = field(default=None, metadata={"help": "use only the first N prompts"})
     prompt_format: PromptFormat = field(default="auto", metadata={"help": "chat, raw, or auto (chat when possible)"})
+    min_score_gap: float = field(
+        default=0.0,
+        metadata={
+            "help": "skip (status small_gap) a pair whose chosen and rejected judge scores differ by less than this; "
+            "needs a judge that scores each answer (e.g. the verifier). 0: keep every pair the judge prefers"
+        },
+    )
+    rewrite: bool = field(
+        default=False,
+        metadata={
+            "help": "also write, per prompt, a rewrite pair: a sample edited to follow the instructions it fails that "
+            "an edit can satisfy (letter case, double quotes, no commas, end phrase, postscript, title), chosen over "
+            "the sample as it was; the verifier must confirm it (see prefalign.pairs.rewrite)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.num_samples < 2:
@@ -93,6 +116,8 @@ class PairsConfig:
                 raise PrefalignError(f"temperatures must be positive (greedy gives a single answer), got {temperature}")
         if self.limit is not None and self.limit < 1:
             raise PrefalignError(f"--limit must be at least 1, got {self.limit}")
+        if not (math.isfinite(self.min_score_gap) and self.min_score_gap >= 0):
+            raise PrefalignError(f"--min-score-gap must be a number of at least 0, got {self.min_score_gap}")
         # The remaining checks are GenerationConfig's own.
         self.sample_settings()
 
@@ -171,10 +196,13 @@ class BuildReport:
     ties: int = 0
     judge_failures: int = 0
     no_distinct_responses: int = 0
+    small_gaps: int = 0  # the judge preferred one answer, by less than --min-score-gap
+    rewrites: int = 0  # rewrite pairs, written besides the prompt's judged line
 
     @property
     def done(self) -> int:
-        return self.pairs + self.ties + self.judge_failures + self.no_distinct_responses
+        """Prompts judged: each has one judged line (a pair or a skip); rewrite pairs come on top."""
+        return self.pairs + self.ties + self.judge_failures + self.no_distinct_responses + self.small_gaps
 
     @property
     def tie_rate(self) -> float:
@@ -182,7 +210,8 @@ class BuildReport:
         return self.ties / self.done if self.done else 0.0
 
     def count(self, status: str) -> None:
-        name = {"pair": "pairs", "tie": "ties", "judge_failure": "judge_failures"}.get(status, status)
+        names = {"pair": "pairs", "tie": "ties", "judge_failure": "judge_failures", "small_gap": "small_gaps"}
+        name = names.get(status, "rewrites" if status == "rewrite" else status)
         setattr(self, name, getattr(self, name) + 1)
 
     def summary(self) -> str:
@@ -190,6 +219,8 @@ class BuildReport:
             f"prompts {self.prompts} ({self.resumed} done before this run), pairs written {self.pairs}, "
             f"ties {self.ties}, judge failures {self.judge_failures}, "
             f"no distinct responses {self.no_distinct_responses}, tie rate {self.tie_rate:.1%}"
+            + (f", score gaps below the minimum {self.small_gaps}" if self.small_gaps else "")
+            + (f", rewrite pairs {self.rewrites}" if self.rewrites else "")
         )
 
 
@@ -215,35 +246,49 @@ def build_pairs(
     provenance = {"model": model_name, "judge": judge.name, "generation": _generation_settings(config)}
     report = BuildReport(prompts=len(prompts))
     wanted = {p.id for p in prompts}
-    done: set[str] = set()
+    done: set[tuple[str, str]] = set()  # (prompt id, "judged" or "rewrite") of every line on disk
     for path in (output, skipped_path(output)):
         for line in _read_existing(path, provenance):
-            done.add(str(line["id"]))
+            done.add(_line_key(line))
             if str(line["id"]) in wanted:  # an earlier run may have had a larger --limit
-                report.count(line.get("status", "pair"))
+                report.count(_line_kind(line))
     report.resumed = report.done
     settings = config.sample_settings()
+    rewriter = _rewriter() if config.rewrite else None
     with (
         open(output, "a", encoding="utf-8") as pairs_out,
         open(skipped_path(output), "a", encoding="utf-8") as skip_out,
     ):
         for start in range(0, len(prompts), config.batch_size):
             batch = prompts[start : start + config.batch_size]
-            if all(p.id in done for p in batch):
+            if all((p.id, "judged") in done for p in batch):
                 continue
             # The whole batch is generated even when part of it was written before a kill: same batches, same outputs.
             texts = [p.prompt for p in batch]
             samples = [generate(model, tokenizer, texts, setting, progress=False) for setting in settings]
-            lines = _judge_batch(judge, batch, samples, settings, provenance)
-            new = [(p, line) for p, line in zip(batch, lines) if p.id not in done]
-            _append(pairs_out, [line for _, line in new if "status" not in line])
-            _append(skip_out, [line for _, line in new if "status" in line])
-            for prompt, line in new:
-                done.add(prompt.id)
-                report.count(line.get("status", "pair"))
+            lines = _judge_batch(judge, batch, samples, settings, provenance, config.min_score_gap)
+            if rewriter is not None:
+                # A batch's rewrite pairs go before its judged lines (the pairs file is written before the skipped
+                # one): whenever every judged line of a batch is on disk, so are its rewrite pairs.
+                lines = _rewrite_lines(rewriter, batch, samples, settings, provenance) + lines
+            new = [line for line in lines if _line_key(line) not in done]
+            _append(pairs_out, [line for line in new if "status" not in line])
+            _append(skip_out, [line for line in new if "status" in line])
+            for line in new:
+                done.add(_line_key(line))
+                report.count(_line_kind(line))
             if on_batch is not None:
                 on_batch(report)
     return report
+
+
+def _line_kind(line: dict[str, Any]) -> str:
+    """ "pair", a skip status, or "rewrite" (a rewrite pair, written besides the prompt's judged line)."""
+    return "rewrite" if str(line.get("source", "")).startswith("rewrite:") else line.get("status", "pair")
+
+
+def _line_key(line: dict[str, Any]) -> tuple[str, str]:
+    return str(line["id"]), "rewrite" if _line_kind(line) == "rewrite" else "judged"
 
 
 def _generation_settings(config: PairsConfig) -> dict[str, Any]:
@@ -311,6 +356,7 @@ def _judge_batch(
     samples: list[list[Generation]],
     settings: list[GenerationConfig],
     provenance: dict[str, Any],
+    min_score_gap: float = 0.0,
 ) -> list[dict[str, Any]]:
     """One output line per prompt of the batch: a pair, or a skip record with its status."""
     candidates = [_distinct_candidates([generations[i] for generations in samples]) for i in range(len(batch))]
@@ -329,6 +375,8 @@ def _judge_batch(
         items = [JudgeItem(batch[i].prompt, g.text, batch[i].fields) for i in pointwise for _, g in candidates[i]]
         scores = iter(judge.score(items))
         outcomes.update((i, _pointwise_outcome([next(scores) for _ in candidates[i]])) for i in pointwise)
+    if min_score_gap > 0:
+        outcomes = {i: _check_gap(outcome, min_score_gap, judge.name) for i, outcome in outcomes.items()}
     lines = []
     for i, prompt in enumerate(batch):
         outcome = outcomes[i]
@@ -340,6 +388,7 @@ def _judge_batch(
         record.update(id=prompt.id, **prompt.fields, **provenance)
         if outcome.status == "pair":
             record.update(
+                source="judge",
                 chosen_score=outcome.scores[outcome.chosen],
                 rejected_score=outcome.scores[outcome.rejected],
                 chosen_sample=described[outcome.chosen],
@@ -355,6 +404,69 @@ def _judge_batch(
             ]
             record.update(status=outcome.status, error=outcome.error, samples=everything, judge_details=outcome.details)
         lines.append(record)
+    return lines
+
+
+def _check_gap(outcome: _Outcome, min_score_gap: float, judge_name: str) -> _Outcome:
+    """A pair whose scores differ by less than `min_score_gap` becomes a "small_gap" skip; other outcomes stay."""
+    if outcome.status != "pair":
+        return outcome
+    chosen, rejected = outcome.scores[outcome.chosen], outcome.scores[outcome.rejected]
+    if chosen is None or rejected is None:
+        raise PrefalignError(
+            f"--min-score-gap needs a judge that scores each answer; {judge_name} only says which one it prefers"
+        )
+    if chosen - rejected < min_score_gap - 1e-9:  # 1.0 - 2/3 is a gap of 1/3 whatever the rounding
+        return dataclasses.replace(outcome, status="small_gap")
+    return outcome
+
+
+def _rewriter() -> VerifierJudge:
+    from ..judges.verifier import VerifierJudge  # if-verifiable loads only when rewrites are asked for
+
+    return VerifierJudge("strict")
+
+
+def _rewrite_lines(
+    verifier: VerifierJudge,
+    batch: list[PromptRecord],
+    samples: list[list[Generation]],
+    settings: list[GenerationConfig],
+    provenance: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """A rewrite pair for each prompt of the batch where one of its samples that ended on its own (one cut at the
+    token limit would teach a cut-off answer) can be rewritten (`prefalign.pairs.rewrite`): the rewrite with the
+    highest verifier score, the first sample of equal ones. The scores are the verifier's, whatever the judge."""
+    from .rewrite import rewritable, rewrite_response
+
+    lines = []
+    for i, prompt in enumerate(batch):
+        if not rewritable(prompt.fields):
+            continue
+        finished = [(j, g) for j, g in _distinct_candidates([s[i] for s in samples]) if g.finish_reason == "eos"]
+        rewrites = [
+            (j, g, r) for j, g in finished if (r := rewrite_response(verifier, prompt.prompt, g.text, prompt.fields))
+        ]
+        if not rewrites:
+            continue
+        j, generation, rewrite = max(rewrites, key=lambda item: item[2].score.value or 0.0)
+        described = _describe_sample(j, generation, settings[j])
+        lines.append(
+            {
+                "prompt": prompt.prompt,
+                "chosen": rewrite.text,
+                "rejected": generation.text,
+                "id": prompt.id,
+                **prompt.fields,
+                **provenance,
+                "source": rewrite.source,
+                "chosen_score": rewrite.score.value,
+                "rejected_score": rewrite.original.value,
+                "chosen_sample": {**described, "rewritten": list(rewrite.instructions)},
+                "rejected_sample": described,
+                "judge_details": {"chosen": rewrite.score.details, "rejected": rewrite.original.details},
+            }
+        )
     return lines
 
 

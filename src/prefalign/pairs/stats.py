@@ -34,9 +34,14 @@ def pair_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
         data = load_preferences(path, max_bad_fraction=None)
         records, bad_lines = data.records, data.report.rejected
     stats: dict[str, Any] = {"source": str(path), "pairs": len(records), "bad_lines": bad_lines}
+    # `pairs build --rewrite` writes rewrite pairs ("rewrite:..."), besides the judged ones ("judge"), for a prompt.
+    sources = Counter(str(record.extra["source"]) for record in records if "source" in record.extra)
+    if sources:
+        stats["by_source"] = dict(sorted(sources.items()))
+    rewrites = sum(count for source, count in sources.items() if source.startswith("rewrite:"))
     skipped = _skip_counts(skipped_path(path))
     if skipped is not None:
-        prompts = len(records) + sum(skipped.values())
+        prompts = len(records) - rewrites + sum(skipped.values())
         stats.update(skipped=skipped, prompts=prompts, tie_rate=skipped["tie"] / prompts if prompts else 0.0)
     if not records:
         return stats
@@ -156,6 +161,8 @@ def format_stats(stats: dict[str, Any]) -> str:
     lines = [f"source          {stats['source']}"]
     bad = f"; {stats['bad_lines']} bad lines skipped" if stats["bad_lines"] else ""
     lines.append(f"pairs           {stats['pairs']}{bad}")
+    if "by_source" in stats:
+        lines.append("by source       " + ", ".join(f"{n} {source}" for source, n in stats["by_source"].items()))
     if "skipped" in stats:
         skipped = ", ".join(f"{count} {status}" for status, count in stats["skipped"].items())
         lines.append(f"skipped         {sum(stats['skipped'].values())} ({skipped})")

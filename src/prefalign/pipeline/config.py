@@ -77,6 +77,13 @@ class DemoConfig:
     sft_prompts: int = field(default=96, metadata=_help("train prompts the base model samples for SFT"))
     sft_samples: int = field(default=2, metadata=_help("samples per prompt; the first that passes every check is kept"))
     sft_temperature: float = field(default=0.7, metadata=_help("temperature of the SFT samples"))
+    sft_rewrites: bool = field(
+        default=False,
+        metadata=_help(
+            "a prompt none of whose samples passed keeps a sample that an edit makes pass every check (letter case, "
+            "quotes, commas, end phrase, postscript, title), marked source rewrite:..."
+        ),
+    )
     sft_epochs: int = field(default=2, metadata=_trains(("sft",), "SFT epochs", "epochs"))
     sft_learning_rate: float = field(
         default=2e-4, metadata=_trains(("sft",), "SFT learning rate (LoRA)", "learning_rate")
@@ -94,6 +101,17 @@ class DemoConfig:
     pair_samples: int = field(default=2, metadata=_help("samples per prompt; with more than 2, best vs worst"))
     pair_temperatures: list[float] = field(
         default_factory=lambda: [0.7, 1.2], metadata=_help("sampling temperatures, cycled over the samples")
+    )
+    min_score_gap: float = field(
+        default=0.0,
+        metadata=_help("skip (and count) pairs whose chosen and rejected judge scores differ by less than this"),
+    )
+    rewrite_pairs: bool = field(
+        default=False,
+        metadata=_help(
+            "also make per prompt a rewrite pair: a sample edited to follow the instructions it fails (letter case, "
+            "quotes, commas, end phrase, postscript, title) chosen over the sample as it was; the report counts them"
+        ),
     )
     heldout_fraction: float = field(
         default=0.1, metadata=_help("fraction of the pairs held out (validation, held-out accuracy)")
@@ -171,6 +189,8 @@ class DemoConfig:
             raise PrefalignError(
                 f"--pair-samples must be at least 2 (a pair needs two answers), got {self.pair_samples}"
             )
+        if not (math.isfinite(self.min_score_gap) and self.min_score_gap >= 0):
+            raise PrefalignError(f"--min-score-gap must be a number of at least 0, got {self.min_score_gap}")
         if not 0 < self.heldout_fraction < 1:
             raise PrefalignError(f"--heldout-fraction must be between 0 and 1, got {self.heldout_fraction}")
         if self.max_prompt_length >= self.max_length:
@@ -222,6 +242,8 @@ class DemoConfig:
             batch_size=self.generation_batch_size,
             seed=self.seed,
             limit=self.pair_prompts,
+            min_score_gap=self.min_score_gap,
+            rewrite=self.rewrite_pairs,
         )
 
     def eval_generation(self) -> GenerationConfig:

@@ -41,10 +41,17 @@ def copy_records(source: str, dest: Path, limit: int | None) -> int:
 
 
 def sample_sft_data(
-    model: str, train_prompts: Path, prompts: int, samples: int, sampling: GenerationConfig, work: Path
+    model: str,
+    train_prompts: Path,
+    prompts: int,
+    samples: int,
+    sampling: GenerationConfig,
+    work: Path,
+    rewrite: bool = False,
 ) -> None:
     """work/sft.jsonl: for each of the first `prompts` train prompts, the first of `samples` samples of `model` that
-    passes every verifier check; work/sampling.json: what happened to every sample."""
+    passes every verifier check (with `rewrite`, else a sample a rewrite makes pass); work/sampling.json: what
+    happened to every sample."""
     from ..judges.registry import load_judge
     from ..models.loading import load_model, load_tokenizer
     from .sft_data import rejection_sample
@@ -57,6 +64,7 @@ def sample_sft_data(
         load_judge("verifier"),
         samples=samples,
         generation=sampling,
+        rewrite=rewrite,
     )
     if not kept:
         raise PrefalignError(
@@ -65,9 +73,10 @@ def sample_sft_data(
         )
     write_jsonl_atomic(work / "sft.jsonl", kept)
     write_json_atomic(work / "sampling.json", report.to_json())
+    rewritten = f", {report.rewritten} kept as rewrites" if rewrite else ""
     say(
         f"[sft_data] kept {report.kept} of {report.prompts} prompts ({report.passed} of {report.samples} "
-        f"samples passed every check, {report.truncated} cut at the token limit)",
+        f"samples passed every check, {report.truncated} cut at the token limit{rewritten})",
         prefix="",
     )
 

@@ -41,8 +41,11 @@ def _stage_facts(out: Path) -> dict[str, str]:
         facts["prompts"] = f"{counts[0]} train prompts, {counts[1]} held-out prompts"
     sampling = _read(out / "sft_data" / "sampling.json")
     if "kept" in sampling:
+        rewritten = (
+            f" ({sampling['rewritten']} of them rewrites of failing samples)" if sampling.get("rewritten") else ""
+        )
         facts["sft_data"] = (
-            f"{sampling['kept']} of {sampling['prompts']} prompts kept: {sampling['passed']} of "
+            f"{sampling['kept']} of {sampling['prompts']} prompts kept{rewritten}: {sampling['passed']} of "
             f"{sampling['samples']} samples passed every instruction check, {sampling['truncated']} "
             "were cut at the token limit"
         )
@@ -51,15 +54,7 @@ def _stage_facts(out: Path) -> dict[str, str]:
     facts["sft"] = _training_line(out / "sft", (("loss", "loss"),))
     pairs = _read(out / "pairs" / "summary.json")
     if pairs:
-        built = (
-            f"from {pairs['prompts']} prompts: {pairs['ties']} ties and {pairs['judge_failures']} judge failures "
-            f"skipped; "
-            if pairs.get("source") == "built"
-            else f"from {pairs.get('source')}: "
-        )
-        facts["pairs"] = (
-            f"{built}{pairs['pairs']} pairs, {pairs['train_pairs']} train / {pairs['heldout_pairs']} held out"
-        )
+        facts["pairs"] = _pairs_fact(out / "pairs", pairs)
     facts["reward"] = _training_line(
         out / "reward", (("rewards/accuracies", "accuracy"), ("rewards/margins", "margin"))
     )
@@ -70,6 +65,33 @@ def _stage_facts(out: Path) -> dict[str, str]:
     if evaluation:
         facts["eval"] = f"{' vs '.join(evaluation['labels'])} on {evaluation['prompts']} prompts: below"
     return facts
+
+
+def _pairs_fact(directory: Path, pairs: dict[str, Any]) -> str:
+    """What the pairs stage made: judged pairs, what was skipped and why, rewrite pairs (counted apart: they are
+    synthesised, not sampled), and the train / held-out split."""
+    split = f"{pairs['pairs']} pairs, {pairs['train_pairs']} train / {pairs['heldout_pairs']} held out"
+    if pairs.get("source") != "built":
+        return f"from {pairs.get('source')}: {split}"
+    small_gaps = f", {pairs['small_gaps']} below the minimum score gap" if pairs.get("small_gaps") else ""
+    text = (
+        f"from {pairs['prompts']} prompts: {pairs['ties']} ties and {pairs['judge_failures']} judge failures"
+        f"{small_gaps} skipped; {split}"
+    )
+    if not pairs.get("config", {}).get("rewrite"):
+        return text
+    rewrites = {name: _rewrite_count(directory / f"{name}.jsonl") for name in ("train", "heldout")}
+    return (
+        f"{text}; {pairs.get('rewrites', 0)} of the pairs are rewrites of a sample to follow the instructions it "
+        f"failed ({rewrites['train']} train / {rewrites['heldout']} held out), the rest judged samples"
+    )
+
+
+def _rewrite_count(path: Path) -> int:
+    """The rewrite pairs (source "rewrite:...") of a pairs file."""
+    if not path.exists():
+        return 0
+    return sum(json.loads(raw).get("source", "").startswith("rewrite:") for _, raw in jsonl_lines(path))
 
 
 TRAINING_STAGES = ("sft", "reward", "dpo")

@@ -168,7 +168,9 @@ def _sft_data_stage(demo: _Demo, base_model: str, train_prompts: Path) -> Path:
 
     def sft_data(work: Path) -> None:
         if config.sft_data is None:
-            sample_sft_data(base_model, train_prompts, config.sft_prompts, config.sft_samples, sampling, work)
+            sample_sft_data(
+                base_model, train_prompts, config.sft_prompts, config.sft_samples, sampling, work, config.sft_rewrites
+            )
             return
         kept = copy_records(config.sft_data, work / "sft.jsonl", config.data_limit)
         write_json_atomic(work / "sampling.json", {"source": config.sft_data, "records": kept})
@@ -181,6 +183,7 @@ def _sft_data_stage(demo: _Demo, base_model: str, train_prompts: Path) -> Path:
         limit=config.data_limit,
         n=config.sft_prompts,
         samples=config.sft_samples,
+        rewrites=config.sft_rewrites,
     )
     return demo.stage("sft_data", key, sft_data) / "sft.jsonl"
 

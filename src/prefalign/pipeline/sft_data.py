@@ -5,6 +5,10 @@ batch) and keep the first one that finished on its own (not cut at the token lim
 verifiable instruction of the prompt. One response per prompt at most, so prompts the model finds easy are not
 over-represented. This is the "best-of-n then fine-tune" step of e.g. RAFT (Dong et al. 2023) and of Llama 2's
 rejection-sampling fine-tuning, with a verifier instead of a reward model.
+
+With `rewrite`, a prompt none of whose samples passed can still give a target: the first finished sample that a
+mechanical edit (`prefalign.pairs.rewrite`: letter case, quotes, commas, end phrase, postscript, title) makes pass
+every check, kept with its `source` ("rewrite:..."). It shows the model instructions it never follows on its own.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class SamplingReport:
     unscored: int = 0  # the judge could not score them (e.g. a prompt without verifiable instructions)
     passed: int = 0  # finished and accepted
     kept: int = 0  # prompts with a kept response
+    rewritten: int = 0  # of them, kept as a rewrite of a sample that failed
     by_instruction: dict[str, list[int]] = field(default_factory=dict)  # id -> [followed, seen] over all samples
 
     def to_json(self) -> dict[str, Any]:
@@ -38,6 +43,7 @@ class SamplingReport:
             "unscored": self.unscored,
             "passed": self.passed,
             "kept": self.kept,
+            "rewritten": self.rewritten,
             "kept_fraction": self.kept / self.prompts if self.prompts else 0.0,
             "instruction_followed_fraction": {
                 key: followed / seen for key, (followed, seen) in sorted(self.by_instruction.items())
@@ -53,10 +59,13 @@ def rejection_sample(
     *,
     samples: int,
     generation: GenerationConfig,
+    rewrite: bool = False,
 ) -> tuple[list[dict[str, Any]], SamplingReport]:
-    """SFT rows `{"id", "prompt", "completion"}` (one per prompt at most) and what happened to every sample."""
+    """SFT rows `{"id", "prompt", "completion", "sample"}` (one per prompt at most; a rewrite also has `source`) and
+    what happened to every sample."""
     report = SamplingReport(prompts=len(prompts))
     kept: dict[int, dict[str, Any]] = {}
+    failed: dict[int, list[tuple[int, str]]] = {}  # prompt index -> (sample, text) of its finished, failing samples
     by_instruction: dict[str, Counter] = {}
     texts = [p["prompt"] for p in prompts]
     metas = [{k: p[k] for k in ("instruction_id_list", "kwargs") if k in p} for p in prompts]
@@ -77,6 +86,7 @@ def rejection_sample(
                 report.unscored += 1
                 continue
             if score.value < 1.0:
+                failed.setdefault(index, []).append((j, output.text))
                 continue
             report.passed += 1
             if index not in kept and output.text:
@@ -86,6 +96,35 @@ def rejection_sample(
                     "completion": output.text,
                     "sample": j,
                 }
+    if rewrite:
+        rewrites = _rewrite_targets(prompts, {i: f for i, f in failed.items() if i not in kept})
+        report.rewritten = len(rewrites)
+        kept.update(rewrites)
     report.kept = len(kept)
     report.by_instruction = {key: [c["followed"], c["seen"]] for key, c in by_instruction.items()}
     return [kept[i] for i in sorted(kept)], report
+
+
+def _rewrite_targets(
+    prompts: list[dict[str, Any]], failed: dict[int, list[tuple[int, str]]]
+) -> dict[int, dict[str, Any]]:
+    """For each prompt index of `failed`, the first of its failing samples that a rewrite makes pass every check."""
+    from ..judges.verifier import VerifierJudge
+    from ..pairs.rewrite import rewrite_response
+
+    verifier = VerifierJudge("strict")
+    targets = {}
+    for index in sorted(failed):
+        prompt = prompts[index]
+        for j, text in failed[index]:
+            rewrite = rewrite_response(verifier, prompt["prompt"], text, prompt)
+            if rewrite is not None and rewrite.score.value == 1.0:
+                targets[index] = {
+                    "id": prompt.get("id", f"#{index + 1}"),
+                    "prompt": prompt["prompt"],
+                    "completion": rewrite.text,
+                    "sample": j,
+                    "source": rewrite.source,
+                }
+                break
+    return targets

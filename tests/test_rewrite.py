@@ -1,0 +1,253 @@
+"""Rewrite pairs and the minimum score gap: each edit satisfies its checker, the verifier has the last word, and
+`pairs build --rewrite / --min-score-gap` write, count and resume them (generation replaced by fixed answers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import prefalign.generate
+from prefalign.data import load_preferences
+from prefalign.errors import PrefalignError
+from prefalign.generate import Generation
+from prefalign.judges import JudgeItem, VerifierJudge
+from prefalign.pairs import PairsConfig, build_pairs, pair_stats, read_prompt_records, skipped_path
+from prefalign.pairs.rewrite import REWRITES, rewrite_response
+
+VERIFIER = VerifierJudge()
+ANSWER = "Plants need water, light and soil. They grow slowly, but they grow well."
+
+
+def meta(*instructions: tuple[str, dict]) -> dict:
+    return {"instruction_id_list": [i for i, _ in instructions], "kwargs": [k for _, k in instructions]}
+
+
+@pytest.mark.parametrize(
+    "instruction, kwargs",
+    [
+        ("change_case:english_lowercase", {}),
+        ("change_case:english_capital", {}),
+        ("punctuation:no_comma", {}),
+        ("startend:quotation", {}),
+        ("startend:end_checker", {"end_phrase": "Any other questions?"}),
+        ("detectable_content:postscript", {"postscript_marker": "P.S."}),
+        ("detectable_content:postscript", {"postscript_marker": "P.P.S"}),
+        ("detectable_format:title", {}),
+    ],
+)
+def test_each_edit_satisfies_its_checker(instruction: str, kwargs: dict):
+    fields = {**meta((instruction, kwargs)), "topic": "growing plants"}
+    assert VERIFIER.score([JudgeItem("p", ANSWER, fields)])[0].value == 0.0
+    rewrite = rewrite_response(VERIFIER, "p", ANSWER, fields)
+    assert rewrite is not None and rewrite.instructions == (instruction,)
+    assert (rewrite.original.value, rewrite.score.value) == (0.0, 1.0)
+    assert rewrite.source == f"rewrite:{REWRITES[instruction][0]}"
+    assert VERIFIER.score([JudgeItem("p", rewrite.text, fields)])[0].value == 1.0
+
+
+def test_edits_combine_and_keep_what_already_passed():
+    fields = meta(
+        ("change_case:english_capital", {}),
+        ("punctuation:no_comma", {}),
+        ("detectable_content:postscript", {"postscript_marker": "P.S."}),
+        ("keywords:existence", {"keywords": ["water"]}),
+    )
+    rewrite = rewrite_response(VERIFIER, "p", ANSWER, fields)
+    assert rewrite is not None
+    assert (
+        rewrite.text
+        == "PLANTS NEED WATER LIGHT AND SOIL. THEY GROW SLOWLY BUT THEY GROW WELL.\n\nP.S. I HOPE THIS HELPS."
+    )
+    assert rewrite.source == "rewrite:postscript+no_comma+english_capital"
+    assert (rewrite.original.value, rewrite.score.value) == (0.25, 1.0)
+
+
+def test_a_rewrite_that_breaks_another_check_is_dropped():
+    # The postscript adds a sentence: the answer had 2 (fewer than 3 passes), the rewrite 3 (fails).
+    fields = meta(
+        ("detectable_content:postscript", {"postscript_marker": "P.S."}),
+        ("length_constraints:number_sentences", {"num_sentences": 3, "relation": "less than"}),
+    )
+    assert rewrite_response(VERIFIER, "p", ANSWER, fields) is None
+
+
+def test_nothing_to_rewrite_gives_none():
+    assert rewrite_response(VERIFIER, "p", ANSWER, meta(("keywords:existence", {"keywords": ["moon"]}))) is None
+    assert rewrite_response(VERIFIER, "p", ANSWER.lower(), meta(("change_case:english_lowercase", {}))) is None
+    assert rewrite_response(VERIFIER, "p", "   ", meta(("startend:quotation", {}))) is None
+    assert rewrite_response(VERIFIER, "p", ANSWER, {}) is None
+
+
+def test_an_unfixable_part_still_gives_a_better_chosen():
+    # Lowercase is fixed; the missing keyword is not, and fails on both sides.
+    fields = meta(("change_case:english_lowercase", {}), ("keywords:existence", {"keywords": ["moon"]}))
+    rewrite = rewrite_response(VERIFIER, "p", ANSWER, fields)
+    assert rewrite is not None and (rewrite.original.value, rewrite.score.value) == (0.0, 0.5)
+
+
+# --- pairs build with fixed answers in place of a model -------------------------------------------------------------
+
+LOWERCASE = meta(("change_case:english_lowercase", {}), ("keywords:existence", {"keywords": ["water"]}))
+# Sample j of prompt i: answers[i][j] (text, finish_reason).
+ANSWERS = {
+    "Prompt one.": [(ANSWER, "eos"), ("No liquid here, sorry.", "eos")],  # 0.5 vs 0.0: a pair; rewrite of sample 0
+    "Prompt two.": [(ANSWER, "eos"), (ANSWER + " Yes.", "eos")],  # 0.5 vs 0.5: a tie; the rewrite still comes
+    "Prompt three.": [(ANSWER, "length"), (ANSWER + " More", "length")],  # a tie; both cut: no rewrite
+}
+
+
+@pytest.fixture
+def fixed_answers(monkeypatch: pytest.MonkeyPatch):
+    def generate(model, tokenizer, prompts, config, *, progress=True):
+        j = config.seed  # PairsConfig: sample j is drawn with seed + j, and the tests use seed 0
+        return [Generation(ANSWERS[p][j][0], [1], ANSWERS[p][j][1], 3) for p in prompts]
+
+    monkeypatch.setattr(prefalign.generate, "generate", generate)
+
+
+def prompts_file(tmp_path: Path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"id": f"p{i}", "prompt": text, "topic": "plants", **LOWERCASE} for i, text in enumerate(ANSWERS)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def build(tmp_path: Path, **options) -> tuple[list[dict], list[dict], object]:
+    config = PairsConfig(max_new_tokens=8, batch_size=2, **options)
+    out = tmp_path / "pairs.jsonl"
+    report = build_pairs(None, None, VERIFIER, read_prompt_records(prompts_file(tmp_path)), out, config, model_name="m")  # type: ignore[arg-type]  # generation is replaced: no model is needed
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    skipped = [json.loads(line) for line in skipped_path(out).read_text().splitlines()]
+    return lines, skipped, report
+
+
+def test_rewrite_pairs_are_written_beside_judged_ones(tmp_path: Path, fixed_answers):
+    lines, skipped, report = build(tmp_path, rewrite=True)
+    # Batches of two prompts; a batch's rewrite pairs come first.
+    assert [(line["id"], line["source"]) for line in lines] == [
+        ("p0", "rewrite:english_lowercase"),
+        ("p1", "rewrite:english_lowercase"),
+        ("p0", "judge"),
+    ]
+    assert [(line["id"], line["status"]) for line in skipped] == [("p1", "tie"), ("p2", "tie")]
+    assert (report.pairs, report.rewrites, report.ties, report.done) == (1, 2, 2, 3)
+    assert "rewrite pairs 2" in report.summary()
+    rewrite = lines[0]
+    assert (rewrite["chosen"], rewrite["rejected"]) == (ANSWER.lower(), ANSWER)
+    assert (rewrite["chosen_score"], rewrite["rejected_score"]) == (1.0, 0.5)
+    assert rewrite["chosen_sample"]["rewritten"] == ["change_case:english_lowercase"]
+    assert rewrite["judge_details"]["chosen"]["instructions"][0]["strict"] is True
+    assert len(load_preferences(tmp_path / "pairs.jsonl", strict=True)) == 3
+    stats = pair_stats(tmp_path / "pairs.jsonl")
+    assert stats["by_source"] == {"judge": 1, "rewrite:english_lowercase": 2} and stats["prompts"] == 3
+
+
+def test_a_run_killed_mid_batch_resumes_to_the_same_files(tmp_path: Path, fixed_answers):
+    first = build(tmp_path, rewrite=True)
+    out = tmp_path / "pairs.jsonl"
+    # Killed while writing the first batch's pairs: one line on disk, nothing in the skipped file yet.
+    out.write_text(out.read_text().splitlines()[0] + "\n")
+    skipped_path(out).write_text("")
+    lines, skipped, report = build(tmp_path, rewrite=True)
+    assert (lines, skipped) == first[:2]
+    assert (report.pairs, report.rewrites, report.ties, report.resumed) == (1, 2, 2, 0)
+    lines, skipped, report = build(tmp_path, rewrite=True)  # all done: nothing new
+    assert (lines, skipped) == first[:2] and report.resumed == 3 and report.rewrites == 2
+    with pytest.raises(PrefalignError, match="resume with the same settings"):
+        build(tmp_path)  # without --rewrite: other settings
+
+
+def test_without_rewrite_no_rewrite_pairs(tmp_path: Path, fixed_answers):
+    lines, _, report = build(tmp_path)
+    assert [line["source"] for line in lines] == ["judge"] and report.rewrites == 0
+
+
+def test_min_score_gap_skips_and_counts_close_pairs(tmp_path: Path, fixed_answers):
+    lines, skipped, report = build(tmp_path, min_score_gap=0.6)
+    assert lines == [] and report.small_gaps == 1 and report.done == 3
+    small = next(line for line in skipped if line["status"] == "small_gap")
+    assert small["id"] == "p0" and [s["score"] for s in small["samples"]] == [0.5, 0.0]
+    assert "score gaps below the minimum 1" in report.summary()
+    assert pair_stats(tmp_path / "pairs.jsonl")["skipped"]["small_gap"] == 1
+    (tmp_path / "pairs.jsonl").unlink()
+    skipped_path(tmp_path / "pairs.jsonl").unlink()
+    lines, _, report = build(tmp_path, min_score_gap=0.5)  # a gap of exactly the minimum is kept
+    assert len(lines) == 1 and report.small_gaps == 0
+
+
+def test_min_score_gap_must_be_a_non_negative_number():
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(PrefalignError, match="--min-score-gap must be a number of at least 0"):
+            PairsConfig(min_score_gap=bad)
+
+
+# --- the demo: SFT targets from rewrites, the options, the report ----------------------------------------------------
+
+
+def test_sft_rewrites_keep_a_target_for_prompts_no_sample_passed(monkeypatch: pytest.MonkeyPatch):
+    import prefalign.pipeline.sft_data as sft_data
+
+    answers = {"a": [ANSWER, ANSWER.lower()], "b": [ANSWER, "Nothing liquid."], "c": ["No liquid.", "Dry."]}
+
+    def generate(model, tokenizer, prompts, config, *, progress=True):
+        return [Generation(answers[p][config.seed], [1], "eos", 3) for p in prompts]
+
+    monkeypatch.setattr(sft_data, "generate", generate)
+    prompts = [{"id": p, "prompt": p, **LOWERCASE} for p in answers]
+    setting = prefalign.generate.GenerationConfig(seed=0)
+    for rewrite, expected in ((False, ["a"]), (True, ["a", "b"])):
+        kept, report = sft_data.rejection_sample(
+            None, None, prompts, VERIFIER, samples=2, generation=setting, rewrite=rewrite
+        )
+        assert [row["id"] for row in kept] == expected
+        assert (report.kept, report.rewritten, report.passed) == (len(expected), len(expected) - 1, 1)
+    assert kept[0] == {"id": "a", "prompt": "a", "completion": ANSWER.lower(), "sample": 1}
+    assert kept[1] == {
+        "id": "b",
+        "prompt": "b",
+        "completion": ANSWER.lower(),
+        "sample": 0,
+        "source": "rewrite:english_lowercase",
+    }
+    assert report.to_json()["rewritten"] == 1
+
+
+def test_demo_options_reach_pair_building():
+    from prefalign.pipeline.config import DemoConfig
+
+    assert (DemoConfig().rewrite_pairs, DemoConfig().min_score_gap, DemoConfig().sft_rewrites) == (False, 0.0, False)
+    sampling = DemoConfig(rewrite_pairs=True, min_score_gap=0.5, pair_samples=4).pairs_sampling()
+    assert (sampling.rewrite, sampling.min_score_gap, sampling.num_samples) == (True, 0.5, 4)
+    with pytest.raises(PrefalignError, match="--min-score-gap must be a number of at least 0"):
+        DemoConfig(min_score_gap=-1.0)
+
+
+def test_the_demo_report_counts_rewrite_pairs(tmp_path: Path):
+    from prefalign.pipeline.report import _stage_facts
+
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    line = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    lines = {"train": ["judge", "rewrite:quotation", "rewrite:title"], "heldout": ["rewrite:quotation", "judge"]}
+    for name, sources in lines.items():
+        (pairs / f"{name}.jsonl").write_text("".join(json.dumps({**line, "source": s}) + "\n" for s in sources))
+    summary = {
+        "source": "built",
+        "config": {"rewrite": True},
+        "prompts": 4,
+        "ties": 1,
+        "judge_failures": 0,
+        "small_gaps": 1,
+        "rewrites": 3,
+        "pairs": 5,
+        "train_pairs": 3,
+        "heldout_pairs": 2,
+    }
+    (pairs / "summary.json").write_text(json.dumps(summary))
+    assert _stage_facts(tmp_path)["pairs"] == (
+        "from 4 prompts: 1 ties and 0 judge failures, 1 below the minimum score gap skipped; 5 pairs, 3 train / 2 held "
+        "out; 3 of the pairs are rewrites of a sample to follow the instructions it failed (2 train / 1 held out), the "
+        "rest judged samples"
+    )
