@@ -54,7 +54,7 @@ def tiny(tiny_model_dir: Path):
     return load_model(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir))
 
 
-CONFIG = {"max_new_tokens": 16, "batch_size": 4}
+CONFIG = {"max_new_tokens": 16, "batch_size": 2, "chunk_size": 4}
 
 
 def run_build(tiny, prompts_file: Path, output: Path, **options) -> BuildReport:
@@ -215,6 +215,8 @@ def test_sigkill_mid_run_then_rerun_gives_the_same_files(tiny_model_dir: Path, t
         "--max-new-tokens",
         "16",
         "--batch-size",
+        "2",
+        "--chunk-size",
         "2",
     ]
     whole, killed = tmp_path / "whole.jsonl", tmp_path / "killed.jsonl"

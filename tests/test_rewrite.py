@@ -230,7 +230,7 @@ def test_the_demo_report_counts_rewrite_pairs(tmp_path: Path):
     pairs = tmp_path / "pairs"
     pairs.mkdir()
     line = {"prompt": "p", "chosen": "a", "rejected": "b"}
-    lines = {"train": ["judge", "rewrite:quotation", "rewrite:title"], "heldout": ["rewrite:quotation", "judge"]}
+    lines = {"train": ["judge", "rewrite:quotation", "rewrite:title"], "heldout": ["judge"]}
     for name, sources in lines.items():
         (pairs / f"{name}.jsonl").write_text("".join(json.dumps({**line, "source": s}) + "\n" for s in sources))
     summary = {
@@ -243,11 +243,35 @@ def test_the_demo_report_counts_rewrite_pairs(tmp_path: Path):
         "rewrites": 3,
         "pairs": 5,
         "train_pairs": 3,
-        "heldout_pairs": 2,
+        "heldout_pairs": 1,
+        "heldout_rewrites": 1,
     }
     (pairs / "summary.json").write_text(json.dumps(summary))
     assert _stage_facts(tmp_path)["pairs"] == (
-        "from 4 prompts: 1 ties and 0 judge failures, 1 below the minimum score gap skipped; 5 pairs, 3 train / 2 held "
-        "out; 3 of the pairs are rewrites of a sample to follow the instructions it failed (2 train / 1 held out), the "
-        "rest judged samples"
+        "from 4 prompts: 1 ties and 0 judge failures, 1 below the minimum score gap skipped; 5 pairs, 3 train / 1 held "
+        "out; 3 of the pairs are rewrites of a sample to follow the instructions it failed (2 trained on; the 1 of "
+        "held-out prompts are set aside, so held-out pairs are judged samples only), the rest judged samples"
     )
+
+
+def test_pairs_are_split_by_prompt_and_held_out_rewrites_are_set_aside(tmp_path: Path):
+    from prefalign.pipeline.data_stages import split_pairs
+
+    rows = [
+        {"id": f"p{i}", "prompt": f"prompt {i}", "chosen": f"c{i}{source}", "rejected": "r", "source": source}
+        for i in range(20)
+        for source in ("judge", "rewrite:quotation")
+    ]
+    built = tmp_path / "pairs.jsonl"
+    built.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    counts = split_pairs(built, tmp_path, 0.25, seed=0)
+    read = {
+        name: [json.loads(x) for x in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+        for name in ("train", "heldout", "heldout_rewrites")
+    }
+    held_ids = {row["id"] for row in read["heldout"]}
+    assert len(held_ids) == 5 and all(row["source"] == "judge" for row in read["heldout"])
+    assert {row["id"] for row in read["heldout_rewrites"]} == held_ids
+    assert not held_ids & {row["id"] for row in read["train"]}  # no held-out prompt is trained on
+    assert counts == {"pairs": 40, "train_pairs": 30, "heldout_pairs": 5, "heldout_rewrites": 5}
+    assert split_pairs(built, tmp_path, 0.25, seed=0) == counts  # seeded

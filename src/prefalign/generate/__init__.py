@@ -30,7 +30,15 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["Generation", "GenerationConfig", "GenerationDtype", "generate", "prompt_seed", "sample_next"]
+__all__ = [
+    "GENERATION_DTYPES",
+    "Generation",
+    "GenerationConfig",
+    "GenerationDtype",
+    "generate",
+    "prompt_seed",
+    "sample_next",
+]
 
 GenerationDtype = Literal["model", "auto", "float32", "bfloat16"]
 GENERATION_DTYPES: tuple[GenerationDtype, ...] = ("model", "auto", "float32", "bfloat16")

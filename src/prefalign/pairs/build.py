@@ -21,7 +21,7 @@ Two files come out:
   less than `min_score_gap`), plus the answers and scores.
 
 Resuming: both files are appended batch by batch (flushed and fsynced), and a rerun skips every prompt found in either,
-so a kill loses at most the batch in flight. Prompts are cut into batches of `batch_size` in input order before
+so a kill loses at most the chunk in flight. Prompts are cut into chunks of `chunk_size` in input order before
 anything is skipped, and a batch that was half written when the run died is generated again whole: the resumed run
 decodes exactly the batches an uninterrupted one would, and with per-prompt seeded sampling (see
 `prefalign.generate`) writes the same lines.
@@ -43,7 +43,7 @@ from ..data.prompt_files import prompt_rows
 from ..data.records import Text
 from ..errors import DataError, PrefalignError
 from ..fileio import jsonl_lines
-from ..generate import Generation, GenerationConfig, PromptFormat
+from ..generate import Generation, GenerationConfig, GenerationDtype, PromptFormat
 from ..judges.base import Judge, JudgeItem, Score, Verdict
 
 if TYPE_CHECKING:
@@ -86,7 +86,18 @@ class PairsConfig:
     )
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass, for every sample"})
     max_new_tokens: int = field(default=256, metadata={"help": "most new tokens per response"})
-    batch_size: int = field(default=16, metadata={"help": "prompts generated and judged together"})
+    batch_size: int = field(default=16, metadata={"help": "prompts decoded together (row slots of the batch)"})
+    chunk_size: int = field(
+        default=256,
+        metadata={
+            "help": "prompts sampled, judged and written together: a kill loses at most one chunk; several batches' "
+            "worth keeps the decoding batch full (a finished row takes the next prompt of the chunk)"
+        },
+    )
+    dtype: GenerationDtype = field(
+        default="model",
+        metadata={"help": "precision of sampling: model, float32, bfloat16, or auto (see prefalign generate --help)"},
+    )
     seed: int = field(default=0, metadata={"help": "sampling seed; sample j uses seed + j"})
     limit: int | None = field(default=None, metadata={"help": "use only the first N prompts"})
     prompt_format: PromptFormat = field(default="auto", metadata={"help": "chat, raw, or auto (chat when possible)"})
@@ -114,6 +125,8 @@ class PairsConfig:
         for temperature in self.temperatures:
             if not (math.isfinite(temperature) and temperature > 0):
                 raise PrefalignError(f"temperatures must be positive (greedy gives a single answer), got {temperature}")
+        if self.chunk_size < 1:
+            raise PrefalignError(f"--chunk-size must be at least 1, got {self.chunk_size}")
         if self.limit is not None and self.limit < 1:
             raise PrefalignError(f"--limit must be at least 1, got {self.limit}")
         if not (math.isfinite(self.min_score_gap) and self.min_score_gap >= 0):
@@ -131,6 +144,7 @@ class PairsConfig:
                 seed=self.seed + j,
                 batch_size=self.batch_size,
                 prompt_format=self.prompt_format,
+                dtype=self.dtype,
             )
             for j in range(self.num_samples)
         ]
@@ -259,8 +273,8 @@ def build_pairs(
         open(output, "a", encoding="utf-8") as pairs_out,
         open(skipped_path(output), "a", encoding="utf-8") as skip_out,
     ):
-        for start in range(0, len(prompts), config.batch_size):
-            batch = prompts[start : start + config.batch_size]
+        for start in range(0, len(prompts), config.chunk_size):
+            batch = prompts[start : start + config.chunk_size]
             if all((p.id, "judged") in done for p in batch):
                 continue
             # The whole batch is generated even when part of it was written before a kill: same batches, same outputs.
@@ -293,9 +307,9 @@ def _line_key(line: dict[str, Any]) -> tuple[str, str]:
 
 def _generation_settings(config: PairsConfig) -> dict[str, Any]:
     settings = dataclasses.asdict(config)
-    # Neither changes how a prompt is sampled, so a resumed run may change them. (Only the same batch size guarantees
-    # byte-identical lines: another batch shape can move the logits' last bits, see prefalign.generate.)
-    del settings["limit"], settings["batch_size"]
+    # None changes how a prompt is sampled, so a resumed run may change them. (Only the same batch and chunk sizes
+    # guarantee byte-identical lines: another batch shape can move the logits' last bits, see prefalign.generate.)
+    del settings["limit"], settings["batch_size"], settings["chunk_size"]
     return settings
 
 

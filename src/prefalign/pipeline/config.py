@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import PrefalignError
-from ..generate import GenerationConfig
+from ..generate import GENERATION_DTYPES, GenerationConfig, GenerationDtype
 from ..pairs.build import PairsConfig
+from ..scoring.preference import is_reference_free, parse_loss_mixture
 from ..train.config import DPOConfig, RewardConfig, SFTConfig, TrainConfig
 from ..train.trackers import check_report_to
 
@@ -69,6 +70,13 @@ class DemoConfig:
     # Generation, everywhere.
     max_new_tokens: int = field(default=128, metadata=_help("most new tokens per generated response"))
     generation_batch_size: int = field(default=64, metadata=_help("prompts decoded together"))
+    sampling_dtype: GenerationDtype = field(
+        default="auto",
+        metadata=_help(
+            "precision of the SFT and pair sampling: auto (bfloat16 where the device computes it natively), model, "
+            "float32 or bfloat16; the trainers score pairs and the evaluation generates in the model's own dtype"
+        ),
+    )
 
     # SFT: rejection sampling from the base model (unless sft_data is given), then LoRA SFT.
     sft_data: str | None = field(
@@ -141,6 +149,14 @@ class DemoConfig:
         default=2e-4, metadata=_trains(("reward",), "reward-model learning rate (LoRA and head)", "learning_rate")
     )
     beta: float = field(default=0.1, metadata=_trains(("dpo",), "DPO beta"))
+    dpo_loss: str = field(
+        default="sigmoid",
+        metadata=_trains(
+            ("dpo",),
+            "the dpo stage's preference method or mixture, e.g. sigmoid,sft:0.5 (see prefalign dpo --help)",
+            "loss",
+        ),
+    )
     dpo_epochs: int = field(default=3, metadata=_trains(("dpo",), "DPO epochs", "epochs"))
     dpo_learning_rate: float = field(
         default=2e-4, metadata=_trains(("dpo",), "DPO learning rate (LoRA)", "learning_rate")
@@ -199,6 +215,14 @@ class DemoConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise PrefalignError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+        try:
+            parse_loss_mixture(self.dpo_loss)
+        except ValueError as exc:
+            raise PrefalignError(f"--dpo-loss: {exc}") from None
+        if self.sampling_dtype not in GENERATION_DTYPES:
+            raise PrefalignError(
+                f"--sampling-dtype must be one of {', '.join(GENERATION_DTYPES)}, got {self.sampling_dtype!r}"
+            )
         check_report_to(self.report_to)  # before the first stage, not when training starts
 
     def training_config(
@@ -213,7 +237,7 @@ class DemoConfig:
         }
         return _TRAINING_CLASSES[stage](
             **_TRAINING_FIXED,
-            **_STAGE_FIXED[stage],
+            **self._stage_fixed(stage),
             **options,
             lora_alpha=2.0 * self.lora_rank,  # LoRA's update scale alpha / r stays 2 at any rank
             run_name=f"{Path(self.output_dir).name}-{stage}",  # the stages' runs told apart in a tracker
@@ -223,6 +247,12 @@ class DemoConfig:
             **{name: str(value) for name, value in inputs.items()},
         )
 
+    def _stage_fixed(self, stage: TrainingStage) -> dict[str, Any]:
+        fixed = dict(_STAGE_FIXED[stage])
+        if stage == "dpo" and is_reference_free(parse_loss_mixture(self.dpo_loss)):
+            del fixed["precompute_ref"]  # no reference, nothing to precompute
+        return fixed
+
     def sft_sampling(self) -> GenerationConfig:
         """How the base model samples its SFT candidates."""
         return GenerationConfig(
@@ -231,6 +261,7 @@ class DemoConfig:
             seed=self.seed,
             max_new_tokens=self.max_new_tokens,
             batch_size=self.generation_batch_size,
+            dtype=self.sampling_dtype,
         )
 
     def pairs_sampling(self) -> PairsConfig:
@@ -240,6 +271,7 @@ class DemoConfig:
             temperatures=list(self.pair_temperatures),
             max_new_tokens=self.max_new_tokens,
             batch_size=self.generation_batch_size,
+            dtype=self.sampling_dtype,
             seed=self.seed,
             limit=self.pair_prompts,
             min_score_gap=self.min_score_gap,

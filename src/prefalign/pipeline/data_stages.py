@@ -3,6 +3,7 @@ user's) split into train and held-out pairs."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,12 @@ def build_or_load_pairs(
     summary.update(split_pairs(built, work, config.heldout_fraction, config.seed))
     write_json_atomic(work / "summary.json", summary, default=str)
     say(
-        f"[pairs] {summary['pairs']} pairs: {summary['train_pairs']} to train on, {summary['heldout_pairs']} held out",
+        f"[pairs] {summary['pairs']} pairs: {summary['train_pairs']} to train on, {summary['heldout_pairs']} held out"
+        + (
+            f" ({summary['heldout_rewrites']} rewrites of held-out prompts set aside)"
+            if summary["heldout_rewrites"]
+            else ""
+        ),
         prefix="",
     )
 
@@ -138,8 +144,11 @@ def _build_pairs(
 
 
 def split_pairs(built: Path, work: Path, fraction: float, seed: int) -> dict[str, int]:
-    """Split the pairs file `built` into work/train.jsonl and work/heldout.jsonl (a seeded draw of at least 2 held-out
-    pairs, both in file order), each pair's line copied as is; the counts."""
+    """Split the pairs file `built` into work/train.jsonl and work/heldout.jsonl by prompt: a seeded draw of the
+    prompts (at least 2) holds out every pair of theirs, so no held-out prompt is trained on; the counts.
+
+    A held-out prompt's rewrite pairs (source "rewrite:...") go to work/heldout_rewrites.jsonl instead: a case or
+    quoting edit is an easy pair, and held-out accuracy should measure the judged pairs."""
     # Lines end at "\n" only (`jsonl_lines`): a pair whose text holds U+2028 stays one pair.
     lines = [raw.decode("utf-8").rstrip("\r\n") for _, raw in jsonl_lines(built)]
     if len(lines) < 4:
@@ -147,7 +156,20 @@ def split_pairs(built: Path, work: Path, fraction: float, seed: int) -> dict[str
             f"[pairs] only {len(lines)} pairs: too few to train and hold some out "
             "(more --pair-prompts or --pair-samples)"
         )
-    train, heldout = split_heldout(lines, fraction, seed=seed, minimum=2, what="pairs")
-    write_text_atomic(work / "train.jsonl", "".join(line + "\n" for line in train))
-    write_text_atomic(work / "heldout.jsonl", "".join(line + "\n" for line in heldout))
-    return {"pairs": len(lines), "train_pairs": len(train), "heldout_pairs": len(heldout)}
+    rows = [json.loads(line) for line in lines]
+    keys = [json.dumps(row.get("id", row["prompt"]), sort_keys=True) for row in rows]
+    _, held_keys = split_heldout(sorted(set(keys), key=keys.index), fraction, seed=seed, minimum=2, what="prompts")
+    held = set(held_keys)
+    rewrite = [str(row.get("source", "")).startswith("rewrite:") for row in rows]
+    split: dict[str, list[str]] = {"train": [], "heldout": [], "heldout_rewrites": []}
+    for line, key, is_rewrite in zip(lines, keys, rewrite):
+        name = "train" if key not in held else "heldout_rewrites" if is_rewrite else "heldout"
+        split[name].append(line)
+    for name, kept in split.items():
+        write_text_atomic(work / f"{name}.jsonl", "".join(line + "\n" for line in kept))
+    return {
+        "pairs": len(lines),
+        "train_pairs": len(split["train"]),
+        "heldout_pairs": len(split["heldout"]),
+        "heldout_rewrites": len(split["heldout_rewrites"]),
+    }

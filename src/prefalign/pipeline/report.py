@@ -80,10 +80,10 @@ def _pairs_fact(directory: Path, pairs: dict[str, Any]) -> str:
     )
     if not pairs.get("config", {}).get("rewrite"):
         return text
-    rewrites = {name: _rewrite_count(directory / f"{name}.jsonl") for name in ("train", "heldout")}
     return (
         f"{text}; {pairs.get('rewrites', 0)} of the pairs are rewrites of a sample to follow the instructions it "
-        f"failed ({rewrites['train']} train / {rewrites['heldout']} held out), the rest judged samples"
+        f"failed ({_rewrite_count(directory / 'train.jsonl')} trained on; the {pairs.get('heldout_rewrites', 0)} of "
+        "held-out prompts are set aside, so held-out pairs are judged samples only), the rest judged samples"
     )
 
 
