@@ -13,7 +13,8 @@ from if_verifiable.ifeval.instructions_registry import INSTRUCTION_CONFLICTS, co
 from prefalign.cli import main
 from prefalign.errors import PrefalignError
 from prefalign.judges import SUPPORTED_INSTRUCTIONS, JudgeItem, VerifierJudge, describe_instruction
-from prefalign.prompts import _FORBIDDEN, HELDOUT_TOPICS, INSTRUCTIONS, TRAIN_TOPICS, builtin_prompts, conflicts
+from prefalign.prompts import HELDOUT_TOPICS, INSTRUCTIONS, TRAIN_TOPICS, builtin_prompts, conflicts
+from prefalign.prompts.instructions import _FORBIDDEN
 
 
 @pytest.fixture(scope="module")
