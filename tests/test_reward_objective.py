@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from prefalign.data.collate import IGNORE_INDEX
+from prefalign.data.collate import collate_pairs
 from prefalign.errors import DataError, PrefalignError
 from prefalign.models.loading import load_model, load_tokenizer
 from prefalign.models.reward import RewardModel, load_reward_model
@@ -66,9 +66,11 @@ def test_loss_subtracts_each_pairs_margin(tiny_model_dir: Path, tmp_path: Path) 
     objective, model, items = _objective(tiny_model_dir, data, lm_weight=0.0)
     assert [item.margin for item in items] == [0.5, 0.0, -1.0]
     batch = objective.collate(items)
+    assert batch.pairs.input_ids.shape[0] == 1  # one padding-free row: the tiny model runs pair attention
+    padded = collate_pairs([item.pair for item in items], pad_id=0)
     with torch.no_grad():
         loss, sums = objective.loss(model, batch)
-        rewards = model(batch.pairs.input_ids, batch.pairs.attention_mask).rewards.tolist()
+        rewards = model(padded.input_ids, padded.attention_mask).rewards.tolist()  # each sequence in its own row
     chosen, rejected = rewards[:3], rewards[3:]
     by_hand = sum(math.log1p(math.exp(-(c - r - m))) for c, r, m in zip(chosen, rejected, [0.5, 0.0, -1.0]))
     assert float(loss) == pytest.approx(by_hand, rel=1e-5)
@@ -90,16 +92,14 @@ def test_lm_weight_adds_the_chosen_response_nll_and_zero_leaves_it_out(tiny_mode
     with torch.no_grad():
         loss_off, sums_off = off.loss(model, batch)
         loss_on, sums_on = on.loss(model, batch)
-        logits = model.lm(input_ids=batch.pairs.input_ids, attention_mask=batch.pairs.attention_mask).logits
+        # lm_loss by hand: each pair's mean NLL over its chosen response tokens, prompt + chosen alone.
+        nll = 0.0
+        for item in items:
+            prompt, chosen = item.pair.prompt_ids, item.pair.chosen_ids
+            logp = torch.log_softmax(model.lm(input_ids=torch.tensor([prompt + chosen])).logits[0, :-1], dim=-1)
+            nll -= sum(float(logp[len(prompt) + k - 1, token]) for k, token in enumerate(chosen)) / len(chosen)
     assert "lm_loss" not in sums_off and "lm_loss" not in off.metrics({k: float(v) for k, v in sums_off.items()})
     assert float(loss_off) == pytest.approx(float(sums_off["rm_loss"]), rel=1e-6)
-    # lm_loss by hand: each pair's mean NLL over its chosen response tokens (rows 0..3 of the batch).
-    logp = torch.log_softmax(logits[:, :-1], dim=-1)
-    labels = batch.pairs.labels[:, 1:]
-    nll = 0.0
-    for row in range(4):
-        positions = (labels[row] != IGNORE_INDEX).nonzero().flatten().tolist()
-        nll += -sum(float(logp[row, t, labels[row, t]]) for t in positions) / len(positions)
     assert float(sums_on["lm_loss"]) == pytest.approx(nll, rel=1e-5)
     assert float(loss_on) == pytest.approx(float(sums_on["rm_loss"]) + 0.5 * nll, rel=1e-5)
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from prefalign.data.collate import IGNORE_INDEX
 from prefalign.errors import DataError
 from prefalign.train.config import SFTConfig
 from prefalign.train.distributed import DistInfo
@@ -26,45 +25,34 @@ from test_train_support import (
 SINGLE = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True)
 
 
-class ScramblePromptLogits(torch.nn.Module):
-    """The wrapped model, with random logits wherever the next token is a prompt token (or padding)."""
-
-    def __init__(self, model: torch.nn.Module, labels: torch.Tensor):
-        super().__init__()
-        self.model, self.labels = model, labels
-
-    def forward(self, **inputs: torch.Tensor) -> object:
-        out = self.model(**inputs)
-        not_scored = torch.zeros_like(self.labels, dtype=torch.bool)
-        not_scored[:, :-1] = self.labels[:, 1:] == IGNORE_INDEX  # logits[:, t] predicts labels[:, t + 1]
-        noise = torch.randn_like(out.logits) * 10
-        out.logits = torch.where(not_scored.unsqueeze(-1), out.logits + noise, out.logits)
-        return out
-
-
-def test_sft_loss_ignores_every_prompt_position(tiny_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
+def test_sft_loss_is_the_nll_of_exactly_the_response_tokens(tiny_model_dir: Path, tmp_path: Path, packed: bool) -> None:
     from prefalign.models.loading import load_model, load_tokenizer
 
     config = SFTConfig(model=str(tiny_model_dir), data=str(write_sft(tmp_path / "sft.jsonl", 4)), output_dir="x")
     objective = SFTObjective(config)
     items, _ = objective.load(config.data, load_tokenizer(config.model))
-    model = load_model(config.model, device="cpu")
+    model = load_model(config.model, device="cpu").eval()
     objective.setup(model, {config.data: items}, SINGLE)
+    assert objective.packed  # the tiny model runs SDPA: pair attention by default
+    objective.packed = packed
     batch = objective.collate(items)
+    assert (batch.input_ids.shape[0] == 1) == packed
     with torch.no_grad():
         loss, sums = objective.loss(model, batch)
-        scrambled, _ = objective.loss(ScramblePromptLogits(model, batch.labels), batch)
-        logits = model(input_ids=batch.input_ids).logits
-    assert torch.equal(loss, scrambled)
-    # And it is the mean NLL of exactly the response tokens.
-    response = [(row, t) for row, t in (batch.labels[:, 1:] != IGNORE_INDEX).nonzero().tolist()]
-    logp = torch.log_softmax(logits[:, :-1], dim=-1)
-    nll = -sum(float(logp[row, t, batch.labels[row, t + 1]]) for row, t in response)
-    assert int(sums["completion_tokens"]) == len(response) == sum(len(e.completion_ids) for e in items)
+        nll, response_tokens = 0.0, 0
+        for example in items:  # by hand: each example alone, full logits, response tokens only
+            ids = torch.tensor([[*example.prompt_ids, *example.completion_ids]])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], dim=-1)
+            for t in range(len(example.prompt_ids), ids.shape[1]):
+                nll -= float(logp[t - 1, ids[0, t]])
+                response_tokens += 1
+    assert int(sums["completion_tokens"]) == response_tokens == sum(len(e.completion_ids) for e in items)
+    assert int(sums["items"]) == 4
+    assert int(sums["tokens"]) == sum(len(e.prompt_ids) + len(e.completion_ids) for e in items)
     assert math.isclose(float(loss), nll, rel_tol=1e-5)
-    assert math.isclose(
-        objective.metrics({k: float(v) for k, v in sums.items()})["loss"], nll / len(response), rel_tol=1e-5
-    )
+    metrics = objective.metrics({k: float(v) for k, v in sums.items()})
+    assert math.isclose(metrics["loss"], nll / response_tokens, rel_tol=1e-5)
 
 
 def test_sft_run_learns_and_saves(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -41,6 +41,11 @@ class CompletionIndex:
             self.positions.to(device), self.targets.to(device), self.sequences.to(device), self.num_sequences
         )
 
+    def first_sequences(self, count: int) -> CompletionIndex:
+        """The tokens of sequences 0..count-1 only (for pairs of `count` pairs: the chosen responses)."""
+        keep = self.sequences < count
+        return CompletionIndex(self.positions[keep], self.targets[keep], self.sequences[keep], count)
+
 
 def plain_completion_index(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> CompletionIndex:
     """Index of right-padded rows with labels [N, T] (unshifted): position t predicts label t + 1; row = sequence."""
@@ -65,6 +70,16 @@ class LMBatch:
     @property
     def num_tokens(self) -> int:
         return int(self.attention_mask.sum())
+
+    @property
+    def num_sequences(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def sequence_ends(self) -> Tensor:
+        """[N] flat position (into the batch's [N * T] positions) of each row's last real token."""
+        rows, width = self.attention_mask.shape
+        return torch.arange(rows, device=self.attention_mask.device) * width + self.attention_mask.sum(-1) - 1
 
     @property
     def index(self) -> CompletionIndex:

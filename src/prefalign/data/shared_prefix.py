@@ -55,6 +55,7 @@ class SharedPrefixBatch:
     index: CompletionIndex
     num_pairs: int
     num_tokens: int  # real (non-padding) tokens the model processes
+    sequence_ends: Tensor  # [2 * num_pairs] flat position of each response's last token, in `index`'s order
     spans: PairSpans | None = None
 
     def model_inputs(self) -> dict[str, Any]:
@@ -79,6 +80,7 @@ class SharedPrefixBatch:
             self.index.to(device),
             self.num_pairs,
             self.num_tokens,
+            self.sequence_ends.to(device),
             self.spans,
         )
 
@@ -121,7 +123,13 @@ def collate_shared_prefix(pairs: Sequence[TokenizedPair], pad_id: int) -> Shared
             branch[r, start:end] = _branches(pairs[i])
             start = end
     return SharedPrefixBatch(
-        input_ids, position_ids, block_mask(document, branch), scoring.index(), num_pairs, sum(lengths)
+        input_ids,
+        position_ids,
+        block_mask(document, branch),
+        scoring.index(),
+        num_pairs,
+        sum(lengths),
+        torch.tensor(scoring.ends),
     )
 
 
@@ -141,7 +149,9 @@ def collate_pair_row(pairs: Sequence[TokenizedPair], pad_id: int = 0) -> SharedP
         _place(pair, i, input_ids[0], position_ids[0], start, start, scoring)
         spans.append((start, len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)))
         start += lengths[i]
-    return SharedPrefixBatch(input_ids, position_ids, None, scoring.index(), len(pairs), total, tuple(spans))
+    return SharedPrefixBatch(
+        input_ids, position_ids, None, scoring.index(), len(pairs), total, torch.tensor(scoring.ends), tuple(spans)
+    )
 
 
 class _Scoring:
@@ -152,6 +162,7 @@ class _Scoring:
         self.positions: list[int] = []
         self.targets: list[int] = []
         self.sequences: list[int] = []
+        self.ends = [0] * (2 * num_pairs)  # flat position of each response's last token: chosen ones, then rejected
 
     def index(self) -> CompletionIndex:
         return CompletionIndex(
@@ -179,6 +190,7 @@ def _place(
     scoring.positions += [last_prompt, *range(rejected_start, rejected_start + rejected - 1)]
     scoring.targets += [*pair.chosen_ids, *pair.rejected_ids]
     scoring.sequences += [i] * chosen + [scoring.num_pairs + i] * rejected
+    scoring.ends[i], scoring.ends[scoring.num_pairs + i] = rejected_start - 1, rejected_start + rejected - 1
 
 
 def _branches(pair: TokenizedPair) -> Tensor:

@@ -3,8 +3,9 @@
     r(x, y) = w . h_L(x + y)[last non-padding position],   w: Linear(hidden_size, 1, bias=False)
 
 The head has no bias: the pairwise loss only ever sees reward differences, so a bias would be a parameter no gradient
-reaches. The LM keeps its output layer, so one forward gives both the rewards and the completion states
-(`prefalign.scoring`) an auxiliary LM loss needs.
+reaches. Rows may be padded, or laid out as DPO's are (`prefalign.data.shared_prefix`: [prompt | chosen | rejected],
+the prompt computed once), the reward then read at the last token of each response. The LM keeps its output layer,
+so one forward gives both the rewards and the completion states (`prefalign.scoring`) an auxiliary LM loss needs.
 
 A saved reward model is a directory that reloads exactly, head included, in one of two layouts:
 
@@ -34,7 +35,7 @@ from ..data.collate import CompletionIndex, pad_sequences
 from ..errors import ModelError
 from ..fileio import write_json_atomic
 from ..scoring.completions import CompletionStates
-from ..scoring.run import final_hidden_states, hidden_and_completion_states
+from ..scoring.run import checked_inputs, final_hidden_states, hidden_and_completion_states
 from .lora import is_lora, load_adapter, merged_copy
 
 if TYPE_CHECKING:
@@ -86,21 +87,37 @@ class RewardModel(nn.Module):
         return is_lora(self.lm)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lm_index: CompletionIndex | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        lm_index: CompletionIndex | None = None,
+        reward_positions: torch.Tensor | None = None,
+        **layout: Any,
     ) -> RewardOutput:
-        """Rewards [N] for right-padded rows; with `lm_index`, also the LM's completion states at those tokens.
+        """Rewards [N], read at `reward_positions` (flat positions into the batch's rows) or, without them, at each
+        row's last real token; with `lm_index`, also the LM's completion states at those tokens.
 
+        `layout` carries what a batch layout of `prefalign.data.shared_prefix` adds to its model inputs (position
+        ids, pair spans); without it, rows are padded and `attention_mask` [N, T] says where the real tokens are.
         The LM's output layer runs at `lm_index`'s tokens only, and not at all without it: over the vocabulary it is
         a fifth of a small model's forward, and its [N, T, V] output would be the largest tensor of the step.
         """
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        inputs = {"input_ids": input_ids, **layout}
+        if attention_mask is not None:
+            inputs["attention_mask"] = attention_mask
+        inputs = checked_inputs(self.lm, inputs)
         # The final hidden states, after the final norm: what the LM's own output layer reads.
         if lm_index is None:
             final, lm_states = final_hidden_states(self.lm, inputs), None
         else:
             final, lm_states = hidden_and_completion_states(self.lm, inputs, lm_index)
-        rows = torch.arange(final.shape[0], device=final.device)
-        last = final[rows, last_token_index(attention_mask)]
+        if reward_positions is None:
+            if attention_mask is None or attention_mask.dim() != 2:
+                raise ValueError("rewards of rows that are not padded need reward_positions")
+            width = attention_mask.shape[1]
+            rows = torch.arange(attention_mask.shape[0], device=final.device)
+            reward_positions = rows * width + last_token_index(attention_mask)
+        last = final.reshape(-1, final.shape[-1])[reward_positions]
         return RewardOutput(self.reward_head(last).squeeze(-1).float(), lm_states)
 
     def save_pretrained(self, path: str | Path) -> Path:

@@ -7,9 +7,10 @@ that do more after the head (Gemma's logit soft-capping, Cohere's logit scale) a
 comparing with the full logits, and scored from the full logits instead.
 
 A batch is anything with `model_inputs()` (the keyword arguments the model takes) and `index` (a `CompletionIndex`):
-the right-padded rows of `prefalign.data.collate`, or the prompt-sharing rows of `prefalign.data.shared_prefix`. A
-one-row pair batch needs the model switched to pair attention (`prefalign.models.pair_attention`), which
-`enable_pair_attention` does after checking that the model then scores a toy batch as the 4D-mask layout does.
+the right-padded rows of `prefalign.data.collate`, the prompt-sharing rows of `prefalign.data.shared_prefix`, or the
+packed SFT row of `prefalign.data.packing`. A one-row batch needs the model switched to pair attention
+(`prefalign.models.pair_attention`), which `enable_pair_attention` does after checking that the model then scores a
+toy batch as the 4D-mask layout does.
 """
 
 from __future__ import annotations
@@ -168,11 +169,16 @@ def _pair_row_scores_as_mask_layout(model: torch.nn.Module) -> bool:
 
 
 def model_inputs(model: torch.nn.Module, batch: Any) -> dict[str, Any]:
-    """The keyword arguments `batch` passes to `model`, checked against what the model's attention can take.
+    """The keyword arguments `batch` passes to `model`, checked against what the model's attention can take."""
+    return checked_inputs(model, batch.model_inputs())
 
-    A one-row pair batch (spans instead of a mask) needs a model switched to pair attention. A boolean 4D mask
-    becomes additive (0 or the dtype's minimum) for eager attention, which adds it to the scores."""
-    inputs = batch.model_inputs()
+
+def checked_inputs(model: torch.nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+    """A batch layout's keyword arguments for `model`, checked against what the model's attention can take.
+
+    A one-row batch (spans instead of a mask) needs a model switched to pair attention. A boolean 4D mask becomes
+    additive (0 or the dtype's minimum) for eager attention, which adds it to the scores."""
+    inputs = dict(inputs)
     mask = inputs.get("attention_mask")
     if SPANS_KWARG in inputs:
         if not enable_pair_attention(model):  # checked once per model, then cached

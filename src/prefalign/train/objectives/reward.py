@@ -8,7 +8,10 @@ The LM term keeps the language model's hidden states useful while the head and t
 reward models start from an SFT model for the same reason); --lm-weight 0 turns it off, and the LM then skips its
 output layer over the vocabulary (lm_loss is not logged). The LM term's log-probs come from `prefalign.scoring`, as
 SFT's do: the output layer runs at the chosen response's tokens only.
-Chosen and rejected sequences sit in one batch, so every pair is scored in ONE forward pass.
+Chosen and rejected sequences sit in one batch, so every pair is scored in ONE forward pass. Where the model runs pair
+attention, a pair is one sequence [prompt | chosen | rejected] as DPO lays it out (`prefalign.data.shared_prefix`):
+the prompt is computed once, all pairs of a batch sit end to end in one row with no padding, and the head reads the
+last token of each response. Otherwise (or for a pair with an empty prompt) chosen and rejected rows are padded.
 `rewards/accuracies` is the mean of `prefalign.scoring.preference.preference_outcome`: a tie counts half.
 """
 
@@ -21,21 +24,24 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ...console import warn
-from ...data.collate import PairBatch, collate_pairs, plain_completion_index
+from ...console import say, warn
+from ...data.collate import PairBatch, collate_pairs
 from ...data.loading import load_preferences
 from ...data.records import PreferenceRecord
+from ...data.shared_prefix import SharedPrefixBatch, collate_pair_row
 from ...data.tokenize import TokenizedPair, TruncationReport, tokenize_pair
 from ...errors import DataError
 from ...losses import reward_model_loss
 from ...models.reward import RewardModel, base_model_spec
 from ...scoring.preference import preference_margin, preference_outcome
+from ...scoring.run import enable_pair_attention
 from .base import Objective, Sums
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from ..config import RewardConfig
+    from ..distributed import DistInfo
 
 
 @dataclass
@@ -46,7 +52,7 @@ class RewardItem:
 
 @dataclass
 class RewardBatch:
-    pairs: PairBatch
+    pairs: PairBatch | SharedPrefixBatch
     margins: torch.Tensor  # [num_pairs]
 
 
@@ -68,6 +74,7 @@ class RewardObjective(Objective):
         super().__init__(config)
         self.config: RewardConfig = config
         self.pad_id = 0
+        self.pair_rows = False  # setup() turns it on where the LM runs pair attention: one padding-free row
 
     def load(self, source: str, tokenizer: PreTrainedTokenizerBase) -> tuple[list[RewardItem], TruncationReport]:
         data = load_preferences(source, self.config.data_format)
@@ -90,8 +97,19 @@ class RewardObjective(Objective):
         # config.model is typed optional in TrainConfig, though every run sets it.
         return RewardModel(model, base_model_spec(self.config.model))  # type: ignore[arg-type]  # see above
 
+    def setup(self, model: torch.nn.Module, sources: dict[str, list[RewardItem]], info: DistInfo) -> None:
+        super().setup(model, sources, info)
+        self.pair_rows = enable_pair_attention(model.lm)
+        if not self.pair_rows:
+            say("note: this model's attention cannot run pair attention; padding chosen and rejected rows (slower)")
+
     def collate(self, items: Sequence[RewardItem]) -> RewardBatch:
-        pairs = collate_pairs([item.pair for item in items], self.pad_id).to(self.device)
+        tokenized = [item.pair for item in items]
+        # A pair with an empty prompt has no position to predict its responses' first tokens from: pad it instead.
+        if self.pair_rows and all(pair.prompt_ids for pair in tokenized):
+            pairs: PairBatch | SharedPrefixBatch = collate_pair_row(tokenized).to(self.device)
+        else:
+            pairs = collate_pairs(tokenized, self.pad_id).to(self.device)
         margins = torch.tensor([item.margin for item in items], dtype=torch.float32, device=self.device)
         return RewardBatch(pairs, margins)
 
@@ -100,9 +118,10 @@ class RewardObjective(Objective):
 
     def loss(self, model: torch.nn.Module, batch: RewardBatch) -> tuple[torch.Tensor, Sums]:
         pairs, lm_weight, n = batch.pairs, self.config.lm_weight, batch.pairs.num_pairs
-        # The LM term scores the chosen rows only (the first n); per token, so long and short answers weigh the same.
-        lm_index = plain_completion_index(pairs.labels[:n]) if lm_weight > 0 else None
-        rewards, lm_states = model(input_ids=pairs.input_ids, attention_mask=pairs.attention_mask, lm_index=lm_index)
+        # The LM term scores the chosen responses only (sequences 0..n-1); per token, so long and short answers weigh
+        # the same.
+        lm_index = pairs.index.first_sequences(n) if lm_weight > 0 else None
+        rewards, lm_states = model(**pairs.model_inputs(), lm_index=lm_index, reward_positions=pairs.sequence_ends)
         chosen, rejected = pairs.split(rewards)
         losses = rm_losses = reward_model_loss(chosen, rejected, batch.margins)
         sums: Sums = {}
@@ -116,7 +135,7 @@ class RewardObjective(Objective):
         both = torch.cat([chosen, rejected]).to(torch.float64)
         sums |= {
             "items": torch.tensor(n),
-            "tokens": pairs.attention_mask.sum(),
+            "tokens": torch.tensor(pairs.num_tokens),
             "loss": losses.detach().sum(),
             "rm_loss": rm_losses.detach().sum(),
             # A tie is half right: a head that gives every answer the same reward scores exactly 0.5.

@@ -4,6 +4,10 @@ Data: one example per row, any of
 - `{"messages": [...]}`: a conversation; the response is its final assistant message,
 - `{"prompt": ..., "completion": ...}` (or `"response"`): strings, or chat messages,
 - a preference record (any format `prefalign data` reads): the `chosen` response is the target.
+
+Where the model runs pair attention (checked once, as for DPO), the examples of a batch sit end to end in ONE row with
+no padding, each attending only to itself (`prefalign.data.packing`); otherwise each is padded to the batch's longest.
+Either way the output layer runs at response-predicting positions only, a chunk at a time (`prefalign.scoring`).
 """
 
 from __future__ import annotations
@@ -13,20 +17,23 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ...console import say
 from ...data.collate import LMBatch, collate_sft
 from ...data.formats import parse_record
+from ...data.packing import PackedBatch, collate_sft_row
 from ...data.records import Text
 from ...data.sources import open_source
 from ...data.tokenize import SFTExample, TruncationReport, tokenize_sft_examples
 from ...data.validation import RecordRejected
 from ...errors import DataError
-from ...scoring.run import score_completions
+from ...scoring.run import enable_pair_attention, score_completions
 from .base import Objective, Sums
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from ..config import SFTConfig
+    from ..distributed import DistInfo
 
 _COMPLETION_KEYS = ("completion", "response")
 
@@ -70,24 +77,34 @@ class SFTObjective(Objective):
     def __init__(self, config: SFTConfig):
         super().__init__(config)
         self.pad_id = 0
+        self.packed = False  # setup() turns it on where the model runs pair attention: one padding-free row
 
     def load(self, source: str, tokenizer: PreTrainedTokenizerBase) -> tuple[list[SFTExample], TruncationReport]:
         examples = read_sft_examples(source, self.config.data_format)
         self.pad_id = tokenizer.pad_token_id
         return tokenize_sft_examples(examples, tokenizer, self.config.tokenize_config())
 
-    def collate(self, items: Sequence[SFTExample]) -> LMBatch:
+    def setup(self, model: torch.nn.Module, sources: dict[str, list[Any]], info: DistInfo) -> None:
+        super().setup(model, sources, info)
+        self.packed = enable_pair_attention(model)
+        if not self.packed:
+            say("note: this model's attention cannot run pair attention; padding each example instead (slower)")
+
+    def collate(self, items: Sequence[SFTExample]) -> LMBatch | PackedBatch:
+        # An example of one token has nothing to predict and no span of its own: pad the batch instead.
+        if self.packed and all(len(e.prompt_ids) + len(e.completion_ids) >= 2 for e in items):
+            return collate_sft_row(items).to(self.device)
         return collate_sft(items, self.pad_id).to(self.device)
 
-    def loss_denominator(self, batch: LMBatch) -> int:
+    def loss_denominator(self, batch: LMBatch | PackedBatch) -> int:
         return batch.num_completion_tokens
 
-    def loss(self, model: torch.nn.Module, batch: LMBatch) -> tuple[torch.Tensor, Sums]:
+    def loss(self, model: torch.nn.Module, batch: LMBatch | PackedBatch) -> tuple[torch.Tensor, Sums]:
         _, logps = score_completions(model, batch)
         nll = -logps.sum_logps.sum()
         sums = {
-            "items": torch.tensor(batch.input_ids.shape[0]),
-            "tokens": batch.attention_mask.sum(),
+            "items": torch.tensor(batch.num_sequences),
+            "tokens": torch.tensor(batch.num_tokens),
             "loss": nll.detach(),
             "completion_tokens": logps.num_tokens.sum(),
         }

@@ -1,0 +1,89 @@
+"""The reward model on DPO's layout: each pair one sequence [prompt | chosen | rejected] (the prompt computed once),
+every pair of a batch in one padding-free row, the head reading the last token of each response, the LM term at the
+chosen response's tokens only. It must give what padded chosen and rejected rows give: rewards, the loss (pairwise
+and LM terms) and its gradients, in fp32 within 1e-4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from prefalign.data.tokenize import TokenizedPair
+from prefalign.models.reward import RewardModel
+from prefalign.train.config import RewardConfig
+from prefalign.train.distributed import DistInfo
+from prefalign.train.objectives.reward import RewardItem, RewardObjective
+from test_train_forward import load_tiny, random_pairs
+from test_train_support import single_thread  # noqa: F401  (an autouse fixture: importing it applies it here)
+
+SINGLE = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), is_main=True)
+
+
+def objective_for(model: RewardModel, lm_weight: float) -> RewardObjective:
+    objective = RewardObjective(RewardConfig(model="unused", data="unused", output_dir="unused", lm_weight=lm_weight))
+    objective.setup(model, {}, SINGLE)
+    assert objective.pair_rows  # SDPA models run pair attention
+    return objective
+
+
+def assert_pair_row_equals_padded(model: RewardModel, pairs: list[TokenizedPair], lm_weight: float) -> None:
+    objective = objective_for(model, lm_weight)
+    items = [RewardItem(pair, margin) for pair, margin in zip(pairs, torch.linspace(-1, 1, len(pairs)).tolist())]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    results = {}
+    for pair_rows in (True, False):
+        objective.pair_rows = pair_rows
+        batch = objective.collate(items)
+        assert (batch.pairs.input_ids.shape[0] == 1) == pair_rows
+        inputs = batch.pairs.model_inputs()
+        rewards = model(**inputs, reward_positions=batch.pairs.sequence_ends).rewards
+        loss, sums = objective.loss(model, batch)
+        results[pair_rows] = (rewards, loss, sums, torch.autograd.grad(loss, trainable))
+    (row_rewards, row_loss, row_sums, row_grads), (rewards, loss, sums, grads) = results[True], results[False]
+    torch.testing.assert_close(row_rewards, rewards, atol=1e-4, rtol=0)
+    torch.testing.assert_close(row_loss, loss, atol=1e-4, rtol=0)
+    for key in ("rm_loss", "lm_loss", "rewards/chosen", "rewards/rejected"):
+        if lm_weight or key != "lm_loss":
+            torch.testing.assert_close(row_sums[key], sums[key], atol=1e-4, rtol=0, msg=key)
+    for ours, theirs in zip(row_grads, grads):
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-3)
+
+
+def test_sequence_ends_are_each_responses_last_token() -> None:
+    from prefalign.data.collate import collate_pairs
+    from prefalign.data.shared_prefix import collate_pair_row, collate_shared_prefix
+
+    pairs = [TokenizedPair([10, 11], [20, 21, 22], [30, 31]), TokenizedPair([12], [23], [32])]
+    # [10 11 20 21 22 30 31 | 12 23 32]: chosen ends at 4 and 8, rejected at 6 and 9.
+    assert collate_pair_row(pairs).sequence_ends.tolist() == [4, 8, 6, 9]
+    # Packed rows of width 7: the second pair is row 1, flat positions 7 + (0, 1, 2).
+    assert collate_shared_prefix(pairs, pad_id=0).sequence_ends.tolist() == [4, 8, 6, 9]
+    # Padded rows of width 5: chosen rows 0-1, rejected rows 2-3.
+    assert collate_pairs(pairs, pad_id=0).sequence_ends.tolist() == [4, 6, 13, 16]
+
+
+@pytest.mark.parametrize("lm_weight", [0.0, 0.5])
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_pair_row_equals_padded_rows_on_the_tiny_model(tiny_model_dir: Path, lora: bool, lm_weight: float) -> None:
+    torch.manual_seed(0)
+    model = RewardModel(load_tiny(tiny_model_dir, lora=lora), "tiny").eval()
+    pairs = random_pairs(model.lm.get_output_embeddings().weight.shape[0], 6, seed=4)
+    assert_pair_row_equals_padded(model, pairs, lm_weight)
+
+
+@pytest.mark.model
+@pytest.mark.shared
+def test_pair_row_equals_padded_rows_on_real_hh_pairs_and_smollm2(smollm2_dir: Path, hh_test_path: Path) -> None:
+    from prefalign.data.loading import load_preferences
+    from prefalign.data.tokenize import TokenizeConfig, tokenize_preferences
+    from prefalign.models.loading import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(str(smollm2_dir))
+    records = load_preferences(str(hh_test_path), "hh").records[:4]
+    pairs, _ = tokenize_preferences(records, tokenizer, TokenizeConfig(max_length=96, max_prompt_length=64))
+    assert len(pairs) == 4 and all(p.chosen_ids != p.rejected_ids for p in pairs)
+    torch.manual_seed(0)
+    model = RewardModel(load_model(str(smollm2_dir), device="cpu"), "smollm2").eval()
+    assert_pair_row_equals_padded(model, pairs, lm_weight=0.5)
