@@ -232,6 +232,7 @@ def test_bfloat16_generation_leaves_the_callers_model_as_it_was(tiny) -> None:
     out = generate(model, tokenizer, PROMPTS[:2], config, progress=False)
     assert [g.num_tokens for g in out] == [6, 6]
     assert model.training and model.dtype == torch.float32
+    assert model.config._attn_implementation == "sdpa"  # the copy attended in fp32 (generate.attention), not the model
     assert all(torch.equal(weights[name], p) for name, p in model.named_parameters())
     model.eval()
 

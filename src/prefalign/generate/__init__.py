@@ -138,6 +138,7 @@ def generate(
     """
     import torch
 
+    from .attention import upcast_attention
     from .decode import ContinuousBatch, DecodeSettings
 
     if not prompts:
@@ -161,6 +162,8 @@ def generate(
         torch.inference_mode(),
         _generation_model(model, dtype) as sampler,
         _generation_model(reference, dtype) as follower,
+        upcast_attention(sampler),
+        upcast_attention(follower),
         progress_bar(total=len(prompts), unit="prompt", desc="generating", disable=not progress) as bar,
     ):
         batch = ContinuousBatch(

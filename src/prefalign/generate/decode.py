@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from .attention import needs_upcast
 from .sampling import sample_next
 from .slots import SlotCache
 
@@ -60,7 +61,9 @@ class _Lane:
         self.keep_last = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
         # transformers renamed the KV cache argument `past_key_values` -> `cache` (5.x) and warns on the old name.
         self.cache_name = "cache" if "cache" in parameters else "past_key_values"
-        self.cache = SlotCache(core.config.get_text_config().num_hidden_layers, slots, capacity)
+        # A bf16 model on a CPU attends in fp32 (see `attention`): its cache is kept in fp32, converted once per token.
+        cache_dtype = torch.float32 if needs_upcast(model) else None
+        self.cache = SlotCache(core.config.get_text_config().num_hidden_layers, slots, capacity, cache_dtype)
 
     def logits(self, **inputs: Any) -> torch.Tensor:
         out = self.model(**inputs, use_cache=True, **self.keep_last)

@@ -24,15 +24,16 @@ class _Columns:
 class _SlotLayer(DynamicLayer):
     """One layer's keys and values, [slots, heads, capacity, head_dim]; the model sees [rows, heads, length, dim]."""
 
-    def __init__(self, columns: _Columns, slots: int, capacity: int) -> None:
+    def __init__(self, columns: _Columns, slots: int, capacity: int, dtype: torch.dtype | None) -> None:
         super().__init__()
-        self.columns, self.slots, self.capacity = columns, slots, capacity
+        self.columns, self.slots, self.capacity, self.dtype = columns, slots, capacity, dtype
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         shape = (self.slots, key_states.shape[1], self.capacity, key_states.shape[-1])
+        dtype = self.dtype or key_states.dtype
         self.device = key_states.device
-        self.keys = key_states.new_zeros(shape)
-        self.values = value_states.new_zeros((*shape[:3], value_states.shape[-1]))
+        self.keys = key_states.new_zeros(shape, dtype=dtype)
+        self.values = value_states.new_zeros((*shape[:3], value_states.shape[-1]), dtype=dtype)
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):  # type: ignore[override]  # transformers' own signature
@@ -49,11 +50,12 @@ class _SlotLayer(DynamicLayer):
 
 
 class SlotCache(Cache):
-    """The KV cache of one model in a continuous batch: `slots` rows, room for `capacity` columns (grown on demand)."""
+    """The KV cache of one model in a continuous batch: `slots` rows, room for `capacity` columns (grown on demand),
+    stored in `dtype` (default: the model's keys' own)."""
 
-    def __init__(self, num_layers: int, slots: int, capacity: int) -> None:
+    def __init__(self, num_layers: int, slots: int, capacity: int, dtype: torch.dtype | None = None) -> None:
         self.columns = _Columns()
-        super().__init__(layers=[_SlotLayer(self.columns, slots, capacity) for _ in range(num_layers)])
+        super().__init__(layers=[_SlotLayer(self.columns, slots, capacity, dtype) for _ in range(num_layers)])
 
     @property
     def rows(self) -> int:
@@ -86,8 +88,8 @@ class SlotCache(Cache):
             rows = torch.tensor(source_rows, device=keys.device)
             index = torch.tensor(slots, device=keys.device)
             width = keys.shape[-2]
-            layer.keys[index, :, end - width : end] = keys[rows]
-            layer.values[index, :, end - width : end] = values[rows]
+            layer.keys[index, :, end - width : end] = keys[rows].to(layer.keys.dtype)
+            layer.values[index, :, end - width : end] = values[rows].to(layer.values.dtype)
 
     def move_row(self, source: int, target: int) -> None:
         for layer in self._initialized():
