@@ -57,8 +57,8 @@ class _Lane:
         core = model.get_base_model() if hasattr(model, "get_base_model") else model
         parameters = inspect.signature(core.forward).parameters
         self.model = model
-        # The last position's logits only, not (rows, length, vocab); a remote-code model may not take the argument.
-        self.keep_last = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+        # A remote-code model may not take `logits_to_keep`.
+        self.keeps_logits = "logits_to_keep" in parameters
         # transformers renamed the KV cache argument `past_key_values` -> `cache` (5.x) and warns on the old name.
         self.cache_name = "cache" if "cache" in parameters else "past_key_values"
         # A bf16 model on a CPU attends in fp32 (see `attention`): its cache is kept in fp32, converted once per token.
@@ -66,7 +66,12 @@ class _Lane:
         self.cache = SlotCache(core.config.get_text_config().num_hidden_layers, slots, capacity, cache_dtype)
 
     def logits(self, **inputs: Any) -> torch.Tensor:
-        out = self.model(**inputs, use_cache=True, **self.keep_last)
+        """The last position's logits only, not (rows, length, vocab). The position goes in as an index tensor: the
+        head then gets a contiguous copy of the last hidden states (a strided slice sends bf16 down a slow path)."""
+        length = inputs["input_ids"].shape[1]
+        if self.keeps_logits:
+            inputs["logits_to_keep"] = torch.tensor([length - 1], device=inputs["input_ids"].device)
+        out = self.model(**inputs, use_cache=True)
         return out.logits[:, -1, :]
 
     def prefill(self, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
