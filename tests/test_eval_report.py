@@ -269,7 +269,8 @@ def test_adding_a_model_generates_for_that_model_only(workspace):
     extended = workspace["extended"]
     assert extended.labels == [*LABELS, "dpo2"]
     counts = extended.generation_counts
-    assert counts["dpo2"] == {"generated": 12, "cached": 0}  # 6 greedy answers and 6 samples for its KL
+    # 6 greedy answers; its KL samples are drawn with the base alongside and kept only as the KL result
+    assert counts["dpo2"] == {"generated": 6, "cached": 0}
     assert all(counts[label]["generated"] == 0 for label in LABELS)
     assert [extended.models[label]["loads"] for label in extended.labels] == [1, 0, 0, 1]  # base: for dpo2's KL
     assert extended.delta_pair == ("dpo2", "dpo")

@@ -32,7 +32,11 @@ def _decoding(report: EvalReport) -> str:
     how = "greedy decoding"
     if g["temperature"] > 0:
         how = f"sampling at temperature {g['temperature']}, top-p {g['top_p']}"
-    return f"{how}, at most {g['max_new_tokens']} new tokens, seed {g['seed']}, prompt format {g['prompt_format']}"
+    precision = g.get("dtype", "each model's own")  # reports written before the setting existed have none
+    return (
+        f"{how}, at most {g['max_new_tokens']} new tokens, seed {g['seed']}, prompt format {g['prompt_format']}, "
+        f"precision {precision}"
+    )
 
 
 def main_table(report: EvalReport) -> list[str]:

@@ -373,12 +373,22 @@ def _pairwise_rows(pairwise: list[PairwiseResult], labels: list[str]) -> list[Ro
     return rows
 
 
+def _precision(dtype: str) -> str:
+    """The `--dtype` setting as it runs on this machine: `auto` resolved, `model` said in words."""
+    from ..generate import fast_bf16
+    from ..models.loading import default_device
+
+    if dtype == "auto":
+        dtype = "bfloat16" if fast_bf16(default_device()) else "model"
+    return "each model's own" if dtype == "model" else dtype
+
+
 def _settings(config: EvalConfig, prompts: list[EvalPrompt], judge_specs: list[str]) -> dict[str, Any]:
     return {
         "prompts": config.prompts,
         "limit": config.limit,
         "num_prompts": len(prompts),
-        "generation": dataclasses.asdict(config.generation),
+        "generation": {**dataclasses.asdict(config.generation), "dtype": _precision(config.generation.dtype)},
         "judges": judge_specs,
         "baselines": [f"{m}:{b}" for m, b in config.baseline_pairs],
         "kl": {

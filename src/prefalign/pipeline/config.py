@@ -65,7 +65,7 @@ class DemoConfig:
         default="builtin:heldout",
         metadata=_help("held-out prompts of the final evaluation; `heldout-pairs`: the prompts of the held-out pairs"),
     )
-    eval_limit: int = field(default=100, metadata=_help("evaluate on the first N held-out prompts"))
+    eval_limit: int = field(default=240, metadata=_help("evaluate on the first N held-out prompts"))
 
     # Generation, everywhere.
     max_new_tokens: int = field(default=128, metadata=_help("most new tokens per generated response"))
@@ -82,11 +82,11 @@ class DemoConfig:
     sft_data: str | None = field(
         default=None, metadata=_help("your SFT data (prompt/completion, messages or preference records: chosen)")
     )
-    sft_prompts: int = field(default=96, metadata=_help("train prompts the base model samples for SFT"))
+    sft_prompts: int = field(default=240, metadata=_help("train prompts the base model samples for SFT"))
     sft_samples: int = field(default=2, metadata=_help("samples per prompt; the first that passes every check is kept"))
     sft_temperature: float = field(default=0.7, metadata=_help("temperature of the SFT samples"))
     sft_rewrites: bool = field(
-        default=False,
+        default=True,
         metadata=_help(
             "a prompt none of whose samples passed keeps a sample that an edit makes pass every check (letter case, "
             "quotes, commas, end phrase, postscript, title), marked source rewrite:..."
@@ -105,7 +105,7 @@ class DemoConfig:
         default=None, metadata=_help("use only the first N records of sft_data and preference_data")
     )
     judge: str = field(default="verifier", metadata=_help("judge that picks the better of two samples"))
-    pair_prompts: int = field(default=144, metadata=_help("train prompts to build pairs from"))
+    pair_prompts: int = field(default=400, metadata=_help("train prompts to build pairs from"))
     pair_samples: int = field(default=2, metadata=_help("samples per prompt; with more than 2, best vs worst"))
     pair_temperatures: list[float] = field(
         default_factory=lambda: [0.7, 1.2], metadata=_help("sampling temperatures, cycled over the samples")
@@ -115,14 +115,14 @@ class DemoConfig:
         metadata=_help("skip (and count) pairs whose chosen and rejected judge scores differ by less than this"),
     )
     rewrite_pairs: bool = field(
-        default=False,
+        default=True,
         metadata=_help(
             "also make per prompt a rewrite pair: a sample edited to follow the instructions it fails (letter case, "
             "quotes, commas, end phrase, postscript, title) chosen over the sample as it was; the report counts them"
         ),
     )
     heldout_fraction: float = field(
-        default=0.1, metadata=_help("fraction of the pairs held out (validation, held-out accuracy)")
+        default=0.25, metadata=_help("fraction of the pairs held out (validation, held-out accuracy)")
     )
 
     # Training (reward model and DPO; the SFT above shares the lengths and LoRA settings).
@@ -150,14 +150,14 @@ class DemoConfig:
     )
     beta: float = field(default=0.1, metadata=_trains(("dpo",), "DPO beta"))
     dpo_loss: str = field(
-        default="sigmoid",
+        default="sigmoid,sft:0.5",
         metadata=_trains(
             ("dpo",),
             "the dpo stage's preference method or mixture, e.g. sigmoid,sft:0.5 (see prefalign dpo --help)",
             "loss",
         ),
     )
-    dpo_epochs: int = field(default=3, metadata=_trains(("dpo",), "DPO epochs", "epochs"))
+    dpo_epochs: int = field(default=1, metadata=_trains(("dpo",), "DPO epochs", "epochs"))
     dpo_learning_rate: float = field(
         default=2e-4, metadata=_trains(("dpo",), "DPO learning rate (LoRA)", "learning_rate")
     )
@@ -167,6 +167,13 @@ class DemoConfig:
         default_factory=list, metadata=_help("judges besides the verifier and the trained reward model")
     )
     kl_samples: int = field(default=1, metadata=_help("samples per prompt for the KL-from-base estimate"))
+    eval_dtype: GenerationDtype = field(
+        default="auto",
+        metadata=_help(
+            "precision of the evaluation's answers and KL samples, the same for every model: auto (bfloat16 where "
+            "the device computes it natively), model, float32 or bfloat16"
+        ),
+    )
 
     # Experiment trackers, for every training stage (each stage's run is named <output dir's name>-<stage>).
     report_to: list[str] = field(
@@ -219,10 +226,12 @@ class DemoConfig:
             parse_loss_mixture(self.dpo_loss)
         except ValueError as exc:
             raise PrefalignError(f"--dpo-loss: {exc}") from None
-        if self.sampling_dtype not in GENERATION_DTYPES:
-            raise PrefalignError(
-                f"--sampling-dtype must be one of {', '.join(GENERATION_DTYPES)}, got {self.sampling_dtype!r}"
-            )
+        for name in ("sampling_dtype", "eval_dtype"):
+            if getattr(self, name) not in GENERATION_DTYPES:
+                raise PrefalignError(
+                    f"--{name.replace('_', '-')} must be one of {', '.join(GENERATION_DTYPES)}, "
+                    f"got {getattr(self, name)!r}"
+                )
         check_report_to(self.report_to)  # before the first stage, not when training starts
 
     def training_config(
@@ -281,7 +290,10 @@ class DemoConfig:
     def eval_generation(self) -> GenerationConfig:
         """How every model answers the held-out prompts in the evaluation (greedy)."""
         return GenerationConfig(
-            seed=self.seed, max_new_tokens=self.max_new_tokens, batch_size=self.generation_batch_size
+            seed=self.seed,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.generation_batch_size,
+            dtype=self.eval_dtype,
         )
 
 
