@@ -217,9 +217,10 @@ def test_sft_rewrites_keep_a_target_for_prompts_no_sample_passed(monkeypatch: py
 def test_demo_options_reach_pair_building():
     from prefalign.pipeline.config import DemoConfig
 
-    assert (DemoConfig().rewrite_pairs, DemoConfig().min_score_gap, DemoConfig().sft_rewrites) == (False, 0.0, False)
-    sampling = DemoConfig(rewrite_pairs=True, min_score_gap=0.5, pair_samples=4).pairs_sampling()
-    assert (sampling.rewrite, sampling.min_score_gap, sampling.num_samples) == (True, 0.5, 4)
+    assert (DemoConfig().rewrite_pairs, DemoConfig().min_score_gap, DemoConfig().sft_rewrites) == (True, 0.0, True)
+    assert DemoConfig().pairs_sampling().rewrite
+    sampling = DemoConfig(rewrite_pairs=False, min_score_gap=0.5, pair_samples=4).pairs_sampling()
+    assert (sampling.rewrite, sampling.min_score_gap, sampling.num_samples) == (False, 0.5, 4)
     with pytest.raises(PrefalignError, match="--min-score-gap must be a number of at least 0"):
         DemoConfig(min_score_gap=-1.0)
 
