@@ -169,12 +169,14 @@ def generate(
         batch = ContinuousBatch(
             sampler, [encoded[i] for i in order], draws if config.temperature > 0 else None, settings, follower
         )
-        started, counted = time.perf_counter(), [0]
+        started = time.perf_counter()
 
         def done(position: int) -> None:
-            counted[0] += len(batch.generated[position])
+            # Every token generated so far, in-flight rows included: counting finished answers only reads far too low
+            # while the first rows are still decoding.
+            generated = sum(map(len, batch.generated))
             bar.update(1)
-            bar.set_postfix(tok_per_s=f"{counted[0] / (time.perf_counter() - started):.0f}", refresh=False)
+            bar.set_postfix(tok_per_s=f"{generated / (time.perf_counter() - started):.0f}", refresh=False)
 
         decoded = batch.run(done)
     results: list[Generation | None] = [None] * len(prompts)
