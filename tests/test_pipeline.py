@@ -114,6 +114,22 @@ def test_bad_settings_are_one_line_errors() -> None:
         DemoConfig(pair_samples=1)
     with pytest.raises(PrefalignError, match="--max-prompt-length must be below --max-length"):
         DemoConfig(max_length=100, max_prompt_length=100)
+    with pytest.raises(PrefalignError, match="--train-precision must be one of auto, bf16, fp32, got 'fp16'"):
+        DemoConfig(train_precision="fp16")  # type: ignore[arg-type]
+
+
+def test_train_precision_auto_takes_bf16_where_the_device_computes_it_natively() -> None:
+    from prefalign.generate import fast_bf16
+    from prefalign.models.loading import default_device
+
+    native = "bf16" if fast_bf16(default_device()) else "fp32"
+    for stage in ("sft", "reward", "dpo"):
+        trained = DemoConfig().training_config(stage, model="m", data="d", output_dir="o")
+        assert trained.precision == native, stage
+        assert (
+            DemoConfig(train_precision="fp32").training_config(stage, model="m", data="d", output_dir="o").precision
+            == "fp32"
+        )
 
 
 def _demo_command(config: DemoConfig, *extra: str) -> list[str]:

@@ -55,6 +55,7 @@ def test_defaults_and_learning_rate_by_objective_and_lora() -> None:
         ({"lora": True, "ref_model": "other"}, "drop --ref-model"),
         ({"batch_size": 0}, "--batch-size must be at least 1"),
         ({"eval_split": 1.0}, "--eval-split"),
+        ({"precision": "fp16"}, "--precision must be one of auto, bf16, fp32"),
         ({"trim_heap_every_layers": -1}, "--trim-heap-every-layers must be 0 or more"),
     ],
 )

@@ -341,3 +341,35 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tiny_model_
     else:
         assert checkpoint is None and "no checkpoint saved yet" in message
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_bf16_precision_on_a_cpu_trains_near_fp32_and_caches_its_own_reference(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefalign.train.precision import uses_bf16
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [uses_bf16(cpu, p) for p in ("auto", "bf16", "fp32")] == [False, True, False]
+    assert [uses_bf16(cuda, p) for p in ("auto", "bf16", "fp32")] == [True, True, False]
+
+    monkeypatch.setenv("PREFALIGN_HOME", str(tmp_path / "home"))
+    data = write_pairs(tmp_path / "pairs.jsonl", 8)
+    options = quiet(
+        model=str(tiny_model_dir), data=str(data), max_steps=2, learning_rate=1e-3, logging_steps=1, eval_split=0.25
+    )
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        config = DPOConfig(**options, output_dir=str(tmp_path / precision), precision=precision, precompute_ref=True)
+        train(config, DPOObjective(config))
+        runs[precision] = read_records(tmp_path / precision)
+    # Each precision caches the reference it stands in for: at step 0 the policy is the reference, and a bf16 policy
+    # scored against fp32 reference log-probs would start with rewards of bf16 rounding, not 0.
+    assert len(list((tmp_path / "home" / "cache" / "ref-logps").glob("*.pt"))) == 2  # one per precision
+    for precision, records in runs.items():
+        assert records[0]["split"] == "eval" and abs(records[0]["loss"] - LN2) < 1e-6, precision
+        assert records[0]["rewards/margins"] == 0.0, precision
+    fp32, bf16 = runs["fp32"][-1], runs["bf16"][-1]
+    assert fp32["step"] == bf16["step"] == 2
+    assert bf16["logps/chosen"] != fp32["logps/chosen"]  # bf16 really computed: it rounds
+    assert abs(bf16["logps/chosen"] - fp32["logps/chosen"]) < 0.02 * abs(fp32["logps/chosen"])
+    assert abs(bf16["loss"] - fp32["loss"]) < 0.02

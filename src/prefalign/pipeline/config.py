@@ -10,13 +10,14 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from ..errors import PrefalignError
-from ..generate import GENERATION_DTYPES, GenerationConfig, GenerationDtype
+from ..generate import GENERATION_DTYPES, GenerationConfig, GenerationDtype, fast_bf16
+from ..models.loading import default_device
 from ..pairs.build import PairsConfig
 from ..scoring.preference import is_reference_free, parse_loss_mixture
-from ..train.config import DPOConfig, RewardConfig, SFTConfig, TrainConfig
+from ..train.config import DPOConfig, Precision, RewardConfig, SFTConfig, TrainConfig
 from ..train.trackers import check_report_to
 
 
@@ -47,7 +48,7 @@ _TRAINING_FIXED: dict[str, Any] = {
 _STAGE_FIXED: dict[TrainingStage, dict[str, Any]] = {
     "sft": {"merge": True, "eval_steps": 1000},
     "reward": {"eval_steps": 10, "lm_weight": 0.0},
-    "dpo": {"merge": True, "eval_steps": 10, "precompute_ref": True},
+    "dpo": {"merge": True, "eval_steps": 16, "precompute_ref": True},
 }
 _TRAINING_CLASSES: dict[TrainingStage, type[TrainConfig]] = {"sft": SFTConfig, "reward": RewardConfig, "dpo": DPOConfig}
 
@@ -69,7 +70,7 @@ class DemoConfig:
 
     # Generation, everywhere.
     max_new_tokens: int = field(default=128, metadata=_help("most new tokens per generated response"))
-    generation_batch_size: int = field(default=64, metadata=_help("prompts decoded together"))
+    generation_batch_size: int = field(default=128, metadata=_help("prompts decoded together"))
     sampling_dtype: GenerationDtype = field(
         default="auto",
         metadata=_help(
@@ -135,6 +136,15 @@ class DemoConfig:
         default=10, metadata=_trains(ALL, "checkpoint every N steps: a killed stage resumes from there")
     )
     lora_rank: int = field(default=16, metadata=_trains(ALL, "LoRA rank of the SFT, reward-model and DPO adapters"))
+    train_precision: Precision = field(
+        default="auto",
+        metadata=_trains(
+            ALL,
+            "matmul precision of the training stages: bf16 (autocast; fp32 weights, optimizer state and losses), "
+            "fp32, or auto (bf16 where the device computes it natively, as --sampling-dtype auto)",
+            "precision",
+        ),
+    )
     lora_layers: int | None = field(
         default=15,
         metadata=_trains(
@@ -157,9 +167,9 @@ class DemoConfig:
             "loss",
         ),
     )
-    dpo_epochs: int = field(default=1, metadata=_trains(("dpo",), "DPO epochs", "epochs"))
+    dpo_epochs: int = field(default=2, metadata=_trains(("dpo",), "DPO epochs", "epochs"))
     dpo_learning_rate: float = field(
-        default=2e-4, metadata=_trains(("dpo",), "DPO learning rate (LoRA)", "learning_rate")
+        default=5e-4, metadata=_trains(("dpo",), "DPO learning rate (LoRA)", "learning_rate")
     )
 
     # Evaluation.
@@ -226,6 +236,10 @@ class DemoConfig:
             parse_loss_mixture(self.dpo_loss)
         except ValueError as exc:
             raise PrefalignError(f"--dpo-loss: {exc}") from None
+        if self.train_precision not in get_args(Precision):
+            raise PrefalignError(
+                f"--train-precision must be one of {', '.join(get_args(Precision))}, got {self.train_precision!r}"
+            )
         for name in ("sampling_dtype", "eval_dtype"):
             if getattr(self, name) not in GENERATION_DTYPES:
                 raise PrefalignError(
@@ -244,6 +258,8 @@ class DemoConfig:
             for f in dataclasses.fields(self)
             if stage in f.metadata.get("stages", ())
         }
+        if options["precision"] == "auto":  # the trainers' own auto keeps a CPU in fp32; the demo's takes native bf16
+            options["precision"] = "bf16" if fast_bf16(default_device()) else "fp32"
         return _TRAINING_CLASSES[stage](
             **_TRAINING_FIXED,
             **self._stage_fixed(stage),

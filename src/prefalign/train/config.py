@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from ..data.tokenize import PromptFormat, TokenizeConfig
 from ..errors import PrefalignError
@@ -16,6 +16,7 @@ from ..scoring.preference import LOSS_NAMES, is_reference_free, parse_loss_mixtu
 from .trackers import check_report_to
 
 Schedule = Literal["linear", "cosine", "constant"]
+Precision = Literal["auto", "bf16", "fp32"]
 
 # Peak learning rates when --learning-rate is not given: LoRA trains a few small matrices from zero and needs a step
 # size about ten times larger than full fine-tuning, which moves every pretrained weight.
@@ -81,6 +82,13 @@ class TrainConfig:
             ),
             "metavar": "N",
         },
+    )
+    precision: Precision = field(
+        default="auto",
+        metadata=_help(
+            "matmul precision of forward and backward: bf16 (autocast: weights, optimizer state, losses and "
+            "log-prob sums stay fp32), fp32, or auto (bf16 on CUDA, fp32 on a CPU)"
+        ),
     )
     fsdp: bool = field(
         default=False,
@@ -167,6 +175,8 @@ class TrainConfig:
             raise PrefalignError("give --eval-data or --eval-split, not both")
         if not 0.0 <= self.eval_split < 1.0:
             raise PrefalignError(f"--eval-split must be in [0, 1), got {self.eval_split}")
+        if self.precision not in get_args(Precision):
+            raise PrefalignError(f"--precision must be one of {', '.join(get_args(Precision))}, got {self.precision!r}")
         positive = (
             "epochs",
             "batch_size",

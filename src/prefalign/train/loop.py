@@ -45,8 +45,9 @@ from .config import TrainConfig
 from .distributed import barrier, cleanup, init_distributed, reduce_metrics
 from .memory import release_free_memory
 from .metrics import write_summary
-from .objectives.base import Objective, autocast
+from .objectives.base import Objective
 from .plots import make_plots
+from .precision import autocast
 from .run_files import save_final
 from .setup import Run, build_model, setup_run
 from .sharded_checkpoint import save_run_checkpoint
@@ -125,7 +126,7 @@ def train_step(run: Run, step: int) -> float:
     for i, (batch, weight) in enumerate(batches):
         last_micro = i == len(batches) - 1  # gradients are synchronised on the last micro-batch only
         with gradient_sync(run.train_model, last_micro):
-            with autocast(info.device):
+            with autocast(info.device, config.precision):
                 loss_sum, sums = run.objective.loss(run.train_model, batch)
             if config.trim_heap_every_layers:
                 release_free_memory()  # what the forward pass freed, before backward allocates gradients

@@ -246,7 +246,7 @@ def _wrap(model: torch.nn.Module, config: TrainConfig, info: DistInfo) -> Distri
             say("note: --fsdp with one process: nothing to shard across, training unsharded")
         return None
     if config.fsdp:
-        shard_model(model, info)
+        shard_model(model, info, config.precision)
         return None
     return DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
 

@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..errors import PrefalignError
 from .distributed import DistInfo
 from .memory import decoder_layers
+from .precision import uses_bf16
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
@@ -38,8 +39,9 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def shard_model(model: torch.nn.Module, info: DistInfo) -> None:
-    """Shard `model` in place across the processes of `info`: per decoder layer, then the rest at the root."""
+def shard_model(model: torch.nn.Module, info: DistInfo, precision: str = "auto") -> None:
+    """Shard `model` in place across the processes of `info`: per decoder layer, then the rest at the root; gathered
+    weights in bf16 where `--precision` computes in bf16 (gradients are reduced in fp32 either way)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -47,8 +49,8 @@ def shard_model(model: torch.nn.Module, info: DistInfo) -> None:
     if not layers:
         raise PrefalignError(f"--fsdp: {type(model).__name__} has no transformers decoder layers to shard")
     mesh = init_device_mesh(info.device.type, (info.world_size,))
-    policy = MixedPrecisionPolicy()  # fp32 throughout on CPU
-    if info.device.type == "cuda":
+    policy = MixedPrecisionPolicy()  # fp32 throughout
+    if uses_bf16(info.device, precision):
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     # FSDP2 warns that in-place ops on a view it returns would skip its hooks; prefalign only reads model outputs.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")

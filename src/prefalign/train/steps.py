@@ -15,7 +15,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from .config import TrainConfig
 from .distributed import DistInfo, reduce_metrics, shard
 from .health import DivergenceLimits
-from .objectives.base import Objective, autocast
+from .objectives.base import Objective
+from .precision import autocast
 
 
 class DataOrder:
@@ -148,7 +149,7 @@ def evaluate(
     model.eval()
     sums: dict[str, torch.Tensor] = {}
     for batch, weight in my_batches(items, info, batch_size):
-        with autocast(info.device):
+        with autocast(info.device, objective.config.precision):
             _, batch_sums = objective.loss(model, objective.collate(batch))
         add_sums(sums, batch_sums, weight)
     model.train()

@@ -1,7 +1,8 @@
 """Training objectives: what the one training loop optimises."""
 
 from ...scoring.run import score_completions
-from .base import Objective, autocast
+from ..precision import autocast
+from .base import Objective
 from .dpo import DPOObjective
 from .sft import SFTObjective
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,13 +25,6 @@ if TYPE_CHECKING:
     from ..distributed import DistInfo
 
 Sums = dict[str, torch.Tensor]
-
-
-def autocast(device: torch.device) -> AbstractContextManager[object]:
-    """bf16 autocast on CUDA (fp32 weights and optimizer, bf16 matmuls); plain fp32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 class Objective(ABC):

@@ -30,7 +30,7 @@ from ...models.lora import adapter_disabled, is_lora
 from ...models.registry import prefalign_home
 from ...scoring.completions import CompletionStates, SequenceLogps
 from ...scoring.run import score_completions
-from .base import autocast
+from ..precision import autocast, uses_bf16
 
 if TYPE_CHECKING:
     from ..config import DPOConfig
@@ -125,7 +125,7 @@ def cache_settings(config: DPOConfig, source: str, items: Sequence[Any], device:
         },
         "token_ids_sha256": ids.hexdigest(),
         "pairs": len(items),
-        "precision": "bf16-autocast" if device.type == "cuda" else "fp32",
+        "precision": "bf16-autocast" if uses_bf16(device, config.precision) else "fp32",
     }
 
 
@@ -135,13 +135,18 @@ def cache_path(settings: dict[str, Any]) -> Path:
 
 
 def compute_reference_logps(
-    reference: Reference, items: Sequence[Any], collate: Callable[[Sequence[Any]], Any], batch_size: int
+    reference: Reference,
+    items: Sequence[Any],
+    collate: Callable[[Sequence[Any]], Any],
+    batch_size: int,
+    precision: str = "auto",
 ) -> torch.Tensor:
-    """[N, 2] (chosen, rejected) completion log-probs of every pair, in one no-grad pass."""
+    """[N, 2] (chosen, rejected) completion log-probs of every pair, in one no-grad pass, at the training's
+    `--precision` (so a cached reference matches the live one it stands in for)."""
     rows = []
     for start in range(0, len(items), batch_size):
         batch = collate(items[start : start + batch_size]).pairs
-        with autocast(batch.input_ids.device):
+        with autocast(batch.input_ids.device, precision):
             _, logps = reference.forward(batch)
         chosen, rejected = batch.split(logps.sum_logps.float())
         rows.append(torch.stack([chosen, rejected], dim=1).cpu())
@@ -161,6 +166,7 @@ def cached_reference_logps(
     collate: Callable[[Sequence[Any]], Any],
     batch_size: int,
     info: DistInfo,
+    precision: str = "auto",
 ) -> tuple[torch.Tensor, bool]:
     """The [N, 2] reference log-probs of `items`: read from the cache, or computed and cached, by rank 0, which sends
     them to the other ranks.
@@ -171,7 +177,7 @@ def cached_reference_logps(
     hit = path.is_file()
     if not hit and info.is_main:
         say(f"computing reference log-probs of {len(items)} pairs (cached in {path})")
-        _save_atomically(compute_reference_logps(reference, items, collate, batch_size), settings, path)
+        _save_atomically(compute_reference_logps(reference, items, collate, batch_size, precision), settings, path)
     logps = torch.load(path, map_location="cpu", weights_only=True)["logps"] if info.is_main else None
     if info.world_size > 1:  # the other ranks take rank 0's: theirs may be another machine's PREFALIGN_HOME
         shared = [logps, hit]
