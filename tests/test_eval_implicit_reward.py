@@ -49,6 +49,16 @@ def test_a_policy_equal_to_its_reference_scores_exactly_chance(tiny_model_dir: P
     assert (result.accuracy.value, result.accuracy.low, result.accuracy.high) == (0.5, 0.5, 0.5)
 
 
+def test_bf16_pair_logps_stay_near_fp32(tiny_model_dir: Path, tmp_path: Path):
+    """The evaluation's --dtype bfloat16 scores pairs under bf16 autocast: close to fp32, and really computed in bf16."""
+    model = EvalModel("sft", str(tiny_model_dir), DigestMemo(tmp_path / "digests.json"))
+    fp32 = pair_logps(model, RECORDS, TokenizeConfig(), batch_size=2)
+    bf16 = pair_logps(model, RECORDS, TokenizeConfig(), batch_size=2, bf16=True)
+    assert bf16.chosen[2] is None and bf16.dropped == 1
+    for a, b in zip(fp32.chosen[:2] + fp32.rejected[:2], bf16.chosen[:2] + bf16.rejected[:2], strict=True):
+        assert a != b and abs(a - b) < 0.02 * abs(a)
+
+
 def test_judge_accuracy_on_pairs_carrying_instructions():
     meta = {"instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
     records = [

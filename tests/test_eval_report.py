@@ -242,6 +242,27 @@ def test_report_json_holds_every_result(workspace):
     assert report["settings"]["confidence"] == {"level": 0.95, "bootstrap_resamples": 2000, "bootstrap_seed": 0}
 
 
+def test_the_other_baseline_pairs_get_their_own_delta_table(workspace):
+    text = (workspace["out"] / "report.md").read_text()
+    section = text.split("## The other comparisons", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split(" | ")]
+    assert header[:2] == ["Δ", "IFEval prompt-level accuracy (strict)"]
+    assert "KL from base (nats/response, sampled)" not in header  # the base has no KL from itself: no column
+    rows = [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines[2:]]
+    assert [row[0] for row in rows] == ["sft over base"]  # dpo over sft is the main table's column
+    report = json.loads((workspace["out"] / "report.json").read_text())
+    for name, cell in zip(header[1:], rows[0][1:], strict=True):
+        (delta,) = [d for d in report["deltas"] if (d["model"], d["baseline"], d["name"]) == ("sft", "base", name)]
+        assert CELL.match(cell), cell
+        digits = len(cell.split()[0].split(".")[1])
+        assert abs(float(cell.split()[0]) - delta["value"]) <= 0.5 * 10**-digits, name
+    # ...and the closing paragraph says, for that pair, what its intervals tell apart and what they cannot.
+    closing = text.split("## What changed", 1)[1]
+    assert "The other comparisons (95% intervals;" in closing
+    assert "sft over base: told apart: " in closing and "not told apart: IFEval prompt-level accuracy" in closing
+
+
 def test_unseen_phrasings_have_their_own_row(workspace):
     # Four of the five built-in held-out prompts are worded in held-out-only phrasings; the chat prompt has none.
     report = json.loads((workspace["out"] / "report.json").read_text())

@@ -168,6 +168,10 @@ def test_rm_train_then_score_its_output_dir(tiny_model_dir: Path, tmp_path: Path
     from_adapter = [s.value for s in load_judge(f"reward-model:{run}").score(items)]
     from_merged = [s.value for s in load_judge(f"reward-model:{merged}").score(items)]
     assert from_adapter == pytest.approx(from_merged, abs=1e-5)
+    in_bf16 = load_judge(f"reward-model:{run}")
+    in_bf16.bf16 = True  # as an evaluation with --dtype bfloat16 sets it
+    bf16_scores = [s.value for s in in_bf16.score(items)]
+    assert bf16_scores != from_adapter and bf16_scores == pytest.approx(from_adapter, abs=0.05)
     # ...and the trained adapter matters: the base LM under the same head scores otherwise.
     base = RewardModel(load_model(str(tiny_model_dir), device="cpu"), str(tiny_model_dir), adapter_model.reward_head)
     untrained_lm = base.save_pretrained(tmp_path / "untrained_lm")

@@ -70,12 +70,15 @@ def load_pairs(source: str, limit: int | None = None) -> list[PreferenceRecord]:
     return records[:limit] if limit is not None else records
 
 
-def pair_logps(model: EvalModel, records: list[PreferenceRecord], config: TokenizeConfig, batch_size: int) -> PairLogps:
+def pair_logps(
+    model: EvalModel, records: list[PreferenceRecord], config: TokenizeConfig, batch_size: int, bf16: bool = False
+) -> PairLogps:
     """Summed response log-probs of every pair's chosen and rejected completion under `model`, `batch_size` rows
-    (half as many pairs) per forward pass."""
+    (half as many pairs) per forward pass; under bf16 autocast when `bf16` (the sums stay fp32)."""
     import torch  # torch loads on first use, not when the evaluation's options are read
 
     from ..data.collate import collate_pairs
+    from ..models.precision import bf16_autocast, model_device
     from ..scoring.run import score_completions
 
     tokenizer, device = model.tokenizer, model.model.device
@@ -84,7 +87,7 @@ def pair_logps(model: EvalModel, records: list[PreferenceRecord], config: Tokeni
     chosen: list[float | None] = [None] * len(records)
     rejected: list[float | None] = [None] * len(records)
     pairs_per_batch = max(1, batch_size // 2)  # a pair is two rows: chosen and rejected
-    with torch.inference_mode():
+    with torch.inference_mode(), bf16_autocast(bf16, model_device(model.model)):
         for first in range(0, len(kept), pairs_per_batch):
             indices = kept[first : first + pairs_per_batch]
             batch = collate_pairs([pairs[i] for i in indices], tokenizer.pad_token_id).to(device)

@@ -92,3 +92,37 @@ def what_changed(report: EvalReport) -> str | None:
     if still:
         sentences.append("Not distinguishable from zero at this sample size: " + "; ".join(still) + ".")
     return " ".join(sentences)
+
+
+def other_pairs_told_apart(report: EvalReport) -> str | None:
+    """For each baseline pair besides the table's Δ pair (sft over base; in `prefalign compare`, every method over SFT
+    and over each other): which headline metrics and win rates its 95% intervals tell apart, and which they cannot."""
+    pairs = [p for p in dict.fromkeys((d.model, d.baseline) for d in report.deltas) if p != report.delta_pair]
+    sentences = []
+    for model, baseline in pairs:
+        deltas = {d.metric.key: d for d in report.deltas if (d.model, d.baseline) == (model, baseline)}
+        apart, not_apart = [], []
+        for key in _HEADLINE:
+            if (delta := deltas.get(key)) is not None:
+                text = f"{delta.metric.name} {_fmt(delta.estimate, delta.metric.digits, signed=True)}"
+                if delta.significant:
+                    apart.append(f"{text} ({_verdict(delta.estimate, delta.metric.higher_is_better)})")
+                else:
+                    not_apart.append(text)
+        for result in report.pairwise:
+            if (result.model, result.baseline) == (model, baseline) and result.win_rate is not None:
+                text = f"win rate by {judge_label(result.judge)} {_fmt(result.win_rate, 3)}"
+                coin_flip = result.win_rate.low <= 0.5 <= result.win_rate.high
+                (not_apart if coin_flip else apart).append(text)
+        if apart or not_apart:
+            sentence = f"{model} over {baseline}: told apart: {'; '.join(apart) or 'nothing'}"
+            if not_apart:
+                sentence += f"; not told apart: {'; '.join(not_apart)}"
+            sentences.append(sentence + ".")
+    if not sentences:
+        return None
+    preamble = (
+        "The other comparisons (95% intervals; a difference is told apart when its interval excludes zero, a win "
+        "rate when its interval excludes 0.5)."
+    )
+    return " ".join([preamble, *sentences])

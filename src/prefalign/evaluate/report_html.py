@@ -17,7 +17,7 @@ from pathlib import Path
 from ..data.records import Text
 from ..fileio import write_text_atomic
 from .metrics import REFUSAL_WINDOW, REPETITION_N
-from .narrative import what_changed
+from .narrative import other_pairs_told_apart, what_changed
 from .plots import constant_rows, model_colours, report_figures, training_figures
 from .results import EvalReport, key_deltas
 from .stats import LEVEL, RESAMPLES, SEED, Estimate
@@ -365,7 +365,9 @@ def render_html(report: EvalReport, plots: Path) -> str:
         ("method", "Method"),
         ("conclusion", "What changed"),
     ]
-    paragraph = what_changed(report)
+    paragraphs = "".join(
+        f"<p>{esc(text)}</p>" for text in (what_changed(report), other_pairs_told_apart(report)) if text
+    )
     body = {
         "summary": f'<section id="summary"><h2>Summary</h2>{_summary(report)}{_main_table(report)}'
         '<p class="muted">Value [95% interval]; hover a metric for its interval method. – : not '
@@ -377,9 +379,7 @@ def render_html(report: EvalReport, plots: Path) -> str:
         "training": _training(report, plots),
         "responses": _browser(report),
         "method": _method(report),
-        "conclusion": f'<section id="conclusion"><h2>What changed</h2><p>{esc(paragraph)}</p></section>'
-        if paragraph
-        else "",
+        "conclusion": f'<section id="conclusion"><h2>What changed</h2>{paragraphs}</section>' if paragraphs else "",
     }
     nav = "".join(f'<a href="#{key}">{name}</a>' for key, name in sections if body[key])
     return (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..fileio import write_text_atomic
 from .metrics import REFUSAL_WINDOW, REPETITION_N
-from .narrative import what_changed
+from .narrative import other_pairs_told_apart, what_changed
 from .results import EvalReport
 from .stats import LEVEL, RESAMPLES, SEED
 from .table import format_delta, format_estimate, judge_label
@@ -54,6 +54,43 @@ def main_table(report: EvalReport) -> list[str]:
     return _table(header, rows)
 
 
+# The columns of the other comparisons' table: the metrics a reader checks first.
+OTHER_PAIR_METRICS = (
+    "ifeval/prompt_strict",
+    "ifeval/prompt_strict_unseen",
+    "ifeval/instruction_strict",
+    "length/tokens",
+    "kl",
+)
+
+
+def other_pairs_table(report: EvalReport) -> list[str]:
+    """Δ (paired bootstrap) of every baseline pair but the main table's, one row per pair, on the headline metrics
+    this evaluation has: e.g. sft over base beside the main table's dpo over sft."""
+    every = dict.fromkeys((d.model, d.baseline) for d in report.deltas)
+    pairs = [pair for pair in every if pair != report.delta_pair]  # in baseline order
+    found = {(d.model, d.baseline, d.metric.key): d for d in report.deltas}
+    metrics = {d.metric.key: d.metric for d in report.deltas if (d.model, d.baseline) in pairs}
+    columns = [key for key in OTHER_PAIR_METRICS if key in metrics]  # none where no pair has a value (KL of sft:base)
+    if not pairs or not columns:
+        return []
+    rows = []
+    for model, baseline in pairs:
+        cells = []
+        for key in columns:
+            delta = found.get((model, baseline, key))
+            cells.append(format_delta(delta.estimate if delta else None, metrics[key].digits))
+        rows.append([f"{model} over {baseline}", *cells])
+    return [
+        "",
+        "## The other comparisons",
+        "",
+        "Δ of each other baseline pair, paired bootstrap over prompts (95% interval).",
+        "",
+        *_table(["Δ", *(metrics[key].name for key in columns)], rows),
+    ]
+
+
 def markdown_summary(report: EvalReport) -> str:
     """Title, settings, the main table, and the pairwise and held-out results."""
     s = report.settings
@@ -66,6 +103,7 @@ def markdown_summary(report: EvalReport) -> str:
         "– : not applicable.",
         "",
         *main_table(report),
+        *other_pairs_table(report),
     ]
     if report.pairwise:
         lines += [
@@ -166,9 +204,9 @@ def render_markdown(report: EvalReport) -> str:
         lines += ["", "## Notes", "", *(f"- {note}" for note in report.notes)]
     lines += ["", "## Wall time", ""]
     lines += _table(["Stage", "Seconds"], [[stage, f"{seconds:.1f}"] for stage, seconds in report.timings.items()])
-    paragraph = what_changed(report)
-    if paragraph:
-        lines += ["", "## What changed", "", paragraph]
+    paragraphs = [text for text in (what_changed(report), other_pairs_told_apart(report)) if text]
+    if paragraphs:
+        lines += ["", "## What changed", "", "\n\n".join(paragraphs)]
     return "\n".join(lines) + "\n"
 
 

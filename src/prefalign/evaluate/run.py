@@ -26,6 +26,7 @@ from ..data.records import PreferenceRecord
 from ..errors import PrefalignError
 from ..generate import Generation
 from ..judges.base import Judge, JudgeItem
+from ..judges.reward_model import RewardModelJudge
 from .cache import GenerationCache, ResultCache, decoding_settings, prompt_key
 from .config import EvalConfig
 from .implicit_reward import (
@@ -76,6 +77,9 @@ def run_evaluation(config: EvalConfig, *, progress: bool = True, say: Callable[[
     verifier = _verifier(prompts)
     judge_specs = list(dict.fromkeys(config.judges or (["verifier"] if verifier is not None else [])))
     judges = [_load_judge(spec, config.judge_options) for spec in judge_specs]
+    for judge in judges:  # a model judge scores at the evaluation's precision, as the answers were generated
+        if isinstance(judge, RewardModelJudge):
+            judge.bf16 = _precision(config.generation.dtype) == "bfloat16"
     try:
         pairs = load_pairs(config.pairs, config.pairs_limit) if config.pairs else None
         runs = _check_runs(config.runs)
@@ -304,16 +308,18 @@ def _pair_logps(config: EvalConfig, model: EvalModel, pairs: list[PreferenceReco
     from ..data.tokenize import TokenizeConfig
 
     tokenize = TokenizeConfig(prompt_format=config.generation.prompt_format)
+    bf16 = _precision(config.generation.dtype) == "bfloat16"
     key = {
         "kind": "pair_logps",
         "model": model.identity,
+        "precision": "bf16-autocast" if bf16 else "model",
         "tokenize": dataclasses.asdict(tokenize),
         "pairs": _digest([record.to_json() for record in pairs]),
     }
     stored = results.get(key)
     if stored is not None:
         return PairLogps(**stored)
-    computed = pair_logps(model, pairs, tokenize, config.generation.batch_size)
+    computed = pair_logps(model, pairs, tokenize, config.generation.batch_size, bf16)
     results.put(key, dataclasses.asdict(computed))
     return computed
 

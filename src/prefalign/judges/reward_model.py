@@ -35,15 +35,21 @@ class RewardModelJudge(Judge):
         self.batch_size = batch_size
         self.tokenize = tokenize or TokenizeConfig()
         self.name = f"reward-model:{path}"
+        # Matmul precision of scoring: fp32, or bf16 autocast (the evaluation sets it from its --dtype, so that
+        # every forward pass of one evaluation runs at the same precision).
+        self.bf16 = False
 
     def score(self, items: list[JudgeItem]) -> list[Score]:
         from ..data.tokenize import tokenize_sft
+        from ..models.precision import bf16_autocast, model_device
         from ..models.reward import score_token_rows
 
         examples = [tokenize_sft(item.prompt, item.response, self.tokenizer, self.tokenize) for item in items]
         kept = [i for i, example in enumerate(examples) if not example.dropped]
         rows = [(examples[i].prompt_ids, examples[i].completion_ids) for i in kept]
-        rewards = dict(zip(kept, score_token_rows(self.model, rows, self.tokenizer.pad_token_id, self.batch_size)))
+        with bf16_autocast(self.bf16, model_device(self.model)):
+            scored = score_token_rows(self.model, rows, self.tokenizer.pad_token_id, self.batch_size)
+        rewards = dict(zip(kept, scored))
         return [
             Score(rewards[i]) if i in rewards else Score(None, error=f"nothing to score: {example.drop_reason}")
             for i, example in enumerate(examples)
