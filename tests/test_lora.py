@@ -72,3 +72,38 @@ def test_unknown_target_module_is_a_one_line_error(model_and_ids) -> None:
     model, _ = model_and_ids
     with pytest.raises(ModelError, match="cannot add LoRA"):
         apply_lora(model, rank=4, alpha=8, dropout=0.0, target_modules=["no_such_proj"])
+
+
+def test_fast_dropout_draws_a_bernoulli_mask_at_the_rounded_rate_and_keeps_the_mean() -> None:
+    from prefalign.models.dropout import FastDropout
+
+    dropout = FastDropout(0.05)
+    assert dropout.dropped == 3277 and dropout.scale == 65536 / (65536 - 3277)
+    x = torch.rand(1024, 4096) + 0.5  # no zeros, so a zero in the output is a dropped value
+    assert dropout.eval()(x) is x
+    dropout.train()
+    torch.manual_seed(0)
+    out = dropout(x)
+    kept = out != 0
+    rate = 1 - kept.float().mean().item()
+    assert abs(rate - 3277 / 65536) < 6 * (0.05 * 0.95 / x.numel()) ** 0.5  # six standard deviations
+    torch.testing.assert_close(out[kept], x[kept] * dropout.scale, rtol=0, atol=0)
+    assert abs(out.mean().item() / x.mean().item() - 1) < 2e-3  # unbiased: E[out] = x
+    rows, columns = kept.float().mean(1), kept.float().mean(0)  # no structure along either axis
+    assert rows.std() < 0.01 and columns.std() < 0.01
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x), out)  # the global generator's state decides the mask: seeded runs repeat it
+    assert not torch.equal(dropout(x), out)
+    leaf = x.clone().requires_grad_()
+    torch.manual_seed(0)
+    dropout(leaf).sum().backward()
+    torch.testing.assert_close(leaf.grad, kept.float() * dropout.scale, rtol=0, atol=0)
+
+
+def test_apply_lora_uses_fast_dropout_everywhere(model_and_ids) -> None:
+    from prefalign.models.dropout import FastDropout
+
+    model, _ = model_and_ids
+    wrapped = apply_lora(model, rank=4, alpha=8.0, dropout=0.1, target_modules=["all-linear"])
+    dropouts = [d for m in wrapped.modules() if hasattr(m, "lora_dropout") for d in m.lora_dropout.values()]
+    assert dropouts and all(isinstance(d, FastDropout) and d.p == 0.1 for d in dropouts)

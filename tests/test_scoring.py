@@ -86,6 +86,47 @@ def test_sequence_logps_chunked_equals_unchunked_in_value_and_gradient(dtype: to
     assert full_logits.grad[0, :2].abs().sum() == 0  # masked positions get no gradient
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_frozen_linear_head_gives_the_same_logps_and_gradients_without_recomputing(
+    dtype: torch.dtype, bias: bool
+) -> None:
+    from prefalign.scoring.completions import FrozenHeadLogps
+
+    generator = torch.Generator().manual_seed(1)
+    head = torch.nn.Linear(6, 13, bias=bias).to(dtype).requires_grad_(False)
+    hidden = (torch.randn(9, 6, generator=generator) * 2).to(dtype)
+    targets = torch.randint(0, 13, (9,), generator=generator)
+    index = CompletionIndex(torch.arange(9), targets, torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2]), 3)
+    weights = torch.tensor([1.0, -2.0, 0.5], dtype=dtype)
+
+    calls = 0
+    original = FrozenHeadLogps.forward
+
+    def counted(*args: object) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        return original(*args)
+
+    fast_hidden, plain_hidden = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
+    FrozenHeadLogps.forward = staticmethod(counted)  # type: ignore[method-assign]
+    try:
+        fast = CompletionStates(fast_hidden, head, index).sequence_logps(chunk_size=4)
+    finally:
+        FrozenHeadLogps.forward = staticmethod(original)  # type: ignore[method-assign]
+    assert calls == 3  # 9 rows in chunks of 4: the frozen-head path ran for each chunk
+    plain = index_sums(label_logps(head, plain_hidden, targets), index)  # autograd through the plain computation
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(fast.sum_logps, plain, rtol=tolerance, atol=tolerance)
+    (fast.sum_logps * weights).sum().backward()
+    (plain * weights).sum().backward()
+    torch.testing.assert_close(fast_hidden.grad, plain_hidden.grad, rtol=tolerance, atol=tolerance)
+
+
+def index_sums(per_token: torch.Tensor, index: CompletionIndex) -> torch.Tensor:
+    return per_token.new_zeros(index.num_sequences).index_add(0, index.sequences, per_token)
+
+
 def _saved_fp32_vocab_tensors(fn: Callable[[], object], vocab: int) -> int:
     """How many fp32 tensors with a vocabulary axis autograd saves while running fn."""
     count = 0

@@ -63,9 +63,28 @@ def apply_lora(
     )
     try:
         with _peft_deprecation_ignored():
-            return get_peft_model(model, config)
+            wrapped = get_peft_model(model, config)
     except ValueError as exc:  # peft names the missing modules; keep its first line
         raise ModelError(f"cannot add LoRA to this model: {str(exc).splitlines()[0]}") from None
+    use_fast_dropout(wrapped)
+    return wrapped
+
+
+def use_fast_dropout(model: torch.nn.Module) -> int:
+    """Put a `FastDropout` in place of every LoRA dropout of `model` (peft's `nn.Dropout`s); returns how many."""
+    import torch
+
+    from .dropout import FastDropout
+
+    replaced = 0
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, torch.nn.ModuleDict):
+            for name, dropout in dropouts.items():
+                if type(dropout) is torch.nn.Dropout and dropout.p > 0:
+                    dropouts[name] = FastDropout(dropout.p)
+                    replaced += 1
+    return replaced
 
 
 def load_adapter(base: PreTrainedModel, path: str | Path) -> PeftModel:

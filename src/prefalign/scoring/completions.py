@@ -56,7 +56,10 @@ class CompletionStates:
         for start in range(0, len(self.hidden), chunk_size):
             hidden = self.hidden[start : start + chunk_size]
             targets = self.index.targets[start : start + chunk_size]
-            if torch.is_grad_enabled() and (hidden.requires_grad or _has_trainable_params(self.head)):
+            if torch.is_grad_enabled() and hidden.requires_grad and _is_frozen_linear(self.head):
+                # LoRA: nothing in the head trains, so the forward pass can finish its gradient work (below).
+                pieces.append(FrozenHeadLogps.apply(hidden, self.head.weight, self.head.bias, targets))
+            elif torch.is_grad_enabled() and (hidden.requires_grad or _has_trainable_params(self.head)):
                 # Backward recomputes this chunk's logits instead of keeping them: one chunk of [rows, V] at a time.
                 pieces.append(
                     checkpoint(label_logps, self.head, hidden, targets, use_reentrant=False, preserve_rng_state=False)
@@ -92,6 +95,39 @@ def _check_chunk_size(chunk_size: int) -> None:
 
 def _has_trainable_params(module: torch.nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
+
+
+def _is_frozen_linear(head: torch.nn.Module) -> bool:
+    return type(head) is torch.nn.Linear and not _has_trainable_params(head)
+
+
+class FrozenHeadLogps(torch.autograd.Function):
+    """`label_logps` through a frozen linear head (LoRA leaves the output head untrained), with its whole gradient
+    work done in the forward pass.
+
+    With z = W h + b and p = softmax(z), the gradient of log p[y] with respect to h is J = W[y] - p W: it does not
+    depend on the loss, so the forward pass computes it while it holds p and saves only J [rows, H]. Backward is then
+    g * J. The checkpointed path instead builds the [rows, V] logits a second time in backward and multiplies by W
+    there: one vocabulary-sized matmul per chunk more.
+    """
+
+    @staticmethod
+    def forward(ctx: object, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Tensor:  # type: ignore[override]
+        logits = torch.nn.functional.linear(hidden, weight, bias)
+        logits = logits.to(_compute_dtype(logits))
+        logsumexp = torch.logsumexp(logits, dim=-1, keepdim=True)
+        logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logsumexp.squeeze(-1)
+        probs = logits.sub_(logsumexp).exp_()  # in place: logits are not needed any more
+        jacobian = weight[targets].to(probs.dtype) - torch.nn.functional.linear(probs.to(weight.dtype), weight.t())
+        ctx.save_for_backward(jacobian)  # type: ignore[attr-defined]
+        ctx.hidden_dtype = hidden.dtype  # type: ignore[attr-defined]
+        return logps
+
+    @staticmethod
+    def backward(ctx: object, grad_logps: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        (jacobian,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        grad_hidden = grad_logps.unsqueeze(-1).to(jacobian.dtype) * jacobian
+        return grad_hidden.to(ctx.hidden_dtype), None, None, None  # type: ignore[attr-defined]
 
 
 def _log_softmax(head: torch.nn.Module, hidden: Tensor) -> Tensor:
