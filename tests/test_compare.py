@@ -72,3 +72,22 @@ def test_compare_labels_baselines_and_bad_methods(capsys: pytest.CaptureFixture[
     assert "unknown term 'dpo'" in capsys.readouterr().err
     assert main([*argv, "--methods", "sigmoid", "sigmoid"]) == 2
     assert "each method must be different" in capsys.readouterr().err
+
+
+def test_method_beta_sets_one_methods_beta_and_rejects_bad_entries(capsys: pytest.CaptureFixture[str]) -> None:
+    options = {"model": "m", "data": "d", "prompts": "p", "output_dir": "o", "methods": ["sigmoid", "simpo"]}
+    config = CompareConfig(**options, method_beta=["simpo=2.0"], lora_layers=3, precision="bf16")
+    assert config.betas() == {"sigmoid": 0.1, "simpo": 2.0}
+    simpo, dpo = config.training_config("simpo"), config.training_config("sigmoid")
+    assert (simpo.beta, dpo.beta) == (2.0, 0.1)
+    assert simpo.lora_layers == dpo.lora_layers == 3 and simpo.precision == "bf16"
+    assert dpo.precompute_ref and not simpo.precompute_ref  # SimPO has no reference to precompute
+    argv = ["compare", "--model", "m", "--data", "d", "--prompts", "p", "--output-dir", "o", "--methods", "sigmoid"]
+    for entry, reason in [
+        ("simpo=2", "METHOD one of --methods"),
+        ("sigmoid", "expected METHOD=BETA"),
+        ("sigmoid=x", "'x' is not a number"),
+        ("sigmoid=-1", "positive number"),
+    ]:
+        assert main([*argv, "--method-beta", entry]) == 2
+        assert reason in capsys.readouterr().err, entry

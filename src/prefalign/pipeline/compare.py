@@ -2,8 +2,9 @@
 together in one report.
 
 Every method gets the same training settings (model, pairs, steps, batch, learning rate, seed, beta), differing only
-in `--loss`; each trains in OUTPUT_DIR/train/<label>, a resumable run that a second `compare` with the same settings
-finds finished and reuses. The evaluation (`prefalign.evaluate`) then compares every method with the SFT model and
+in `--loss` and, where a method's scale differs (SimPO's beta is about 20 times DPO's), in a `--method-beta`. Each
+trains in OUTPUT_DIR/train/<label>, a resumable run that a second `compare` with the same settings finds finished and
+reuses. The evaluation (`prefalign.evaluate`) then compares every method with the SFT model and
 with each other, with 95% intervals, the KL from the SFT model, lengths, the judges' scores and, with --eval-data,
 the implicit-reward accuracy on held-out pairs (beta * log-ratio to the SFT model, for every method alike).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..console import say
 from ..errors import PrefalignError
-from ..scoring.preference import parse_loss_mixture
-from ..train.config import DPOConfig
+from ..generate import GenerationDtype
+from ..scoring.preference import is_reference_free, parse_loss_mixture
+from ..train.config import DPOConfig, Precision
 
 if TYPE_CHECKING:
     from ..evaluate.results import EvalReport
@@ -52,14 +55,30 @@ class CompareConfig:
     max_steps: int = field(default=50, metadata=_help("optimizer steps of every method"))
     batch_size: int = field(default=4, metadata=_help("pairs per forward pass (KTO: completions)"))
     learning_rate: float | None = field(default=None, metadata=_help("peak learning rate (default: DPO's)"))
-    beta: float = field(default=0.1, metadata=_help("--beta of every method"))
+    beta: float = field(default=0.1, metadata=_help("--beta of every method without a --method-beta"))
+    method_beta: list[str] = field(
+        default_factory=list,
+        metadata=_help("METHOD=BETA: this method's own beta, e.g. simpo=2.0 (SimPO's paper uses 2 to 2.5)", "M=B"),
+    )
+    max_length: int = field(default=1024, metadata=_help("most tokens of prompt + completion in training"))
+    max_prompt_length: int = field(default=512, metadata=_help("most prompt tokens in training"))
     lora: bool = field(default=True, metadata=_help("train LoRA adapters (merged for the evaluation)"))
+    lora_layers: int | None = field(
+        default=None, metadata=_help("adapt only the last N blocks (faster backward); default: every block", "N")
+    )
+    precision: Precision = field(
+        default="auto", metadata=_help("training matmul precision: bf16, fp32 or auto (bf16 on CUDA)")
+    )
     seed: int = field(default=42, metadata=_help("seed of training and of the evaluation's sampling"))
     judges: list[str] = field(
         default_factory=list, metadata=_help("judges of the evaluation (default: the verifier when it applies)")
     )
     limit: int | None = field(default=None, metadata=_help("evaluate on the first N prompts only", "N"))
     max_new_tokens: int = field(default=256, metadata=_help("most new tokens of each evaluated response"))
+    generation_batch_size: int = field(default=16, metadata=_help("prompts decoded together in the evaluation"))
+    dtype: GenerationDtype = field(
+        default="model", metadata=_help("precision of the evaluation's answers and KL samples (as eval --dtype)")
+    )
     kl_samples: int = field(default=2, metadata=_help("responses sampled per prompt for the KL (0: no KL)", "K"))
 
     def __post_init__(self) -> None:
@@ -73,17 +92,39 @@ class CompareConfig:
         labels = [method_label(method) for method in self.methods]
         if len(set(labels)) != len(labels) or SFT_LABEL in labels:
             raise PrefalignError(f"--methods {' '.join(self.methods)}: each method must be different")
+        self.betas()  # a bad --method-beta fails now too
         self.training_config(self.methods[0])  # bad training options fail now, before anything trains
 
+    def betas(self) -> dict[str, float]:
+        """Each method's beta: its --method-beta, else --beta."""
+        given: dict[str, float] = {}
+        for entry in self.method_beta:
+            method, sep, value = entry.partition("=")
+            if not sep or method not in self.methods:
+                raise PrefalignError(f"--method-beta {entry}: expected METHOD=BETA with METHOD one of --methods")
+            try:
+                given[method] = float(value)
+            except ValueError:
+                raise PrefalignError(f"--method-beta {entry}: {value!r} is not a number") from None
+            if not (math.isfinite(given[method]) and given[method] > 0):
+                raise PrefalignError(f"--method-beta {entry}: beta must be a positive number")
+        return {method: given.get(method, self.beta) for method in self.methods}
+
     def training_config(self, method: str) -> DPOConfig:
-        """The run of one method: the shared settings and its --loss."""
+        """The run of one method: the shared settings, its --loss and its beta."""
         return DPOConfig(
             model=self.model,
             data=self.data,
             eval_data=self.eval_data,
             output_dir=str(Path(self.output_dir) / "train" / method_label(method)),
             loss=method,
-            beta=self.beta,
+            beta=self.betas()[method],
+            max_length=self.max_length,
+            max_prompt_length=self.max_prompt_length,
+            lora_layers=self.lora_layers,
+            precision=self.precision,
+            # a method with a reference scores it once, before training, instead of at every step
+            precompute_ref=not is_reference_free(parse_loss_mixture(method)),
             max_steps=self.max_steps,
             batch_size=self.batch_size,
             learning_rate=self.learning_rate,
@@ -140,7 +181,12 @@ def run_compare(config: CompareConfig) -> EvalReport:
         models=[(SFT_LABEL, config.model), *((label, str(run)) for label, run in runs.items())],
         prompts=config.prompts,
         output_dir=Path(config.output_dir) / "eval",
-        generation=GenerationConfig(max_new_tokens=config.max_new_tokens, seed=config.seed),
+        generation=GenerationConfig(
+            max_new_tokens=config.max_new_tokens,
+            seed=config.seed,
+            batch_size=config.generation_batch_size,
+            dtype=config.dtype,
+        ),
         judges=config.judges,
         baselines=compare_baselines(list(runs)),
         pairs=config.eval_data,
