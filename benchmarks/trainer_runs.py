@@ -89,6 +89,7 @@ def run_prefalign(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         lora_alpha=LORA["alpha"],
         lora_dropout=LORA["dropout"],
         lora_target_modules=LORA["targets"] if lora else ["all-linear"],
+        precision=args.precision,
         **settings,
         **PREFALIGN_MEMORY[args.mode],
     )
@@ -122,7 +123,7 @@ def trl_rows(trainer: str, pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def trl_trainer(trainer: str, mode: str, output_dir: Path) -> tuple[Any, Any, Any, Any]:
+def trl_trainer(trainer: str, mode: str, output_dir: Path, precision: str) -> tuple[Any, Any, Any, Any]:
     """(trainer class, its config, model class, peft config or None) for TRL's trainer of `trainer`."""
     import trl
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -138,7 +139,7 @@ def trl_trainer(trainer: str, mode: str, output_dir: Path) -> tuple[Any, Any, An
         "use_cpu": True,
         "disable_tqdm": True,
         "seed": 42,
-        "bf16": False,  # TRL defaults to bf16 autocast, even on CPU; compare in fp32
+        "bf16": precision == "bf16",  # TRL defaults to bf16 autocast, even on CPU: set either way
     }
     trainer_class, config, model_class, task = {
         "sft": (trl.SFTTrainer, trl.SFTConfig(max_length=None, padding_free=True, **common), None, "CAUSAL_LM"),
@@ -172,7 +173,9 @@ def run_trl(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
 
-    trainer_class, config, model_class, peft_config = trl_trainer(args.trainer, args.mode, workdir / "trl")
+    trainer_class, config, model_class, peft_config = trl_trainer(
+        args.trainer, args.mode, workdir / "trl", args.precision
+    )
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     extra = {"num_labels": 1} if args.trainer == "reward" else {}
     model = model_class.from_pretrained(args.model, dtype=torch.float32, **extra)

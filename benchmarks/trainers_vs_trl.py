@@ -4,9 +4,10 @@
     python benchmarks/trainers_vs_trl.py --trainer dpo --pairs 64 --repeats 3 --modes full lora
 
 Both sides train SmolLM2-135M-Instruct for one epoch on the first N pairs of HH-RLHF harmless-base test (explicit
-prompt: the conversation so far as messages), batch 4 per optimizer step, fp32, exact steps (global-norm clipping at
-1.0), the same learning rate and LoRA settings; TRL at its defaults otherwise (gradient checkpointing on, fused AdamW),
-except bf16 off: TRL turns bf16 autocast on by default, on CPU too. Per trainer:
+prompt: the conversation so far as messages), batch 4 per optimizer step, fp32 (or both under bf16 autocast with
+`--precision bf16`), exact steps (global-norm clipping at 1.0), the same learning rate and LoRA settings; TRL at its
+defaults otherwise (gradient checkpointing on, fused AdamW), bf16 set explicitly (TRL turns bf16 autocast on by
+default, on CPU too). Per trainer:
 
 * sft: prompt + chosen answer, loss on the answer only, no truncation on either side (TRL's padding-free mode
   without packing enforces no max length). TRL with `padding_free=True`: the examples of a batch flattened into one
@@ -27,6 +28,8 @@ Before timing, the first run of each mode checks that the two agree, within 1e-3
 ids, since the two tokenize the chat template's end of turn differently): sft, TRL's first-step loss against
 prefalign's loss of that batch; reward, the same with TRL's initial reward head, and the per-sequence rewards; dpo,
 both first-step losses (ln 2, the policy still equal to its reference) and the per-sequence log-probs.
+With `--precision bf16` TRL's side of that check is computed under bf16 autocast and prefalign's in fp32, so the
+tolerance is 5e-2 instead.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import trainer_runs
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 AGREEMENT = 1e-3
+AGREEMENT_BF16 = 5e-2  # --precision bf16: TRL's first batch is computed under bf16 autocast, the check in fp32
 UNITS = {"sft": "examples", "reward": "pairs", "dpo": "pairs"}
 
 
@@ -81,7 +85,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def spawn(args: argparse.Namespace, role: str, mode: str, check: Path | None = None) -> dict[str, Any]:
     command = [sys.executable, __file__, "--worker", role, "--trainer", args.trainer, "--mode", mode]
-    command += ["--pairs", str(args.pairs), "--model", args.model, "--data", args.data]
+    command += ["--pairs", str(args.pairs), "--model", args.model, "--data", args.data, "--precision", args.precision]
     if check is not None:
         command += ["--check", str(check)]
     done = subprocess.run(command, check=False, capture_output=True, text=True)
@@ -113,8 +117,9 @@ def agree(args: argparse.Namespace, mode: str, trl: dict[str, Any], ours: dict[s
     sequence_diff = check.get("max_abs_diff", 0.0)
     if "max_abs_diff" in check:
         print(f"{tag} per-sequence {check['what']} of TRL's first batch: max |diff| {sequence_diff:.2e}")
-    if loss_diff > AGREEMENT or sequence_diff > AGREEMENT:
-        sys.exit(f"{tag} TRL and prefalign disagree beyond {AGREEMENT}: stopping before timing")
+    tolerance = AGREEMENT if args.precision == "fp32" else AGREEMENT_BF16
+    if loss_diff > tolerance or sequence_diff > tolerance:
+        sys.exit(f"{tag} TRL and prefalign disagree beyond {tolerance}: stopping before timing")
 
 
 def rates(run: dict[str, Any]) -> dict[str, float]:
@@ -169,6 +174,12 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=["full", "lora"], default=["full", "lora"])
     parser.add_argument("--model", default=None, help="HF model directory (default: the pulled SmolLM2-135M)")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="HH-RLHF jsonl(.gz) file")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="both sides in fp32 (default) or under bf16 autocast (TRL's bf16=True, prefalign's --precision bf16)",
+    )
     parser.add_argument("--worker", choices=["trl", "prefalign", "check"], help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=["full", "lora"], help=argparse.SUPPRESS)
     parser.add_argument("--check", help=argparse.SUPPRESS)
