@@ -50,7 +50,7 @@ def test_a_policy_equal_to_its_reference_scores_exactly_chance(tiny_model_dir: P
 
 
 def test_bf16_pair_logps_stay_near_fp32(tiny_model_dir: Path, tmp_path: Path):
-    """The evaluation's --dtype bfloat16 scores pairs under bf16 autocast: close to fp32, and really computed in bf16."""
+    """--dtype bfloat16 scores pairs under bf16 autocast: close to fp32, and really computed in bf16."""
     model = EvalModel("sft", str(tiny_model_dir), DigestMemo(tmp_path / "digests.json"))
     fp32 = pair_logps(model, RECORDS, TokenizeConfig(), batch_size=2)
     bf16 = pair_logps(model, RECORDS, TokenizeConfig(), batch_size=2, bf16=True)

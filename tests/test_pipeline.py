@@ -115,7 +115,7 @@ def test_bad_settings_are_one_line_errors() -> None:
     with pytest.raises(PrefalignError, match="--max-prompt-length must be below --max-length"):
         DemoConfig(max_length=100, max_prompt_length=100)
     with pytest.raises(PrefalignError, match="--train-precision must be one of auto, bf16, fp32, got 'fp16'"):
-        DemoConfig(train_precision="fp16")  # type: ignore[arg-type]
+        DemoConfig(train_precision="fp16")
 
 
 def test_train_precision_auto_takes_bf16_where_the_device_computes_it_natively() -> None:

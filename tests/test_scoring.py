@@ -89,7 +89,7 @@ def test_sequence_logps_chunked_equals_unchunked_in_value_and_gradient(dtype: to
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("bias", [False, True])
 def test_a_frozen_linear_head_gives_the_same_logps_and_gradients_without_recomputing(
-    dtype: torch.dtype, bias: bool
+    dtype: torch.dtype, bias: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from prefalign.scoring.completions import FrozenHeadLogps
 
@@ -109,11 +109,9 @@ def test_a_frozen_linear_head_gives_the_same_logps_and_gradients_without_recompu
         return original(*args)
 
     fast_hidden, plain_hidden = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
-    FrozenHeadLogps.forward = staticmethod(counted)  # type: ignore[method-assign]
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(FrozenHeadLogps, "forward", staticmethod(counted))
         fast = CompletionStates(fast_hidden, head, index).sequence_logps(chunk_size=4)
-    finally:
-        FrozenHeadLogps.forward = staticmethod(original)  # type: ignore[method-assign]
     assert calls == 3  # 9 rows in chunks of 4: the frozen-head path ran for each chunk
     plain = index_sums(label_logps(head, plain_hidden, targets), index)  # autograd through the plain computation
     tolerance = 1e-12 if dtype == torch.float64 else 1e-5

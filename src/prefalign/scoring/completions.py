@@ -15,7 +15,7 @@ never overflow. `prefalign.scoring.run` runs a model to get the states.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -112,22 +112,22 @@ class FrozenHeadLogps(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: object, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Tensor:
         logits = torch.nn.functional.linear(hidden, weight, bias)
         logits = logits.to(_compute_dtype(logits))
         logsumexp = torch.logsumexp(logits, dim=-1, keepdim=True)
         logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logsumexp.squeeze(-1)
         probs = logits.sub_(logsumexp).exp_()  # in place: logits are not needed any more
         jacobian = weight[targets].to(probs.dtype) - torch.nn.functional.linear(probs.to(weight.dtype), weight.t())
-        ctx.save_for_backward(jacobian)  # type: ignore[attr-defined]
-        ctx.hidden_dtype = hidden.dtype  # type: ignore[attr-defined]
+        ctx.save_for_backward(jacobian)
+        ctx.hidden_dtype = hidden.dtype
         return logps
 
     @staticmethod
-    def backward(ctx: object, grad_logps: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
-        (jacobian,) = ctx.saved_tensors  # type: ignore[attr-defined]
+    def backward(ctx: Any, grad_logps: Tensor) -> tuple[Tensor, None, None, None]:
+        (jacobian,) = ctx.saved_tensors
         grad_hidden = grad_logps.unsqueeze(-1).to(jacobian.dtype) * jacobian
-        return grad_hidden.to(ctx.hidden_dtype), None, None, None  # type: ignore[attr-defined]
+        return grad_hidden.to(ctx.hidden_dtype), None, None, None
 
 
 def _log_softmax(head: torch.nn.Module, hidden: Tensor) -> Tensor:
