@@ -65,7 +65,9 @@ def test_demo_runs_every_stage_then_skips_them(demo_config: DemoConfig) -> None:
     report = (out / "report.md").read_text()
     for name in STAGES:
         assert f"| {name} |" in report
-    assert report.rstrip().splitlines()[-1].startswith("What dpo changed over sft, on 3 prompts")
+    closing = report.rstrip().splitlines()
+    assert closing[-3].startswith("What dpo changed over sft, on 3 prompts")
+    assert closing[-1].startswith("The other comparisons (95% intervals;") and "sft over base: " in closing[-1]
     assert (out / "report.html").read_text().count("What changed") >= 1
 
     again = run_demo(demo_config)
@@ -208,7 +210,9 @@ def test_quick_demo_on_smollm2_produces_the_three_way_report(smollm2_dir: Path, 
     assert any(key.startswith("judge/reward-model") for key in rows)
     report = (out / "report.md").read_text()
     assert "| Metric | base | sft | dpo | Δ dpo over sft (95% CI) |" in report
-    assert report.rstrip().splitlines()[-1].startswith("What dpo changed over sft, on 16 prompts")
+    closing = report.rstrip().splitlines()
+    assert closing[-3].startswith("What dpo changed over sft, on 16 prompts")
+    assert closing[-1].startswith("The other comparisons (95% intervals;") and "sft over base: " in closing[-1]
     assert (out / "report.html").stat().st_size > 10_000
 
 
