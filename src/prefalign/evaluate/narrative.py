@@ -14,7 +14,8 @@ from .stats import Estimate
 from .table import Row, judge_label
 
 # The rows the paragraph always reports on (when present), in reading order; everything else is summarised after.
-_HEADLINE = (
+# report.md's table of the other comparisons has these as its columns.
+HEADLINE_METRICS = (
     "ifeval/prompt_strict",
     "ifeval/prompt_strict_unseen",
     "ifeval/instruction_strict",
@@ -57,7 +58,7 @@ def what_changed(report: EvalReport) -> str | None:
         f"What {model} changed over {baseline}, on {len(report.prompts)} prompts (95% intervals; Δ is "
         f"{model} minus {baseline}, paired over prompts)."
     ]
-    for key in _HEADLINE:
+    for key in HEADLINE_METRICS:
         if key in rows and (sentence := _row_sentence(rows[key], model, baseline)):
             sentences.append(sentence)
     if (
@@ -84,7 +85,7 @@ def what_changed(report: EvalReport) -> str | None:
             f"{baseline}{lc} ({c['wins']} wins, {c['ties']} ties, {c['losses']} losses, "
             f"{c['failures']} judge failures): {verdict}."
         )
-    others = [row for key, row in rows.items() if key not in _HEADLINE and row.delta is not None]
+    others = [row for key, row in rows.items() if key not in HEADLINE_METRICS and row.delta is not None]
     moved = [s for row in others if row.delta.excludes_zero and (s := _row_sentence(row, model, baseline))]
     still = [row.metric.name for row in others if not row.delta.excludes_zero]
     if moved:
@@ -102,7 +103,7 @@ def other_pairs_told_apart(report: EvalReport) -> str | None:
     for model, baseline in pairs:
         deltas = {d.metric.key: d for d in report.deltas if (d.model, d.baseline) == (model, baseline)}
         apart, not_apart = [], []
-        for key in _HEADLINE:
+        for key in HEADLINE_METRICS:
             if (delta := deltas.get(key)) is not None:
                 text = f"{delta.metric.name} {_fmt(delta.estimate, delta.metric.digits, signed=True)}"
                 if delta.significant:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..fileio import write_text_atomic
 from .metrics import REFUSAL_WINDOW, REPETITION_N
-from .narrative import other_pairs_told_apart, what_changed
+from .narrative import HEADLINE_METRICS, other_pairs_told_apart, what_changed
 from .results import EvalReport
 from .stats import LEVEL, RESAMPLES, SEED
 from .table import format_delta, format_estimate, judge_label
@@ -54,16 +54,6 @@ def main_table(report: EvalReport) -> list[str]:
     return _table(header, rows)
 
 
-# The columns of the other comparisons' table: the metrics a reader checks first.
-OTHER_PAIR_METRICS = (
-    "ifeval/prompt_strict",
-    "ifeval/prompt_strict_unseen",
-    "ifeval/instruction_strict",
-    "length/tokens",
-    "kl",
-)
-
-
 def other_pairs_table(report: EvalReport) -> list[str]:
     """Δ (paired bootstrap) of every baseline pair but the main table's, one row per pair, on the headline metrics
     this evaluation has: e.g. sft over base beside the main table's dpo over sft."""
@@ -71,7 +61,7 @@ def other_pairs_table(report: EvalReport) -> list[str]:
     pairs = [pair for pair in every if pair != report.delta_pair]  # in baseline order
     found = {(d.model, d.baseline, d.metric.key): d for d in report.deltas}
     metrics = {d.metric.key: d.metric for d in report.deltas if (d.model, d.baseline) in pairs}
-    columns = [key for key in OTHER_PAIR_METRICS if key in metrics]  # none where no pair has a value (KL of sft:base)
+    columns = [key for key in HEADLINE_METRICS if key in metrics]  # none where no pair has a value (KL of sft:base)
     if not pairs or not columns:
         return []
     rows = []
