@@ -78,7 +78,7 @@ def pair_logps(
     import torch  # torch loads on first use, not when the evaluation's options are read
 
     from ..data.collate import collate_pairs
-    from ..models.precision import bf16_autocast, model_device
+    from ..models.precision import bf16_autocast
     from ..scoring.run import score_completions
 
     tokenizer, device = model.tokenizer, model.model.device
@@ -87,7 +87,7 @@ def pair_logps(
     chosen: list[float | None] = [None] * len(records)
     rejected: list[float | None] = [None] * len(records)
     pairs_per_batch = max(1, batch_size // 2)  # a pair is two rows: chosen and rejected
-    with torch.inference_mode(), bf16_autocast(bf16, model_device(model.model)):
+    with torch.inference_mode(), bf16_autocast(bf16, device):
         for first in range(0, len(kept), pairs_per_batch):
             indices = kept[first : first + pairs_per_batch]
             batch = collate_pairs([pairs[i] for i in indices], tokenizer.pad_token_id).to(device)

@@ -79,7 +79,7 @@ def run_evaluation(config: EvalConfig, *, progress: bool = True, say: Callable[[
     judges = [_load_judge(spec, config.judge_options) for spec in judge_specs]
     for judge in judges:  # a model judge scores at the evaluation's precision, as the answers were generated
         if isinstance(judge, RewardModelJudge):
-            judge.bf16 = _precision(config.generation.dtype) == "bfloat16"
+            judge.bf16 = _scores_in_bf16(config)
     try:
         pairs = load_pairs(config.pairs, config.pairs_limit) if config.pairs else None
         runs = _check_runs(config.runs)
@@ -308,7 +308,7 @@ def _pair_logps(config: EvalConfig, model: EvalModel, pairs: list[PreferenceReco
     from ..data.tokenize import TokenizeConfig
 
     tokenize = TokenizeConfig(prompt_format=config.generation.prompt_format)
-    bf16 = _precision(config.generation.dtype) == "bfloat16"
+    bf16 = _scores_in_bf16(config)
     key = {
         "kind": "pair_logps",
         "model": model.identity,
@@ -387,6 +387,12 @@ def _precision(dtype: str) -> str:
     if dtype == "auto":
         dtype = "bfloat16" if fast_bf16(default_device()) else "model"
     return "each model's own" if dtype == "model" else dtype
+
+
+def _scores_in_bf16(config: EvalConfig) -> bool:
+    """Whether the scoring passes (reward-model judge, held-out pair log-probs) run under bf16 autocast: where the
+    answers are generated in bf16."""
+    return _precision(config.generation.dtype) == "bfloat16"
 
 
 def _settings(config: EvalConfig, prompts: list[EvalPrompt], judge_specs: list[str]) -> dict[str, Any]:

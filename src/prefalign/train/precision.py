@@ -17,7 +17,7 @@ def uses_bf16(device: torch.device, precision: str) -> bool:
 def autocast(device: torch.device, precision: str = "auto") -> AbstractContextManager[object]:
     """bf16 autocast (fp32 weights and optimizer, bf16 matmuls) where `uses_bf16`; plain fp32 otherwise.
 
-    On a CPU with AVX512-BF16 or AMX, bf16 matmuls run at about twice the fp32 rate, so `--precision bf16` pays
-    there too; on other CPUs it is slower than fp32, which is why auto keeps a CPU in fp32.
+    On a CPU with AVX512-BF16 or AMX, bf16 matmuls run faster than fp32 ones, so `--precision bf16` pays there too;
+    on other CPUs they are slower, which is why auto keeps a CPU in fp32.
     """
     return bf16_autocast(uses_bf16(device, precision), device)

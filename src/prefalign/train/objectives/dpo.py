@@ -112,9 +112,7 @@ class DPOObjective(Objective):
         started = time.perf_counter()
         for source, items in sources.items():
             settings = cache_settings(self.config, source, items, info.device)
-            logps, _ = cached_reference_logps(
-                reference, items, settings, self.collate, self.config.batch_size, info, self.config.precision
-            )
+            logps, _ = cached_reference_logps(reference, items, settings, self.collate, self.config.batch_size, info)
             for item, (chosen, rejected) in zip(items, logps.tolist()):
                 item.ref_logps = (chosen, rejected)
         self.precompute_seconds = time.perf_counter() - started

@@ -27,10 +27,11 @@ from ...errors import PrefalignError
 from ...fileio import atomic_open, file_digest, write_json_atomic
 from ...models.loading import load_model, resolve_model
 from ...models.lora import adapter_disabled, is_lora
+from ...models.precision import bf16_autocast
 from ...models.registry import prefalign_home
 from ...scoring.completions import CompletionStates, SequenceLogps
 from ...scoring.run import score_completions
-from ..precision import autocast, uses_bf16
+from ..precision import uses_bf16
 
 if TYPE_CHECKING:
     from ..config import DPOConfig
@@ -109,6 +110,9 @@ def weights_identity(spec: str) -> dict[str, str]:
     return {"dir": str(directory.resolve()), "weights_sha256": digest.hexdigest()}
 
 
+BF16 = "bf16-autocast"  # the cache key's name for log-probs computed under bf16 autocast
+
+
 def cache_settings(config: DPOConfig, source: str, items: Sequence[Any], device: torch.device) -> dict[str, Any]:
     """Everything the cached log-probs of `source` depend on (hashed into the cache key)."""
     ids = hashlib.sha256()
@@ -125,7 +129,7 @@ def cache_settings(config: DPOConfig, source: str, items: Sequence[Any], device:
         },
         "token_ids_sha256": ids.hexdigest(),
         "pairs": len(items),
-        "precision": "bf16-autocast" if uses_bf16(device, config.precision) else "fp32",
+        "precision": BF16 if uses_bf16(device, config.precision) else "fp32",
     }
 
 
@@ -139,14 +143,14 @@ def compute_reference_logps(
     items: Sequence[Any],
     collate: Callable[[Sequence[Any]], Any],
     batch_size: int,
-    precision: str = "auto",
+    bf16: bool = False,
 ) -> torch.Tensor:
-    """[N, 2] (chosen, rejected) completion log-probs of every pair, in one no-grad pass, at the training's
-    `--precision` (so a cached reference matches the live one it stands in for)."""
+    """[N, 2] (chosen, rejected) completion log-probs of every pair, in one no-grad pass; under bf16 autocast when
+    `bf16`, as a bf16 training computes its live reference."""
     rows = []
     for start in range(0, len(items), batch_size):
         batch = collate(items[start : start + batch_size]).pairs
-        with autocast(batch.input_ids.device, precision):
+        with bf16_autocast(bf16, batch.input_ids.device):
             _, logps = reference.forward(batch)
         chosen, rejected = batch.split(logps.sum_logps.float())
         rows.append(torch.stack([chosen, rejected], dim=1).cpu())
@@ -166,10 +170,9 @@ def cached_reference_logps(
     collate: Callable[[Sequence[Any]], Any],
     batch_size: int,
     info: DistInfo,
-    precision: str = "auto",
 ) -> tuple[torch.Tensor, bool]:
     """The [N, 2] reference log-probs of `items`: read from the cache, or computed and cached, by rank 0, which sends
-    them to the other ranks.
+    them to the other ranks. They are computed at the precision `settings` names, so the key cannot disagree with them.
 
     Returns (log-probs, whether they came from the cache).
     """
@@ -177,7 +180,8 @@ def cached_reference_logps(
     hit = path.is_file()
     if not hit and info.is_main:
         say(f"computing reference log-probs of {len(items)} pairs (cached in {path})")
-        _save_atomically(compute_reference_logps(reference, items, collate, batch_size, precision), settings, path)
+        logps = compute_reference_logps(reference, items, collate, batch_size, settings["precision"] == BF16)
+        _save_atomically(logps, settings, path)
     logps = torch.load(path, map_location="cpu", weights_only=True)["logps"] if info.is_main else None
     if info.world_size > 1:  # the other ranks take rank 0's: theirs may be another machine's PREFALIGN_HOME
         shared = [logps, hit]
