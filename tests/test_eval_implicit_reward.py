@@ -59,6 +59,34 @@ def test_bf16_pair_logps_stay_near_fp32(tiny_model_dir: Path, tmp_path: Path):
         assert a != b and abs(a - b) < 0.02 * abs(a)
 
 
+def test_pair_logps_in_one_padding_free_row_equal_padded_rows(tiny_model_dir: Path, tmp_path: Path):
+    """The evaluation scores held-out pairs as DPO trains on them (each prompt once, no padding, pair attention);
+    the sums equal those of plain padded rows, and the model still answers as before afterwards."""
+    import torch
+
+    from prefalign.data.collate import collate_pairs
+    from prefalign.data.shared_prefix import collate_pair_row
+    from prefalign.data.tokenize import TokenizedPair, tokenize_pair
+    from prefalign.scoring.run import pair_layout, score_completions
+
+    model = EvalModel("sft", str(tiny_model_dir), DigestMemo(tmp_path / "digests.json"))
+    records = [*RECORDS[:2], PreferenceRecord("Count to three.", "one two three", "one two", "pairs:4")]
+    pairs = [tokenize_pair(record, model.tokenizer, TokenizeConfig()) for record in records]
+    prompt = torch.tensor([pairs[0].prompt_ids])
+    with torch.no_grad():
+        before = model.model(input_ids=prompt).logits
+    assert pair_layout(model.model, pairs) is collate_pair_row
+    fast = pair_logps(model, records, TokenizeConfig(), batch_size=4)  # 2 pairs a batch: two rows
+    with torch.no_grad():
+        padded = [score_completions(model.model, collate_pairs(pairs[i : i + 1], 0))[1].sum_logps for i in range(3)]
+    assert fast.chosen == pytest.approx([float(p[0]) for p in padded], abs=1e-4)
+    assert fast.rejected == pytest.approx([float(p[1]) for p in padded], abs=1e-4)
+    with torch.no_grad():
+        assert torch.allclose(model.model(input_ids=prompt).logits, before, atol=1e-5)  # spans only in a pair row
+    # A pair without a prompt has no position to predict its responses' first tokens from: padded rows.
+    assert pair_layout(model.model, [*pairs, TokenizedPair([], [5], [6])]) is collate_pairs
+
+
 def test_judge_accuracy_on_pairs_carrying_instructions():
     meta = {"instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
     records = [

@@ -48,6 +48,7 @@ def demo_config(tmp_path: Path, tiny_model_dir: Path) -> DemoConfig:
         dpo_epochs=1,
         heldout_fraction=0.3,
         kl_samples=1,
+        kl_max_new_tokens=3,
     )
 
 
@@ -62,6 +63,7 @@ def test_demo_runs_every_stage_then_skips_them(demo_config: DemoConfig) -> None:
     assert (out / "dpo" / "final" / "merged" / "config.json").exists()
     evaluation = json.loads((out / "eval" / "report.json").read_text())
     assert evaluation["labels"] == ["base", "sft", "dpo"] and evaluation["prompts"] == 3
+    assert evaluation["settings"]["kl"]["max_new_tokens"] == 3  # --kl-max-new-tokens, within --max-new-tokens 4
     report = (out / "report.md").read_text()
     for name in STAGES:
         assert f"| {name} |" in report
@@ -118,6 +120,8 @@ def test_bad_settings_are_one_line_errors() -> None:
         DemoConfig(max_length=100, max_prompt_length=100)
     with pytest.raises(PrefalignError, match="--train-precision must be one of auto, bf16, fp32, got 'fp16'"):
         DemoConfig(train_precision="fp16")
+    with pytest.raises(PrefalignError, match="--kl-max-new-tokens must be at least 1, got 0"):
+        DemoConfig(kl_max_new_tokens=0)
 
 
 def test_train_precision_auto_takes_bf16_where_the_device_computes_it_natively() -> None:
@@ -163,6 +167,7 @@ def _demo_command(config: DemoConfig, *extra: str) -> list[str]:
         "sft_epochs",
         "rm_epochs",
         "kl_samples",
+        "kl_max_new_tokens",
     ):
         command += [f"--{name.replace('_', '-')}", str(getattr(config, name))]
     return command + list(extra)

@@ -14,7 +14,7 @@ from prefalign.errors import PrefalignError
 from prefalign.generate import Generation
 from prefalign.judges import JudgeItem, VerifierJudge
 from prefalign.pairs import PairsConfig, build_pairs, pair_stats, read_prompt_records, skipped_path
-from prefalign.pairs.rewrite import REWRITES, rewrite_response
+from prefalign.pairs.rewrite import REWRITES, rewrite_response, trim_to_boundary
 
 VERIFIER = VerifierJudge()
 ANSWER = "Plants need water, light and soil. They grow slowly, but they grow well."
@@ -78,6 +78,7 @@ def test_nothing_to_rewrite_gives_none():
     assert rewrite_response(VERIFIER, "p", ANSWER.lower(), meta(("change_case:english_lowercase", {}))) is None
     assert rewrite_response(VERIFIER, "p", "   ", meta(("startend:quotation", {}))) is None
     assert rewrite_response(VERIFIER, "p", ANSWER, {}) is None
+    assert rewrite_response(VERIFIER, "p", ANSWER + " And", {}, truncated=True) is None  # nothing to verify
 
 
 def test_an_unfixable_part_still_gives_a_better_chosen():
@@ -94,7 +95,8 @@ LOWERCASE = meta(("change_case:english_lowercase", {}), ("keywords:existence", {
 ANSWERS = {
     "Prompt one.": [(ANSWER, "eos"), ("No liquid here, sorry.", "eos")],  # 0.5 vs 0.0: a pair; rewrite of sample 0
     "Prompt two.": [(ANSWER, "eos"), (ANSWER + " Yes.", "eos")],  # 0.5 vs 0.5: a tie; the rewrite still comes
-    "Prompt three.": [(ANSWER, "length"), (ANSWER + " More", "length")],  # a tie; both cut: no rewrite
+    # A tie; both cut at the token limit: a rewrite of the first, trimmed back to its last sentence.
+    "Prompt three.": [(ANSWER + " Roots", "length"), (ANSWER + " Roots and", "length")],
 }
 
 
@@ -125,23 +127,28 @@ def build(tmp_path: Path, **options) -> tuple[list[dict], list[dict], object]:
 
 def test_rewrite_pairs_are_written_beside_judged_ones(tmp_path: Path, fixed_answers):
     lines, skipped, report = build(tmp_path, rewrite=True)
-    # Batches of two prompts; a batch's rewrite pairs come first.
+    # A batch's rewrite pairs come first.
     assert [(line["id"], line["source"]) for line in lines] == [
         ("p0", "rewrite:english_lowercase"),
         ("p1", "rewrite:english_lowercase"),
+        ("p2", "rewrite:trim+english_lowercase"),
         ("p0", "judge"),
     ]
     assert [(line["id"], line["status"]) for line in skipped] == [("p1", "tie"), ("p2", "tie")]
-    assert (report.pairs, report.rewrites, report.ties, report.done) == (1, 2, 2, 3)
-    assert "rewrite pairs 2" in report.summary()
+    assert (report.pairs, report.rewrites, report.ties, report.done) == (1, 3, 2, 3)
+    assert "rewrite pairs 3" in report.summary()
     rewrite = lines[0]
     assert (rewrite["chosen"], rewrite["rejected"]) == (ANSWER.lower(), ANSWER)
     assert (rewrite["chosen_score"], rewrite["rejected_score"]) == (1.0, 0.5)
     assert rewrite["chosen_sample"]["rewritten"] == ["change_case:english_lowercase"]
     assert rewrite["judge_details"]["chosen"]["instructions"][0]["strict"] is True
-    assert len(load_preferences(tmp_path / "pairs.jsonl", strict=True)) == 3
+    trimmed = lines[2]
+    assert (trimmed["chosen"], trimmed["rejected"]) == (ANSWER.lower(), ANSWER + " Roots")
+    assert trimmed["rejected_sample"]["finish_reason"] == "length"
+    assert len(load_preferences(tmp_path / "pairs.jsonl", strict=True)) == 4
     stats = pair_stats(tmp_path / "pairs.jsonl")
-    assert stats["by_source"] == {"judge": 1, "rewrite:english_lowercase": 2} and stats["prompts"] == 3
+    assert stats["by_source"] == {"judge": 1, "rewrite:english_lowercase": 2, "rewrite:trim+english_lowercase": 1}
+    assert stats["prompts"] == 3
 
 
 def test_a_run_killed_mid_batch_resumes_to_the_same_files(tmp_path: Path, fixed_answers):
@@ -152,9 +159,9 @@ def test_a_run_killed_mid_batch_resumes_to_the_same_files(tmp_path: Path, fixed_
     skipped_path(out).write_text("")
     lines, skipped, report = build(tmp_path, rewrite=True)
     assert (lines, skipped) == first[:2]
-    assert (report.pairs, report.rewrites, report.ties, report.resumed) == (1, 2, 2, 0)
+    assert (report.pairs, report.rewrites, report.ties, report.resumed) == (1, 3, 2, 0)
     lines, skipped, report = build(tmp_path, rewrite=True)  # all done: nothing new
-    assert (lines, skipped) == first[:2] and report.resumed == 3 and report.rewrites == 2
+    assert (lines, skipped) == first[:2] and report.resumed == 3 and report.rewrites == 3
     with pytest.raises(PrefalignError, match="resume with the same settings"):
         build(tmp_path)  # without --rewrite: other settings
 
@@ -276,3 +283,64 @@ def test_pairs_are_split_by_prompt_and_held_out_rewrites_are_set_aside(tmp_path:
     assert not held_ids & {row["id"] for row in read["train"]}  # no held-out prompt is trained on
     assert counts == {"pairs": 40, "train_pairs": 30, "heldout_pairs": 5, "heldout_rewrites": 5}
     assert split_pairs(built, tmp_path, 0.25, seed=0) == counts  # seeded
+
+
+# --- answers cut at the token limit: trimmed back to a complete sentence first ---------------------------------------
+
+CUT = "Plants need water, light and soil. They grow slowly, but they grow"
+
+
+def test_trim_keeps_complete_sentences_and_lines():
+    assert trim_to_boundary(CUT) == "Plants need water, light and soil."
+    assert trim_to_boundary('He said "stop right there." Then he left and') == 'He said "stop right there."'
+    assert trim_to_boundary("1. water\n2. light\n3. so") == "1. water\n2. light"
+    assert trim_to_boundary("One. " + "x" * 40) is None  # the cut would drop most of the answer
+    assert trim_to_boundary("no boundary at all") is None
+
+
+def test_a_cut_answer_is_trimmed_then_edited():
+    fields = meta(("startend:end_checker", {"end_phrase": "Any other questions?"}))
+    rewrite = rewrite_response(VERIFIER, "p", CUT, fields, truncated=True)
+    assert rewrite is not None and rewrite.trimmed
+    assert rewrite.text == "Plants need water, light and soil.\n\nAny other questions?"
+    assert rewrite.source == "rewrite:trim+end_checker"
+    # The trim alone is an edit: a cut answer whose trimmed version passes needs no other.
+    alone = rewrite_response(VERIFIER, "p", CUT, meta(("keywords:existence", {"keywords": ["soil"]})), truncated=True)
+    assert alone is not None and (alone.text, alone.source, alone.instructions) == (
+        "Plants need water, light and soil.",
+        "rewrite:trim",
+        (),
+    )
+    # Not asked to trim, the same answer has nothing to rewrite; a trim that loses a passed check is dropped.
+    assert rewrite_response(VERIFIER, "p", CUT, meta(("keywords:existence", {"keywords": ["soil"]}))) is None
+    grow = meta(("keywords:existence", {"keywords": ["grow"]}))
+    assert rewrite_response(VERIFIER, "p", CUT, grow, truncated=True) is None
+
+
+def test_sft_targets_prefer_finished_samples_then_trimmed_ones(monkeypatch: pytest.MonkeyPatch):
+    from prefalign.pipeline import sft_data
+
+    end = meta(("startend:end_checker", {"end_phrase": "Any other questions?"}))
+    answers = {
+        "cut only": [(CUT, "length"), (CUT + " well", "length")],  # only a trimmed rewrite
+        "both": [(CUT, "length"), (ANSWER, "eos")],  # the finished sample's rewrite wins
+        "passes": [(ANSWER + "\n\nAny other questions?", "eos"), (CUT, "length")],  # kept as sampled
+    }
+
+    def generate(model, tokenizer, prompts, config, *, progress=True):
+        return [Generation(answers[p][config.seed][0], [1], answers[p][config.seed][1], 3) for p in prompts]
+
+    monkeypatch.setattr(sft_data, "generate", generate)
+    prompts = [{"id": name, "prompt": name, **end} for name in answers]
+    config = prefalign.generate.GenerationConfig(max_new_tokens=8, seed=0)
+    kept, report = sft_data.rejection_sample(None, None, prompts, VERIFIER, samples=2, generation=config, rewrite=True)  # type: ignore[arg-type]  # generation is replaced: no model is needed
+    assert [(row["id"], row.get("source"), row["sample"]) for row in kept] == [
+        ("cut only", "rewrite:trim+end_checker", 0),
+        ("both", "rewrite:end_checker", 1),
+        ("passes", None, 0),
+    ]
+    assert kept[0]["completion"] == "Plants need water, light and soil.\n\nAny other questions?"
+    assert (report.truncated, report.passed, report.rewritten, report.trimmed, report.kept) == (4, 1, 2, 1, 3)
+    # Without rewrites a cut answer is never a target.
+    kept, report = sft_data.rejection_sample(None, None, prompts, VERIFIER, samples=2, generation=config)  # type: ignore[arg-type]
+    assert [row["id"] for row in kept] == ["passes"] and report.trimmed == 0

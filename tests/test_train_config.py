@@ -57,6 +57,8 @@ def test_defaults_and_learning_rate_by_objective_and_lora() -> None:
         ({"eval_split": 1.0}, "--eval-split"),
         ({"precision": "fp16"}, "--precision must be one of auto, bf16, fp32"),
         ({"trim_heap_every_layers": -1}, "--trim-heap-every-layers must be 0 or more"),
+        ({"eval_steps": 0}, "--eval-steps must be a whole number of steps or a fraction in"),
+        ({"eval_steps": 2.5}, "--eval-steps must be a whole number of steps or a fraction in"),
     ],
 )
 def test_bad_options_are_one_line_errors(options: dict, message: str) -> None:
@@ -102,3 +104,16 @@ def test_dpo_command_trains(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert args.func(args) == 0
     (record,) = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert record["step"] == 1 and abs(record["loss"] - math.log(2)) < 1e-6
+
+
+def test_eval_steps_below_one_is_a_fraction_of_the_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    assert [DPOConfig(**REQUIRED, eval_steps=n).eval_interval(66) for n in (0.5, 0.25, 0.001, 50)] == [33, 17, 1, 50]
+    data = write_pairs(tmp_path / "pairs.jsonl", 8)
+    inputs = ["--model", str(tiny_model_dir), "--data", str(data), "--eval-split", "0.25", "--batch-size", "1"]
+    quiet = ["--no-progress", "--no-plots", "--report-to", "none", "--save-steps", "0"]
+    args = parse(
+        ["dpo", *inputs, *quiet, "--output-dir", str(tmp_path / "out"), "--max-steps", "6", "--eval-steps", "0.5"]
+    )
+    assert args.func(args) == 0
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "eval"] == [0, 3, 6]  # before, halfway, after

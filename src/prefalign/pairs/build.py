@@ -8,7 +8,8 @@ answers the judge compares them (`Judge.compare`: LLM judges ask in both orders)
 `min_score_gap`, a pair whose scores differ by less is skipped as "small_gap", so that every pair carries signal.
 With `rewrite`, a prompt can give a second line: a rewrite pair (`prefalign.pairs.rewrite`), a sample edited to follow
 the instructions it failed, chosen over the sample as it was, with `source` "rewrite:..." (judged pairs: "judge"); a
-batch's rewrite pairs are written before its judged pairs.
+sample cut at the token limit is trimmed back to a complete sentence first ("rewrite:trim+..."), and used only when no
+finished sample can be edited. A batch's rewrite pairs are written before its judged pairs.
 
 Two files come out:
 
@@ -113,7 +114,8 @@ class PairsConfig:
         metadata={
             "help": "also write, per prompt, a rewrite pair: a sample edited to follow the instructions it fails that "
             "an edit can satisfy (letter case, double quotes, no commas, end phrase, postscript, title), chosen over "
-            "the sample as it was; the verifier must confirm it (see prefalign.pairs.rewrite)"
+            "the sample as it was (a sample cut at the token limit, only when no finished one can be edited: trimmed "
+            "back to a complete sentence first); the verifier must confirm it (see prefalign.pairs.rewrite)"
         },
     )
 
@@ -448,19 +450,31 @@ def _rewrite_lines(
     settings: list[GenerationConfig],
     provenance: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """A rewrite pair for each prompt of the batch where one of its samples that ended on its own (one cut at the
-    token limit would teach a cut-off answer) can be rewritten (`prefalign.pairs.rewrite`): the rewrite with the
-    highest verifier score, the first sample of equal ones. The scores are the verifier's, whatever the judge."""
+    """A rewrite pair for each prompt of the batch where one of its samples can be rewritten
+    (`prefalign.pairs.rewrite`): the rewrite with the highest verifier score, the first sample of equal ones. Samples
+    that ended on their own come first; only when none can be rewritten, a sample cut at the token limit, trimmed
+    back to a complete sentence and edited, if the verifier then scores it higher than the cut answer (the pair
+    teaches an answer that ends, over one that runs out). The scores are the verifier's, whatever the judge."""
     from .rewrite import rewritable, rewrite_response
 
     lines = []
     for i, prompt in enumerate(batch):
         if not rewritable(prompt.fields):
             continue
-        finished = [(j, g) for j, g in _distinct_candidates([s[i] for s in samples]) if g.finish_reason == "eos"]
+        candidates = _distinct_candidates([s[i] for s in samples])
         rewrites = [
-            (j, g, r) for j, g in finished if (r := rewrite_response(verifier, prompt.prompt, g.text, prompt.fields))
+            (j, g, r)
+            for j, g in candidates
+            if g.finish_reason == "eos" and (r := rewrite_response(verifier, prompt.prompt, g.text, prompt.fields))
         ]
+        if not rewrites:
+            rewrites = [
+                (j, g, r)
+                for j, g in candidates
+                if g.finish_reason != "eos"
+                and (r := rewrite_response(verifier, prompt.prompt, g.text, prompt.fields, truncated=True))
+                and (r.score.value or 0.0) > (r.original.value or 0.0)
+            ]
         if not rewrites:
             continue
         j, generation, rewrite = max(rewrites, key=lambda item: item[2].score.value or 0.0)

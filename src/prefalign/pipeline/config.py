@@ -43,12 +43,12 @@ _TRAINING_FIXED: dict[str, Any] = {
     "logging_steps": 2,
 }
 # ...and each stage's own: SFT has no held-out data to validate on (so a step count it never reaches), the reward
-# model learns from the pairwise loss alone, DPO caches its reference log-probs; SFT and DPO save merged models for
-# the next stages to load.
+# model and DPO validate before, halfway and after, the reward model learns from the pairwise loss alone, DPO caches
+# its reference log-probs; SFT and DPO save merged models for the next stages to load.
 _STAGE_FIXED: dict[TrainingStage, dict[str, Any]] = {
     "sft": {"merge": True, "eval_steps": 1000},
-    "reward": {"eval_steps": 10, "lm_weight": 0.0},
-    "dpo": {"merge": True, "eval_steps": 16, "precompute_ref": True},
+    "reward": {"eval_steps": 0.5, "lm_weight": 0.0},
+    "dpo": {"merge": True, "eval_steps": 0.5, "precompute_ref": True},
 }
 _TRAINING_CLASSES: dict[TrainingStage, type[TrainConfig]] = {"sft": SFTConfig, "reward": RewardConfig, "dpo": DPOConfig}
 
@@ -90,12 +90,13 @@ class DemoConfig:
         default=True,
         metadata=_help(
             "a prompt none of whose samples passed keeps a sample that an edit makes pass every check (letter case, "
-            "quotes, commas, end phrase, postscript, title), marked source rewrite:..."
+            "quotes, commas, end phrase, postscript, title; a sample cut at the token limit is first trimmed back to "
+            "its last complete sentence), marked source rewrite:..."
         ),
     )
-    sft_epochs: int = field(default=2, metadata=_trains(("sft",), "SFT epochs", "epochs"))
+    sft_epochs: int = field(default=3, metadata=_trains(("sft",), "SFT epochs", "epochs"))
     sft_learning_rate: float = field(
-        default=2e-4, metadata=_trains(("sft",), "SFT learning rate (LoRA)", "learning_rate")
+        default=1e-3, metadata=_trains(("sft",), "SFT learning rate (LoRA)", "learning_rate")
     )
 
     # Preference pairs: sampled from the SFT model and judged (unless preference_data is given).
@@ -106,7 +107,7 @@ class DemoConfig:
         default=None, metadata=_help("use only the first N records of sft_data and preference_data")
     )
     judge: str = field(default="verifier", metadata=_help("judge that picks the better of two samples"))
-    pair_prompts: int = field(default=400, metadata=_help("train prompts to build pairs from"))
+    pair_prompts: int = field(default=440, metadata=_help("train prompts to build pairs from"))
     pair_samples: int = field(default=2, metadata=_help("samples per prompt; with more than 2, best vs worst"))
     pair_temperatures: list[float] = field(
         default_factory=lambda: [0.7, 1.2], metadata=_help("sampling temperatures, cycled over the samples")
@@ -119,11 +120,12 @@ class DemoConfig:
         default=True,
         metadata=_help(
             "also make per prompt a rewrite pair: a sample edited to follow the instructions it fails (letter case, "
-            "quotes, commas, end phrase, postscript, title) chosen over the sample as it was; the report counts them"
+            "quotes, commas, end phrase, postscript, title; a sample cut at the token limit trimmed back to a "
+            "complete sentence first) chosen over the sample as it was; the report counts them"
         ),
     )
     heldout_fraction: float = field(
-        default=0.25, metadata=_help("fraction of the pairs held out (validation, held-out accuracy)")
+        default=0.3, metadata=_help("fraction of the pair prompts held out (validation, held-out accuracy)")
     )
 
     # Training (reward model and DPO; the SFT above shares the lengths and LoRA settings).
@@ -154,9 +156,9 @@ class DemoConfig:
     rm_lora_layers: int | None = field(
         default=10, metadata=_trains(("reward",), "the same for the reward model", "lora_layers")
     )
-    rm_epochs: int = field(default=1, metadata=_trains(("reward",), "reward-model epochs", "epochs"))
+    rm_epochs: int = field(default=2, metadata=_trains(("reward",), "reward-model epochs", "epochs"))
     rm_learning_rate: float = field(
-        default=2e-4, metadata=_trains(("reward",), "reward-model learning rate (LoRA and head)", "learning_rate")
+        default=1e-3, metadata=_trains(("reward",), "reward-model learning rate (LoRA and head)", "learning_rate")
     )
     beta: float = field(default=0.1, metadata=_trains(("dpo",), "DPO beta"))
     dpo_loss: str = field(
@@ -177,6 +179,9 @@ class DemoConfig:
         default_factory=list, metadata=_help("judges besides the verifier and the trained reward model")
     )
     kl_samples: int = field(default=1, metadata=_help("samples per prompt for the KL-from-base estimate"))
+    kl_max_new_tokens: int = field(
+        default=32, metadata=_help("token budget of the KL samples: the KL covers the first N response tokens")
+    )
     eval_dtype: GenerationDtype = field(
         default="auto",
         metadata=_help(
@@ -210,6 +215,7 @@ class DemoConfig:
             "lora_rank",
             "rm_epochs",
             "dpo_epochs",
+            "kl_max_new_tokens",
         ):
             if getattr(self, name) < 1:
                 raise PrefalignError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

@@ -74,7 +74,7 @@ def sample_sft_data(
         )
     write_jsonl_atomic(work / "sft.jsonl", kept)
     write_json_atomic(work / "sampling.json", report.to_json())
-    rewritten = f", {report.rewritten} kept as rewrites" if rewrite else ""
+    rewritten = f", {report.rewritten} kept as rewrites ({report.trimmed} trimmed)" if rewrite else ""
     say(
         f"[sft_data] kept {report.kept} of {report.prompts} prompts ({report.passed} of {report.samples} "
         f"samples passed every check, {report.truncated} cut at the token limit{rewritten})",

@@ -42,7 +42,10 @@ def _stage_facts(out: Path) -> dict[str, str]:
     sampling = _read(out / "sft_data" / "sampling.json")
     if "kept" in sampling:
         rewritten = (
-            f" ({sampling['rewritten']} of them rewrites of failing samples)" if sampling.get("rewritten") else ""
+            f" ({sampling['rewritten']} of them rewrites of failing samples, {sampling.get('trimmed', 0)} trimmed "
+            "back to a complete sentence)"
+            if sampling.get("rewritten")
+            else ""
         )
         facts["sft_data"] = (
             f"{sampling['kept']} of {sampling['prompts']} prompts kept{rewritten}: {sampling['passed']} of "

@@ -9,6 +9,8 @@ rejection-sampling fine-tuning, with a verifier instead of a reward model.
 With `rewrite`, a prompt none of whose samples passed can still give a target: the first finished sample that a
 mechanical edit (`prefalign.pairs.rewrite`: letter case, quotes, commas, end phrase, postscript, title) makes pass
 every check, kept with its `source` ("rewrite:..."). It shows the model instructions it never follows on its own.
+Failing that, the first sample cut at the token limit that, trimmed back to its last complete sentence (and edited as
+above), passes every check ("rewrite:trim..."): it shows an answer that ends within the budget.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ if TYPE_CHECKING:
 class SamplingReport:
     prompts: int = 0
     samples: int = 0
-    truncated: int = 0  # cut at max_new_tokens: never kept
+    truncated: int = 0  # cut at max_new_tokens: kept only as a trimmed rewrite
     unscored: int = 0  # the judge could not score them (e.g. a prompt without verifiable instructions)
     passed: int = 0  # finished and accepted
     kept: int = 0  # prompts with a kept response
     rewritten: int = 0  # of them, kept as a rewrite of a sample that failed
+    trimmed: int = 0  # of the rewrites, trimmed back to a complete sentence
     by_instruction: dict[str, list[int]] = field(default_factory=dict)  # id -> [followed, seen] over all samples
 
     def to_json(self) -> dict[str, Any]:
@@ -44,6 +47,7 @@ class SamplingReport:
             "passed": self.passed,
             "kept": self.kept,
             "rewritten": self.rewritten,
+            "trimmed": self.trimmed,
             "kept_fraction": self.kept / self.prompts if self.prompts else 0.0,
             "instruction_followed_fraction": {
                 key: followed / seen for key, (followed, seen) in sorted(self.by_instruction.items())
@@ -65,7 +69,8 @@ def rejection_sample(
     what happened to every sample."""
     report = SamplingReport(prompts=len(prompts))
     kept: dict[int, dict[str, Any]] = {}
-    failed: dict[int, list[tuple[int, str]]] = {}  # prompt index -> (sample, text) of its finished, failing samples
+    # prompt index -> (sample, text, whether it was cut at the token limit) of each of its failing samples
+    failed: dict[int, list[tuple[int, str, bool]]] = {}
     by_instruction: dict[str, Counter] = {}
     texts = [p["prompt"] for p in prompts]
     metas = [{k: p[k] for k in ("instruction_id_list", "kwargs") if k in p} for p in prompts]
@@ -81,12 +86,14 @@ def rejection_sample(
                 counter["seen"] += 1
             if output.finish_reason != "eos":
                 report.truncated += 1
+                if score.value is not None:  # a trimmed rewrite may still pass
+                    failed.setdefault(index, []).append((j, output.text, True))
                 continue
             if score.value is None:
                 report.unscored += 1
                 continue
             if score.value < 1.0:
-                failed.setdefault(index, []).append((j, output.text))
+                failed.setdefault(index, []).append((j, output.text, False))
                 continue
             report.passed += 1
             if index not in kept and output.text:
@@ -99,6 +106,7 @@ def rejection_sample(
     if rewrite:
         rewrites = _rewrite_targets(prompts, {i: f for i, f in failed.items() if i not in kept})
         report.rewritten = len(rewrites)
+        report.trimmed = sum(row["source"].startswith("rewrite:trim") for row in rewrites.values())
         kept.update(rewrites)
     report.kept = len(kept)
     report.by_instruction = {key: [c["followed"], c["seen"]] for key, c in by_instruction.items()}
@@ -106,9 +114,10 @@ def rejection_sample(
 
 
 def _rewrite_targets(
-    prompts: list[dict[str, Any]], failed: dict[int, list[tuple[int, str]]]
+    prompts: list[dict[str, Any]], failed: dict[int, list[tuple[int, str, bool]]]
 ) -> dict[int, dict[str, Any]]:
-    """For each prompt index of `failed`, the first of its failing samples that a rewrite makes pass every check."""
+    """For each prompt index of `failed`, the first of its failing samples that a rewrite makes pass every check,
+    trying the finished samples before those cut at the token limit."""
     from ..judges.verifier import VerifierJudge
     from ..pairs.rewrite import rewrite_response
 
@@ -116,8 +125,8 @@ def _rewrite_targets(
     targets = {}
     for index in sorted(failed):
         prompt = prompts[index]
-        for j, text in failed[index]:
-            rewrite = rewrite_response(verifier, prompt["prompt"], text, prompt)
+        for j, text, truncated in sorted(failed[index], key=lambda sample: sample[2]):
+            rewrite = rewrite_response(verifier, prompt["prompt"], text, prompt, truncated=truncated)
             if rewrite is not None and rewrite.score.value == 1.0:
                 targets[index] = {
                     "id": prompt.get("id", f"#{index + 1}"),

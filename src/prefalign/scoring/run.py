@@ -16,14 +16,15 @@ toy batch as the 4D-mask layout does.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..console import say
-from ..data.collate import CompletionIndex
-from ..data.shared_prefix import SPANS_KWARG, collate_pair_row, collate_shared_prefix
+from ..data.collate import CompletionIndex, PairBatch, collate_pairs
+from ..data.shared_prefix import SPANS_KWARG, SharedPrefixBatch, collate_pair_row, collate_shared_prefix
 from ..data.tokenize import TokenizedPair
 from ..models import pair_attention
 from .completions import CompletionStates, SequenceLogps
@@ -138,6 +139,18 @@ def enable_pair_attention(model: torch.nn.Module) -> bool:
     if not works:
         config._attn_implementation = "sdpa"
     return works
+
+
+def pair_layout(
+    model: torch.nn.Module, pairs: Sequence[TokenizedPair]
+) -> Callable[[Sequence[TokenizedPair], int], PairBatch | SharedPrefixBatch]:
+    """The collate function that scores `pairs` under `model` with the least work: every pair in one padding-free row
+    under pair attention (switching the model to it, see `enable_pair_attention`), else packed rows under a block
+    mask, else padded rows (for an attention without 4D masks, or a pair with an empty prompt, which has no position
+    to predict its responses' first tokens from)."""
+    if not all(pair.prompt_ids for pair in pairs) or not supports_block_masks(model):
+        return collate_pairs
+    return collate_pair_row if enable_pair_attention(model) else collate_shared_prefix
 
 
 def _pair_row_scores_as_mask_layout(model: torch.nn.Module) -> bool:

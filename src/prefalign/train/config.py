@@ -114,7 +114,13 @@ class TrainConfig:
 
     # Reporting and saving.
     logging_steps: int = field(default=10, metadata=_help("log training metrics every N steps (and at step 1)"))
-    eval_steps: int = field(default=50, metadata=_help("validate every N steps (and before and after training)"))
+    eval_steps: float = field(
+        default=50,
+        metadata=_help(
+            "validate every N steps, or below 1 every that fraction of the run (0.5: halfway), and before and after "
+            "training"
+        ),
+    )
     save_steps: int = field(default=100, metadata=_help("checkpoint every N steps (0: no intermediate checkpoints)"))
     keep_checkpoints: int = field(default=2, metadata=_help("checkpoints kept on disk (the newest ones)"))
     resume: bool = field(default=False, metadata=_help("continue from the newest complete checkpoint in output-dir"))
@@ -182,7 +188,6 @@ class TrainConfig:
             "batch_size",
             "grad_accum",
             "logging_steps",
-            "eval_steps",
             "keep_checkpoints",
             "lora_rank",
             "max_length",
@@ -191,6 +196,10 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise PrefalignError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not (0 < self.eval_steps < 1 or (self.eval_steps >= 1 and float(self.eval_steps).is_integer())):
+            raise PrefalignError(
+                f"--eval-steps must be a whole number of steps or a fraction in (0, 1), got {self.eval_steps}"
+            )
         if self.max_steps is not None and self.max_steps < 1:
             raise PrefalignError(f"--max-steps must be at least 1, got {self.max_steps}")
         if self.save_steps < 0:
@@ -225,6 +234,12 @@ class TrainConfig:
 
     def tokenize_config(self) -> TokenizeConfig:
         return TokenizeConfig(self.max_length, self.max_prompt_length, self.prompt_format)
+
+    def eval_interval(self, total_steps: int) -> int:
+        """Steps between validations in a run of `total_steps`: --eval-steps, or that fraction of the run."""
+        if self.eval_steps >= 1:
+            return int(self.eval_steps)
+        return max(1, math.ceil(self.eval_steps * total_steps))
 
 
 @dataclass

@@ -199,7 +199,7 @@ def after_step(run: Run, step: int, learning_rate: float) -> None:
         log(run, step, "train", metrics)
         run.bar.set_postfix({k: f"{metrics[k]:.4g}" for k in ("loss", "rewards/margins") if k in metrics})
         run.window = Window()
-    if step % config.eval_steps == 0 or last_step:
+    if step % config.eval_interval(run.total_steps) == 0 or last_step:
         validate(run, step)
     if config.save_steps and step % config.save_steps == 0 and not last_step:
         save_step_checkpoint(run, step)
