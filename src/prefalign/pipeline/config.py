@@ -1,6 +1,6 @@
 """The demo's settings: one dataclass, loadable from YAML (`prefalign demo --config my.yaml`), overridable per option.
 
-The defaults are the embedded workflow sized for a 2-core CPU (about half an hour, generation being most of it);
+The defaults are the embedded workflow sized for a 2-core CPU (the README's measured run gives its stage times);
 `--quick` swaps in `QUICK`, a smaller version of every stage for CI, before the YAML file and the command line apply.
 """
 
