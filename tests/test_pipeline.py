@@ -203,7 +203,8 @@ def test_quick_demo_on_smollm2_produces_the_three_way_report(smollm2_dir: Path, 
     sampling = json.loads((out / "sft_data" / "sampling.json").read_text())
     assert 0 < sampling["kept"] <= sampling["prompts"] == 32
     pairs = json.loads((out / "pairs" / "summary.json").read_text())
-    assert pairs["source"] == "built" and pairs["pairs"] == pairs["train_pairs"] + pairs["heldout_pairs"] >= 4
+    split = pairs["train_pairs"] + pairs["heldout_pairs"] + pairs["heldout_rewrites"]  # held-out rewrites set aside
+    assert pairs["source"] == "built" and pairs["pairs"] == split >= 4
     evaluation = json.loads((out / "eval" / "report.json").read_text())
     assert evaluation["labels"] == ["base", "sft", "dpo"] and evaluation["prompts"] == 16
     rows = {row["key"]: row for row in evaluation["table"]["rows"]}

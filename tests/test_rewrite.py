@@ -342,5 +342,5 @@ def test_sft_targets_prefer_finished_samples_then_trimmed_ones(monkeypatch: pyte
     assert kept[0]["completion"] == "Plants need water, light and soil.\n\nAny other questions?"
     assert (report.truncated, report.passed, report.rewritten, report.trimmed, report.kept) == (4, 1, 2, 1, 3)
     # Without rewrites a cut answer is never a target.
-    kept, report = sft_data.rejection_sample(None, None, prompts, VERIFIER, samples=2, generation=config)  # type: ignore[arg-type]
+    kept, report = sft_data.rejection_sample(None, None, prompts, VERIFIER, samples=2, generation=config)  # type: ignore[arg-type]  # generation is replaced: no model is needed
     assert [row["id"] for row in kept] == ["passes"] and report.trimmed == 0
