@@ -262,6 +262,18 @@ def test_the_demo_report_counts_rewrite_pairs(tmp_path: Path):
     )
 
 
+def test_the_demo_report_counts_trimmed_sft_targets(tmp_path: Path):
+    from prefalign.pipeline.report import _stage_facts
+
+    (tmp_path / "sft_data").mkdir()
+    sampling = {"prompts": 4, "samples": 8, "truncated": 3, "passed": 1, "kept": 3, "rewritten": 2, "trimmed": 1}
+    (tmp_path / "sft_data" / "sampling.json").write_text(json.dumps(sampling))
+    assert _stage_facts(tmp_path)["sft_data"] == (
+        "3 of 4 prompts kept (2 of them rewrites of failing samples, 1 trimmed back to a complete sentence): 1 of 8 "
+        "samples passed every instruction check, 3 were cut at the token limit"
+    )
+
+
 def test_pairs_are_split_by_prompt_and_held_out_rewrites_are_set_aside(tmp_path: Path):
     from prefalign.pipeline.data_stages import split_pairs
 
