@@ -65,9 +65,8 @@ def test_pair_logps_in_one_padding_free_row_equal_padded_rows(tiny_model_dir: Pa
     import torch
 
     from prefalign.data.collate import collate_pairs
-    from prefalign.data.shared_prefix import collate_pair_row
     from prefalign.data.tokenize import TokenizedPair, tokenize_pair
-    from prefalign.scoring.run import pair_layout, score_completions
+    from prefalign.scoring.run import choose_pair_layout, score_completions
 
     model = EvalModel("sft", str(tiny_model_dir), DigestMemo(tmp_path / "digests.json"))
     records = [*RECORDS[:2], PreferenceRecord("Count to three.", "one two three", "one two", "pairs:4")]
@@ -75,7 +74,8 @@ def test_pair_logps_in_one_padding_free_row_equal_padded_rows(tiny_model_dir: Pa
     prompt = torch.tensor([pairs[0].prompt_ids])
     with torch.no_grad():
         before = model.model(input_ids=prompt).logits
-    assert pair_layout(model.model, pairs) is collate_pair_row
+    layout = choose_pair_layout([model.model], 0)
+    assert layout.kind == "row" and layout.collate(pairs).input_ids.shape[0] == 1
     fast = pair_logps(model, records, TokenizeConfig(), batch_size=4)  # 2 pairs a batch: two rows
     with torch.no_grad():
         padded = [score_completions(model.model, collate_pairs(pairs[i : i + 1], 0))[1].sum_logps for i in range(3)]
@@ -84,7 +84,8 @@ def test_pair_logps_in_one_padding_free_row_equal_padded_rows(tiny_model_dir: Pa
     with torch.no_grad():
         assert torch.allclose(model.model(input_ids=prompt).logits, before, atol=1e-5)  # spans only in a pair row
     # A pair without a prompt has no position to predict its responses' first tokens from: padded rows.
-    assert pair_layout(model.model, [*pairs, TokenizedPair([], [5], [6])]) is collate_pairs
+    mixed = layout.collate([*pairs, TokenizedPair([], [5], [6])])
+    assert type(mixed).__name__ == "PairBatch" and mixed.input_ids.shape[0] == 8
 
 
 def test_judge_accuracy_on_pairs_carrying_instructions():

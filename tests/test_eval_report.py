@@ -298,6 +298,32 @@ def test_adding_a_model_generates_for_that_model_only(workspace):
     assert "dpo2" in extended.kl and "dpo2 implicit reward (ref dpo, beta 0.1)" in [h.scorer for h in extended.heldout]
 
 
+def test_the_kl_on_the_first_prompts_only(workspace):
+    """--kl-prompts 2: each model's KL samples cover the first 2 prompts, drawn exactly as in the full run (each prompt
+    keeps its own random stream), and the row and the note say how many prompts it covers."""
+    full = workspace["rerun"]
+    config = EvalConfig(
+        models=[(label, full.models[label]["spec"]) for label in LABELS],
+        prompts=full.settings["prompts"],
+        output_dir=workspace["root"] / "kl-two",
+        cache_dir=workspace["out"] / "cache",
+        generation=GenerationConfig(max_new_tokens=12, batch_size=8),
+        judges=["verifier"],
+        kl_samples=1,
+        kl_max_new_tokens=6,
+        kl_prompts=2,
+    )
+    two = run_evaluation(config, progress=False, say=lambda message: None)
+    for label in ("sft", "dpo"):
+        assert two.kl[label].kl == pytest.approx(full.kl[label].kl[:2], abs=1e-5)
+    row = next(row for row in two.rows if row.metric.key == "kl")
+    assert row.cells["dpo"].value == pytest.approx(sum(full.kl["dpo"].kl[:2]) / 2, abs=1e-5)
+    assert two.settings["kl"]["prompts"] == 2
+    assert "averaged per prompt, on the first 2 prompts." in (workspace["root"] / "kl-two" / "report.md").read_text()
+    with pytest.raises(PrefalignError, match="--kl-prompts must be at least 1"):
+        replace(config, kl_prompts=0)
+
+
 @pytest.fixture(scope="module")
 def escaped_page(workspace, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The report page with one response replaced by markup that would run if it were not escaped."""

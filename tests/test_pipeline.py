@@ -49,6 +49,7 @@ def demo_config(tmp_path: Path, tiny_model_dir: Path) -> DemoConfig:
         heldout_fraction=0.3,
         kl_samples=1,
         kl_max_new_tokens=3,
+        kl_prompts=2,
     )
 
 
@@ -64,6 +65,7 @@ def test_demo_runs_every_stage_then_skips_them(demo_config: DemoConfig) -> None:
     evaluation = json.loads((out / "eval" / "report.json").read_text())
     assert evaluation["labels"] == ["base", "sft", "dpo"] and evaluation["prompts"] == 3
     assert evaluation["settings"]["kl"]["max_new_tokens"] == 3  # --kl-max-new-tokens, within --max-new-tokens 4
+    assert evaluation["settings"]["kl"]["prompts"] == 2  # --kl-prompts: the first 2 of the 3
     report = (out / "report.md").read_text()
     for name in STAGES:
         assert f"| {name} |" in report
@@ -122,6 +124,17 @@ def test_bad_settings_are_one_line_errors() -> None:
         DemoConfig(train_precision="fp16")
     with pytest.raises(PrefalignError, match="--kl-max-new-tokens must be at least 1, got 0"):
         DemoConfig(kl_max_new_tokens=0)
+    with pytest.raises(PrefalignError, match="--kl-prompts must be at least 1, got 0"):
+        DemoConfig(kl_prompts=0)
+    with pytest.raises(PrefalignError, match="--sampling-max-new-tokens must be at least 1, got 0"):
+        DemoConfig(sampling_max_new_tokens=0)
+
+
+def test_samples_and_answers_have_their_own_token_budgets() -> None:
+    """SFT and pair samples stop at --sampling-max-new-tokens; the evaluation's answers at --max-new-tokens."""
+    config = DemoConfig(sampling_max_new_tokens=40, max_new_tokens=100)
+    assert config.sft_sampling().max_new_tokens == config.pairs_sampling().max_new_tokens == 40
+    assert config.eval_generation().max_new_tokens == 100
 
 
 def test_train_precision_auto_takes_bf16_where_the_device_computes_it_natively() -> None:
@@ -168,6 +181,7 @@ def _demo_command(config: DemoConfig, *extra: str) -> list[str]:
         "rm_epochs",
         "kl_samples",
         "kl_max_new_tokens",
+        "kl_prompts",
     ):
         command += [f"--{name.replace('_', '-')}", str(getattr(config, name))]
     return command + list(extra)

@@ -12,6 +12,7 @@ import torch
 
 from prefalign.data.tokenize import TokenizedPair
 from prefalign.models.reward import RewardModel
+from prefalign.scoring.run import PairLayout
 from prefalign.train.config import RewardConfig
 from prefalign.train.distributed import DistInfo
 from prefalign.train.objectives.reward import RewardItem, RewardObjective
@@ -24,7 +25,7 @@ SINGLE = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")
 def objective_for(model: RewardModel, lm_weight: float) -> RewardObjective:
     objective = RewardObjective(RewardConfig(model="unused", data="unused", output_dir="unused", lm_weight=lm_weight))
     objective.setup(model, {}, SINGLE)
-    assert objective.pair_rows  # SDPA models run pair attention
+    assert objective.layout.kind == "row"  # SDPA models run pair attention
     return objective
 
 
@@ -34,7 +35,7 @@ def assert_pair_row_equals_padded(model: RewardModel, pairs: list[TokenizedPair]
     trainable = [p for p in model.parameters() if p.requires_grad]
     results = {}
     for pair_rows in (True, False):
-        objective.pair_rows = pair_rows
+        objective.layout = PairLayout("row" if pair_rows else "padded", objective.layout.pad_id)
         batch = objective.collate(items)
         assert (batch.pairs.input_ids.shape[0] == 1) == pair_rows
         inputs = batch.pairs.model_inputs()

@@ -12,7 +12,7 @@ from prefalign.data.collate import collate_pairs
 from prefalign.data.shared_prefix import SPANS_KWARG, collate_pair_row, collate_shared_prefix, pack_rows
 from prefalign.data.tokenize import TokenizedPair
 from prefalign.models import pair_attention
-from prefalign.scoring.run import enable_pair_attention, score_completions
+from prefalign.scoring.run import PairLayout, enable_pair_attention, score_completions
 from test_train_forward import load_tiny, random_pairs
 from test_train_support import single_thread  # noqa: F401  (an autouse fixture: importing it applies it here)
 
@@ -182,8 +182,10 @@ def test_dpo_objective_gives_the_same_loss_metrics_and_kl_with_and_without_prefi
         items, _ = objective.load(config.data, load_tokenizer(config.model))
         policy = load_model(config.model, device="cpu").eval()
         objective.setup(policy, {config.data: items}, single)
-        assert objective.pair_rows == (layout != "plain")  # the tiny model runs SDPA: pair attention by default
-        objective.pair_rows = layout == "row"  # "packed": the 4D-mask layout, as for a model without pair attention
+        # The tiny model runs SDPA: pair attention by default, one row.
+        assert objective.layout.kind == ("row" if layout != "plain" else "padded")
+        if layout == "packed":  # the 4D-mask layout, as for a model without pair attention
+            objective.layout = PairLayout("shared_prefix", objective.layout.pad_id)
         with torch.no_grad():
             _, sums = objective.loss(policy, objective.collate(items))
             batch = objective.collate(items)

@@ -22,3 +22,10 @@ class DataError(PrefalignError):
 
 class ModelError(PrefalignError):
     """A model that cannot be found, pulled or loaded."""
+
+
+def brief_error(exc: BaseException) -> str:
+    """The first two non-empty lines of an exception's message, joined: enough of a library's multi-line error
+    (a state-dict mismatch, a reader's complaint) to say what went wrong on one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines[:2])

@@ -147,6 +147,12 @@ class EvalConfig:
         default=64,
         metadata=_option(_HELDOUT, "token budget of those samples: the KL covers the first N tokens", "N"),
     )
+    kl_prompts: int | None = field(
+        default=None,
+        metadata=_option(
+            _HELDOUT, "estimate the KL on the first N prompts only (default: every prompt); it costs a model pass", "N"
+        ),
+    )
     cache_dir: Path | None = field(
         default=None, metadata=_option(_WHAT, "generation cache (default: OUTPUT_DIR/cache)", "DIR")
     )
@@ -184,6 +190,8 @@ class EvalConfig:
             raise PrefalignError(f"--kl-samples must be 0 (no KL) or more, got {self.kl_samples}")
         if self.kl_max_new_tokens < 1:
             raise PrefalignError(f"--kl-max-new-tokens must be at least 1, got {self.kl_max_new_tokens}")
+        if self.kl_prompts is not None and self.kl_prompts < 1:
+            raise PrefalignError(f"--kl-prompts must be at least 1, got {self.kl_prompts}")
         for name, value in (("--limit", self.limit), ("--pairs-limit", self.pairs_limit)):
             if value is not None and value < 1:
                 raise PrefalignError(f"{name} must be at least 1, got {value}")

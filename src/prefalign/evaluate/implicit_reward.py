@@ -76,12 +76,12 @@ def pair_logps(
     """Summed response log-probs of every pair's chosen and rejected completion under `model`, `batch_size` rows
     (half as many pairs) per forward pass; under bf16 autocast when `bf16` (the sums stay fp32).
 
-    The pairs are laid out as DPO trains on them (`prefalign.scoring.run.pair_layout`): each prompt computed once,
-    and no padding where the model's attention allows; the log-probs equal those of padded rows."""
+    The pairs are laid out as DPO trains on them (`prefalign.scoring.run.choose_pair_layout`): each prompt computed
+    once, and no padding where the model's attention allows; the log-probs equal those of padded rows."""
     import torch  # torch loads on first use, not when the evaluation's options are read
 
     from ..models.precision import bf16_autocast
-    from ..scoring.run import pair_layout, score_completions
+    from ..scoring.run import choose_pair_layout, score_completions
 
     tokenizer, device = model.tokenizer, model.model.device
     pairs = [tokenize_pair(record, tokenizer, config) for record in records]
@@ -89,11 +89,11 @@ def pair_logps(
     chosen: list[float | None] = [None] * len(records)
     rejected: list[float | None] = [None] * len(records)
     pairs_per_batch = max(1, batch_size // 2)  # a pair is two rows: chosen and rejected
-    collate = pair_layout(model.model, [pairs[i] for i in kept])
+    layout = choose_pair_layout([model.model], tokenizer.pad_token_id)
     with torch.inference_mode(), bf16_autocast(bf16, device):
         for first in range(0, len(kept), pairs_per_batch):
             indices = kept[first : first + pairs_per_batch]
-            batch = collate([pairs[i] for i in indices], tokenizer.pad_token_id).to(device)
+            batch = layout.collate([pairs[i] for i in indices]).to(device)
             _, logps = score_completions(model.model, batch)
             batch_chosen, batch_rejected = batch.split(logps.sum_logps)
             for i, c, r in zip(indices, batch_chosen.tolist(), batch_rejected.tolist()):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
+from importlib import resources
 from pathlib import Path
 
 from ..data.records import Text
@@ -19,9 +20,14 @@ from ..fileio import write_text_atomic
 from .metrics import REFUSAL_WINDOW, REPETITION_N
 from .narrative import other_pairs_told_apart, what_changed
 from .plots import constant_rows, model_colours, report_figures, training_figures
-from .results import EvalReport, key_deltas
+from .results import EvalReport, key_deltas, kl_coverage
 from .stats import LEVEL, RESAMPLES, SEED, Estimate
 from .table import CI_METHODS, Row, judge_label
+
+
+def _asset(name: str) -> str:
+    """The page's stylesheet or script, from the package's resources (inlined: the page is one self-contained file)."""
+    return resources.files("prefalign").joinpath("resources", name).read_text(encoding="utf-8")
 
 
 def esc(value: object) -> str:
@@ -313,7 +319,7 @@ def _method(report: EvalReport) -> str:
         items.append(
             f"KL from {esc(kl['base'])}: exact next-token KL summed along {kl['samples_per_prompt']} "
             f"temperature-1 samples per prompt from the model (first {kl['max_new_tokens']} tokens), "
-            "nats per response."
+            f"nats per response{kl_coverage(report)}."
         )
     items += [esc(note) for note in report.notes]
     models = _simple_table(
@@ -385,122 +391,14 @@ def render_html(report: EvalReport, plots: Path) -> str:
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
-        f"<style>{_CSS}</style></head><body><header class='top'><div class='wrap'><h1>{esc(title)}</h1>"
+        f"<style>{_asset('report.css')}</style></head><body><header class='top'><div class='wrap'><h1>{esc(title)}</h1>"
         f"<p class='muted'>{len(report.prompts)} prompts from <code>{esc(report.settings['prompts'])}</code></p>"
         f"<div class='chips'>{chips}</div><nav>{nav}</nav></div></header>"
         f"<main class='wrap'>{''.join(body[key] for key, _ in sections)}</main>"
-        f"<script>{_JS}</script></body></html>\n"
+        f"<script>{_asset('report.js')}</script></body></html>\n"
     )
 
 
 def write_html(report: EvalReport, path: Path) -> Path:
     write_text_atomic(path, render_html(report, path.parent / "plots"))
     return path
-
-
-_CSS = """
-:root{--fg:#0f172a;--muted:#64748b;--line:#e2e8f0;--bg:#f8fafc;--card:#fff;--good:#15803d;--bad:#b91c1c;
---sig:#1d4ed8;--warn:#b45309}
-*{box-sizing:border-box}
-[hidden]{display:none!important}
-body{margin:0;font:14px/1.5 -apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
-color:var(--fg);background:var(--bg)}
-.wrap{max-width:1240px;margin:0 auto;padding:0 24px}
-header.top{background:#0f172a;color:#f8fafc;padding:20px 0 12px;margin-bottom:8px}
-header.top h1{margin:0 0 4px;font-size:22px;font-weight:650;letter-spacing:-.01em}
-header.top .muted{color:#94a3b8}
-header.top code{color:#e2e8f0}
-header.top .chip{background:#1e293b;color:#e2e8f0;border-color:#334155}
-nav{margin-top:12px;display:flex;gap:16px;flex-wrap:wrap}
-nav a{color:#cbd5e1;text-decoration:none;font-size:13px}
-nav a:hover{color:#fff}
-h2{font-size:18px;margin:32px 0 10px;font-weight:650}
-h3{font-size:14px;margin:16px 0 8px}
-section{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:4px 20px 18px;margin:18px 0}
-.muted{color:var(--muted);font-weight:normal}
-code{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
-.chips{display:flex;gap:8px;flex-wrap:wrap;margin-top:8px}
-.chip{display:inline-flex;align-items:center;gap:6px;padding:1px 9px;border:1px solid var(--line);border-radius:999px;
-font-size:12px;font-weight:600;background:#fff;white-space:nowrap}
-.dot{width:9px;height:9px;border-radius:50%;display:inline-block}
-table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
-th,td{padding:7px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
-thead th{font-size:12px;color:var(--muted);font-weight:600;border-bottom:2px solid var(--line);position:sticky;top:0;
-background:#fff}
-table.results tbody th{font-weight:500}
-table.results tbody tr:hover,table.plain tbody tr:hover{background:#f1f5f9}
-.v{font-weight:600}
-.ci{color:var(--muted);font-size:12px}
-.na{color:#cbd5e1}
-td.delta.good .v,li.good b,li.good .arrow{color:var(--good)}
-td.delta.bad .v,li.bad b,li.bad .arrow{color:var(--bad)}
-td.delta.sig .v,li.sig b,li.sig .arrow{color:var(--sig)}
-td.delta.ns .v{color:var(--muted)}
-.callout{border-left:4px solid #2563eb;background:#eff6ff;border-radius:6px;padding:8px 16px;margin:12px 0 16px}
-.callout h3{margin:6px 0 0}
-.callout p{margin:2px 0 6px}
-.callout ul{margin:4px 0 6px;padding-left:0;list-style:none}
-.callout li{margin:3px 0}
-.figures{display:grid;grid-template-columns:1fr 1fr;gap:12px}
-.figures figure.wide{grid-column:1 / -1}
-@media (max-width:900px){.figures{grid-template-columns:1fr}}
-.curves{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:10px}
-figure{margin:0}
-figure img{width:100%;height:auto;border:1px solid var(--line);border-radius:6px;background:#fff}
-.controls{display:flex;gap:12px;align-items:center;flex-wrap:wrap;margin:6px 0 14px}
-.controls input[type=search]{flex:1 1 280px;padding:7px 10px;border:1px solid #cbd5e1;border-radius:6px;font:inherit}
-.controls select{padding:6px 8px;border:1px solid #cbd5e1;border-radius:6px;font:inherit;background:#fff}
-.card{border:1px solid var(--line);border-radius:8px;padding:12px 14px;margin:12px 0;background:#fff}
-.card header{display:flex;gap:6px;flex-wrap:wrap;align-items:center;margin-bottom:6px}
-.pid{font-weight:700;margin-right:4px}
-.tag{font:11px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#f1f5f9;border-radius:4px;
-padding:1px 6px;color:#334155}
-pre{white-space:pre-wrap;word-wrap:break-word;margin:0;
-font:13px/1.5 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
-pre.prompt{background:#f8fafc;border:1px solid var(--line);border-radius:6px;padding:8px 10px;margin-bottom:10px}
-.grid{display:grid;gap:10px}
-.resp{border:1px solid var(--line);border-top:3px solid;border-radius:6px;padding:8px 10px;min-width:0}
-.resp-head{display:flex;flex-direction:column;align-items:flex-start;gap:4px;margin-bottom:6px}
-.badges{font-size:12px;color:var(--muted)}
-.ok{color:var(--good)}
-.fail{color:var(--bad)}
-.warn{color:var(--warn);font-weight:600}
-ul.checks{list-style:none;padding:0;margin:0 0 6px;font-size:12px}
-pre.text{max-height:340px;overflow:auto;font-size:12.5px}
-footer.verdicts{margin-top:8px;font-size:12px;color:#334155}
-ul.notes li{margin:4px 0}
-.two{display:grid;grid-template-columns:1fr 1fr;gap:24px}
-@media (max-width:900px){.two{grid-template-columns:1fr}}
-"""
-
-# Reads the page only: filters the response cards by text, instruction id and disagreement.
-_JS = """
-(function () {
-  var cards = Array.prototype.slice.call(document.querySelectorAll("#cards .card"));
-  var search = document.getElementById("search");
-  var instruction = document.getElementById("instruction");
-  var differ = document.getElementById("differ");
-  var count = document.getElementById("count");
-  if (!search) { return; }
-  var texts = cards.map(function (card) { return card.textContent.toLowerCase(); });
-  function update() {
-    var needle = search.value.trim().toLowerCase();
-    var id = instruction ? instruction.value : "";
-    var onlyDiffer = differ ? differ.checked : false;
-    var shown = 0;
-    cards.forEach(function (card, i) {
-      var ids = " " + card.getAttribute("data-instructions") + " ";
-      var visible = (!needle || texts[i].indexOf(needle) !== -1) &&
-        (!id || ids.indexOf(" " + id + " ") !== -1) &&
-        (!onlyDiffer || card.getAttribute("data-differ") === "1");
-      card.hidden = !visible;
-      if (visible) { shown += 1; }
-    });
-    count.textContent = shown + " of " + cards.length + " prompts";
-  }
-  search.addEventListener("input", update);
-  if (instruction) { instruction.addEventListener("change", update); }
-  if (differ) { differ.addEventListener("change", update); }
-  update();
-})();
-"""

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..fileio import write_text_atomic
 from .metrics import REFUSAL_WINDOW, REPETITION_N
 from .narrative import HEADLINE_METRICS, other_pairs_told_apart, what_changed
-from .results import EvalReport
+from .results import EvalReport, kl_coverage
 from .stats import LEVEL, RESAMPLES, SEED
 from .table import format_delta, format_estimate, judge_label
 
@@ -221,7 +221,8 @@ def _method_notes(report: EvalReport) -> list[str]:
         notes.append(
             f"KL from {kl['base']}: KL(model ‖ {kl['base']}) over the first {kl['max_new_tokens']} response tokens, "
             f"in nats per response: the exact next-token KL over the vocabulary, summed along responses sampled from "
-            f"the model at temperature 1 ({kl['samples_per_prompt']} per prompt), averaged per prompt."
+            f"the model at temperature 1 ({kl['samples_per_prompt']} per prompt), averaged per prompt"
+            f"{kl_coverage(report)}."
         )
     return notes
 

@@ -72,6 +72,12 @@ class EvalReport:
         }
 
 
+def kl_coverage(report: EvalReport) -> str:
+    """`, on the first N prompts` where the KL covers fewer prompts than the table (`--kl-prompts`), else nothing."""
+    covered = report.settings.get("kl", {}).get("prompts")
+    return f", on the first {covered} prompts" if covered and covered < report.settings["num_prompts"] else ""
+
+
 def key_deltas(report: EvalReport, *, significant_only: bool = False) -> list[Delta]:
     """The changes of each model over its baseline (every baseline pair, every metric), with 95% intervals.
 

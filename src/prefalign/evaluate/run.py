@@ -2,9 +2,9 @@
 
 Order of work, chosen so each model is loaded at most once and only when something about it is not cached:
   1. check everything that can be checked without a model (prompts, instructions, judges, pairs, run directories);
-  2. per model, in column order: greedy answers, then (not for the base) k temperature-1 samples and the KL from the
-     base, then (for the reference and the models after it) the held-out pairs' log-probs; the base stays loaded
-     while later models need it for KL;
+  2. per model, in column order (`passes.model_pass`): greedy answers, then (not for the base) k temperature-1
+     samples and the KL from the base, then (for the reference and the models after it) the held-out pairs'
+     log-probs; the base stays loaded while later models need it for KL;
   3. scores of every response, pairwise verdicts of every baseline pair by every judge, held-out accuracies;
   4. the table, then report.md / .csv / .json / .html and responses.jsonl.
 """
@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +24,7 @@ from ..errors import PrefalignError
 from ..generate import Generation
 from ..judges.base import Judge, JudgeItem
 from ..judges.reward_model import RewardModelJudge
-from .cache import GenerationCache, ResultCache, decoding_settings, prompt_key
+from .cache import GenerationCache
 from .config import EvalConfig
 from .implicit_reward import (
     HeldoutAccuracy,
@@ -35,11 +32,11 @@ from .implicit_reward import (
     implicit_reward_accuracy,
     judge_accuracy,
     load_pairs,
-    pair_logps,
 )
-from .kl import KLEstimate, kl_from_base, same_vocabulary
+from .kl import KLEstimate
 from .models import DigestMemo, EvalModel
 from .pairwise import PairwiseResult, compare
+from .passes import model_pass, precision, scores_in_bf16
 from .prompt_set import EvalPrompt, load_eval_prompts
 from .results import EvalReport
 from .scoring import ResponseScores, score_all
@@ -79,7 +76,7 @@ def run_evaluation(config: EvalConfig, *, progress: bool = True, say: Callable[[
     judges = [_load_judge(spec, config.judge_options) for spec in judge_specs]
     for judge in judges:  # a model judge scores at the evaluation's precision, as the answers were generated
         if isinstance(judge, RewardModelJudge):
-            judge.bf16 = _scores_in_bf16(config)
+            judge.bf16 = scores_in_bf16(config)
     try:
         pairs = load_pairs(config.pairs, config.pairs_limit) if config.pairs else None
         runs = _check_runs(config.runs)
@@ -94,7 +91,7 @@ def run_evaluation(config: EvalConfig, *, progress: bool = True, say: Callable[[
 
         notes: list[str] = []
         cache = GenerationCache(config.cache_root)
-        generations, kl, logps = _model_pass(config, models, cache, prompts, pairs, timings, notes, progress, say)
+        generations, kl, logps = model_pass(config, models, cache, prompts, pairs, timings, notes, progress, say)
 
         t = time.perf_counter()
         scores, pointwise = score_all(prompts, generations, verifier, judges)
@@ -247,87 +244,6 @@ def _check_runs(runs: dict[str, str]) -> dict[str, Path]:
     return checked
 
 
-def _model_pass(
-    config: EvalConfig,
-    models: dict[str, EvalModel],
-    cache: GenerationCache,
-    prompts: list[EvalPrompt],
-    pairs: list[PreferenceRecord] | None,
-    timings: dict[str, float],
-    notes: list[str],
-    progress: bool,
-    say: Callable[[str], None],
-) -> tuple[dict[str, list[Generation]], dict[str, KLEstimate], dict[str, PairLogps]]:
-    """Step 2: everything that needs a model's forward passes, each model loaded at most once (none when cached)."""
-    results = ResultCache(config.cache_root)
-    texts = [p.prompt for p in prompts]
-    base = models[config.base_label]
-    kl_config = replace(config.generation, temperature=1.0, top_p=1.0, max_new_tokens=config.kl_max_new_tokens)
-    # Models after the reference, and the reference: none without held-out pairs (implicit_reward_labels is empty).
-    pair_labels = set(config.implicit_reward_labels)
-    if pair_labels and config.reference_label is not None:
-        pair_labels.add(config.reference_label)
-    generations, kl, logps = {}, {}, {}
-    for label, model in models.items():
-        t = time.perf_counter()
-        generations[label] = cache.generate(model, texts, config.generation, progress=progress)
-        say(f"{label}: {cache.generated.get(label, 0)} answers generated, {cache.cached.get(label, 0)} from the cache")
-        timings[f"generate/{label}"] = time.perf_counter() - t
-        if config.kl_samples and model is not base:
-            t = time.perf_counter()
-            kl_key = {
-                "kind": "kl",
-                "policy": model.identity,
-                "base": base.identity,
-                "k": config.kl_samples,
-                "sampling": decoding_settings(kl_config),
-                "prompts": _digest([prompt_key(x) for x in texts]),
-            }
-            stored = results.get(kl_key)
-            if stored is not None:
-                kl[label] = KLEstimate(**stored)
-            elif not same_vocabulary(model.tokenizer, base.tokenizer):
-                notes.append(f"no KL for {label}: its tokenizer differs from {base.label}'s")
-            else:
-                kl[label] = kl_from_base(model, base, texts, kl_config, config.kl_samples, progress)
-                results.put(kl_key, dataclasses.asdict(kl[label]))
-            timings[f"kl/{label}"] = time.perf_counter() - t
-        if label in pair_labels and pairs is not None:
-            t = time.perf_counter()
-            logps[label] = _pair_logps(config, model, pairs, results)
-            timings[f"pair_logps/{label}"] = time.perf_counter() - t
-        if model is not base:
-            model.release()
-    base.release()
-    if config.kl_samples and len(models) > 1:
-        say(f"KL from {base.label}: {config.kl_samples} samples per prompt, up to {config.kl_max_new_tokens} tokens")
-    return generations, kl, logps
-
-
-def _pair_logps(config: EvalConfig, model: EvalModel, pairs: list[PreferenceRecord], results: ResultCache) -> PairLogps:
-    from ..data.tokenize import TokenizeConfig
-
-    tokenize = TokenizeConfig(prompt_format=config.generation.prompt_format)
-    bf16 = _scores_in_bf16(config)
-    key = {
-        "kind": "pair_logps",
-        "model": model.identity,
-        "precision": "bf16-autocast" if bf16 else "model",
-        "tokenize": dataclasses.asdict(tokenize),
-        "pairs": _digest([record.to_json() for record in pairs]),
-    }
-    stored = results.get(key)
-    if stored is not None:
-        return PairLogps(**stored)
-    computed = pair_logps(model, pairs, tokenize, config.generation.batch_size, bf16)
-    results.put(key, dataclasses.asdict(computed))
-    return computed
-
-
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
-
-
 def _metric_values(
     config: EvalConfig,
     prompts: list[EvalPrompt],
@@ -350,7 +266,10 @@ def _metric_values(
         }
     if kl:
         metrics.append(Metric("kl", f"KL from {config.base_label} (nats/response, sampled)", "mean", None, 2))
-        values["kl"] = {label: list(estimate.kl) for label, estimate in kl.items()}
+        # Prompts beyond --kl-prompts have no estimate: None, like the unseen-phrasing row's other prompts.
+        values["kl"] = {
+            label: [*estimate.kl, *[None] * (len(prompts) - len(estimate.kl))] for label, estimate in kl.items()
+        }
     implicit = [(h.outcomes, h.margins) for h in heldout if h.margins is not None]
     if implicit:
         reference = config.reference_label
@@ -379,34 +298,19 @@ def _pairwise_rows(pairwise: list[PairwiseResult], labels: list[str]) -> list[Ro
     return rows
 
 
-def _precision(dtype: str) -> str:
-    """The `--dtype` setting as it runs on this machine: `auto` resolved, `model` said in words."""
-    from ..generate import fast_bf16
-    from ..models.loading import default_device
-
-    if dtype == "auto":
-        dtype = "bfloat16" if fast_bf16(default_device()) else "model"
-    return "each model's own" if dtype == "model" else dtype
-
-
-def _scores_in_bf16(config: EvalConfig) -> bool:
-    """Whether the scoring passes (reward-model judge, held-out pair log-probs) run under bf16 autocast: where the
-    answers are generated in bf16."""
-    return _precision(config.generation.dtype) == "bfloat16"
-
-
 def _settings(config: EvalConfig, prompts: list[EvalPrompt], judge_specs: list[str]) -> dict[str, Any]:
     return {
         "prompts": config.prompts,
         "limit": config.limit,
         "num_prompts": len(prompts),
-        "generation": {**dataclasses.asdict(config.generation), "dtype": _precision(config.generation.dtype)},
+        "generation": {**dataclasses.asdict(config.generation), "dtype": precision(config.generation.dtype)},
         "judges": judge_specs,
         "baselines": [f"{m}:{b}" for m, b in config.baseline_pairs],
         "kl": {
             "base": config.base_label,
             "samples_per_prompt": config.kl_samples,
             "max_new_tokens": config.kl_max_new_tokens,
+            "prompts": min(len(prompts), config.kl_prompts or len(prompts)),
             "temperature": 1.0,
         },
         "pairs": config.pairs,

@@ -69,7 +69,14 @@ class DemoConfig:
     eval_limit: int = field(default=240, metadata=_help("evaluate on the first N held-out prompts"))
 
     # Generation, everywhere.
-    max_new_tokens: int = field(default=128, metadata=_help("most new tokens per generated response"))
+    max_new_tokens: int = field(default=128, metadata=_help("most new tokens of an answer in the evaluation"))
+    sampling_max_new_tokens: int = field(
+        default=96,
+        metadata=_help(
+            "most new tokens of a sample for SFT data and pairs (no built-in instruction needs more: at most 40 words, "
+            "4 bullets or 3 paragraphs); a sample cut there is kept only trimmed to its last complete sentence"
+        ),
+    )
     generation_batch_size: int = field(default=128, metadata=_help("prompts decoded together"))
     sampling_dtype: GenerationDtype = field(
         default="auto",
@@ -125,7 +132,7 @@ class DemoConfig:
         ),
     )
     heldout_fraction: float = field(
-        default=0.3, metadata=_help("fraction of the pair prompts held out (validation, held-out accuracy)")
+        default=0.35, metadata=_help("fraction of the pair prompts held out (validation, held-out accuracy)")
     )
 
     # Training (reward model and DPO; the SFT above shares the lengths and LoRA settings).
@@ -182,6 +189,9 @@ class DemoConfig:
     kl_max_new_tokens: int = field(
         default=32, metadata=_help("token budget of the KL samples: the KL covers the first N response tokens")
     )
+    kl_prompts: int = field(
+        default=120, metadata=_help("estimate the KL on the first N evaluation prompts (a model pass each)")
+    )
     eval_dtype: GenerationDtype = field(
         default="auto",
         metadata=_help(
@@ -203,6 +213,7 @@ class DemoConfig:
         for name in (
             "eval_limit",
             "max_new_tokens",
+            "sampling_max_new_tokens",
             "generation_batch_size",
             "sft_prompts",
             "sft_samples",
@@ -216,6 +227,7 @@ class DemoConfig:
             "rm_epochs",
             "dpo_epochs",
             "kl_max_new_tokens",
+            "kl_prompts",
         ):
             if getattr(self, name) < 1:
                 raise PrefalignError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -290,7 +302,7 @@ class DemoConfig:
             temperature=self.sft_temperature,
             top_p=0.95,
             seed=self.seed,
-            max_new_tokens=self.max_new_tokens,
+            max_new_tokens=self.sampling_max_new_tokens,
             batch_size=self.generation_batch_size,
             dtype=self.sampling_dtype,
         )
@@ -300,7 +312,7 @@ class DemoConfig:
         return PairsConfig(
             num_samples=self.pair_samples,
             temperatures=list(self.pair_temperatures),
-            max_new_tokens=self.max_new_tokens,
+            max_new_tokens=self.sampling_max_new_tokens,
             batch_size=self.generation_batch_size,
             dtype=self.sampling_dtype,
             seed=self.seed,

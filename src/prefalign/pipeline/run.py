@@ -285,6 +285,7 @@ def _eval_stage(demo: _Demo, prompts_dir: Path, pairs: _Pairs, base_model: str, 
         runs={"sft": str(trained["sft"]), "dpo": str(trained["dpo"])},
         kl_samples=config.kl_samples,
         kl_max_new_tokens=min(config.kl_max_new_tokens, config.max_new_tokens),
+        kl_prompts=config.kl_prompts,
         # Outside the stage directory: a rerun after retraining DPO regenerates only DPO's answers.
         cache_dir=demo.out / "cache" / "eval",
     )

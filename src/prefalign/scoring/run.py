@@ -16,8 +16,9 @@ toy batch as the 4D-mask layout does.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -141,16 +142,33 @@ def enable_pair_attention(model: torch.nn.Module) -> bool:
     return works
 
 
-def pair_layout(
-    model: torch.nn.Module, pairs: Sequence[TokenizedPair]
-) -> Callable[[Sequence[TokenizedPair], int], PairBatch | SharedPrefixBatch]:
-    """The collate function that scores `pairs` under `model` with the least work: every pair in one padding-free row
-    under pair attention (switching the model to it, see `enable_pair_attention`), else packed rows under a block
-    mask, else padded rows (for an attention without 4D masks, or a pair with an empty prompt, which has no position
-    to predict its responses' first tokens from)."""
-    if not all(pair.prompt_ids for pair in pairs) or not supports_block_masks(model):
-        return collate_pairs
-    return collate_pair_row if enable_pair_attention(model) else collate_shared_prefix
+@dataclass(frozen=True)
+class PairLayout:
+    """How a batch of pairs meets the model, the fastest layout every scoring model takes: "row" (every pair in one
+    padding-free row under pair attention), "shared_prefix" (packed rows under a block mask, each prompt once) or
+    "padded" (chosen rows then rejected rows, each prompt twice)."""
+
+    kind: Literal["row", "shared_prefix", "padded"]
+    pad_id: int
+
+    def collate(self, pairs: Sequence[TokenizedPair]) -> PairBatch | SharedPrefixBatch:
+        # A pair with an empty prompt has no position to predict its responses' first tokens from: pad it instead.
+        if self.kind == "padded" or not all(pair.prompt_ids for pair in pairs):
+            return collate_pairs(pairs, self.pad_id)
+        return (collate_pair_row if self.kind == "row" else collate_shared_prefix)(pairs, self.pad_id)
+
+
+def choose_pair_layout(
+    models: Sequence[torch.nn.Module], pad_id: int, *, share_prompts: bool = True, block_masks: bool = True
+) -> PairLayout:
+    """The layout that scores pairs under every model of `models` with the least work: one row under pair attention
+    (switching the models to it, see `enable_pair_attention`), else, with `block_masks`, packed rows under a block
+    mask, else padded rows. `share_prompts` False: always padded (`--no-prefix-sharing`)."""
+    if not share_prompts or not all(supports_block_masks(model) for model in models):
+        return PairLayout("padded", pad_id)
+    if all(enable_pair_attention(model) for model in models):
+        return PairLayout("row", pad_id)
+    return PairLayout("shared_prefix" if block_masks else "padded", pad_id)
 
 
 def _pair_row_scores_as_mask_layout(model: torch.nn.Module) -> bool:

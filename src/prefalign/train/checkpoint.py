@@ -32,24 +32,21 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..console import warn
-from ..errors import PrefalignError
+from ..errors import PrefalignError, brief_error
 from ..fileio import file_digest
+from .checkpoint_weights import load_weights, save_weights
+from .rng_state import capture_rng_state, load_rng_state, restore_rng_state, rng_paths, save_rng_state
 
 CHECKPOINTS_DIR = "checkpoints"
 COMPLETE_MARKER = "COMPLETE"
-ADAPTER_DIR = "adapter"
-MODEL_FILE = "model.safetensors"
-HEAD_FILE = "head.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -84,7 +81,7 @@ def save_checkpoint(
     state is saved, and every rank restores it. Returns the checkpoint directory.
     """
     tmp = begin_checkpoint(output_dir, step)
-    _save_weights(unwrap_model(model), tmp)
+    save_weights(unwrap_model(model), tmp)
     torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
     return publish_checkpoint(tmp, step, scheduler, trainer_state, keep_last, rng_states)
 
@@ -114,7 +111,7 @@ def publish_checkpoint(
     if scheduler is not None:
         torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
     for rank, state in enumerate(rng_states if rng_states is not None else [capture_rng_state()]):
-        _save_rng_state(state, tmp, rank)
+        save_rng_state(state, tmp, rank)
     _write_json(tmp / TRAINER_STATE_FILE, {**trainer_state, "step": step})
     _write_json(tmp / COMPLETE_MARKER, {"step": step, "files": _manifest(tmp)})
     _fsync_tree(tmp)
@@ -208,7 +205,7 @@ def load_checkpoint(
     if not (path / COMPLETE_MARKER).is_file():
         raise PrefalignError(f"{path}: not a complete checkpoint (no {COMPLETE_MARKER} marker)")
     verify_checkpoint(path)
-    _load_weights(unwrap_model(model), path)
+    load_weights(unwrap_model(model), path)
     optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
     return restore_run_state(path, scheduler, rank)
 
@@ -219,8 +216,8 @@ def restore_run_state(path: Path, scheduler: Any | None, rank: int) -> dict[str,
         if not (path / SCHEDULER_FILE).is_file():
             raise PrefalignError(f"{path}: no {SCHEDULER_FILE}, but this run has a learning-rate scheduler")
         scheduler.load_state_dict(torch.load(path / SCHEDULER_FILE, map_location="cpu", weights_only=True))
-    saved_per_rank = _rng_paths(path, rank)[0].is_file()
-    restore_rng_state(_load_rng_state(path, rank if saved_per_rank else 0))
+    saved_per_rank = rng_paths(path, rank)[0].is_file()
+    restore_rng_state(load_rng_state(path, rank if saved_per_rank else 0))
     return json.loads((path / TRAINER_STATE_FILE).read_text())
 
 
@@ -233,182 +230,6 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             model = model._orig_mod
         else:
             return model
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """This process's python, numpy, torch CPU and (when present) CUDA random states."""
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of `capture_rng_state`: the next random draws equal those that followed the capture."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Weights
-
-
-def _find_peft(model: torch.nn.Module) -> tuple[str, torch.nn.Module] | None:
-    """(name, module) of the peft model in `model`: `model` itself (name "") or the submodule that is one (a reward
-    model's LM); None for a model without adapters."""
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return None
-    return next(((name, module) for name, module in model.named_modules() if isinstance(module, PeftModel)), None)
-
-
-def _outside_adapter(model: torch.nn.Module, peft_name: str) -> dict[str, torch.Tensor]:
-    """The state of `model` that is not part of its peft submodule `peft_name`: a reward model's head."""
-    if not peft_name:
-        return {}
-    inside = peft_name + "."
-    return {key: value for key, value in model.state_dict().items() if not key.startswith(inside)}
-
-
-def _adapter_dir(checkpoint: Path, adapter_name: str) -> Path:
-    # Where PeftModel.save_pretrained puts each adapter: "default" at the top, any other in a subfolder of its name.
-    base = checkpoint / ADAPTER_DIR
-    return base if adapter_name == "default" else base / adapter_name
-
-
-def _save_weights(model: torch.nn.Module, directory: Path) -> None:
-    from safetensors.torch import save_file, save_model
-
-    found = _find_peft(model)
-    if found is not None:
-        # Only what trains: the adapters and the wrapper's own weights (a reward head). The base weights are the
-        # unchanged model the run started from, and would make each checkpoint as large as the model.
-        name, peft_model = found
-        peft_model.save_pretrained(str(directory / ADAPTER_DIR))
-        if outside := _outside_adapter(model, name):
-            save_file(
-                {key: value.detach().cpu().contiguous() for key, value in outside.items()}, str(directory / HEAD_FILE)
-            )
-    else:
-        # save_model drops the duplicate names of shared tensors (tied embeddings), which save_file would refuse.
-        save_model(model, str(directory / MODEL_FILE))
-
-
-def _load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
-    from safetensors.torch import load_model
-
-    has_adapter, has_model = (checkpoint / ADAPTER_DIR).is_dir(), (checkpoint / MODEL_FILE).is_file()
-    found = _find_peft(model)
-    if found is not None:
-        if not has_adapter:
-            raise PrefalignError(f"{checkpoint}: holds full model weights, but this run trains a LoRA adapter")
-        name, peft_model = found
-        _load_adapters(peft_model, checkpoint)
-        _load_outside_adapter(model, name, checkpoint)
-    else:
-        if not has_model:
-            raise PrefalignError(f"{checkpoint}: holds a LoRA adapter, but this run fine-tunes the full model")
-        try:
-            missing, unexpected = load_model(model, str(checkpoint / MODEL_FILE), strict=False)
-        except RuntimeError as exc:  # load_state_dict's shape mismatches, reported even when not strict
-            raise PrefalignError(f"{checkpoint}: weights do not fit this model ({_brief(exc)})") from None
-        if missing or unexpected:
-            example = min(missing or unexpected)
-            raise PrefalignError(f"{checkpoint}: weights do not fit this model (e.g. {example}); same --model?")
-
-
-def _load_adapters(peft_model: torch.nn.Module, checkpoint: Path) -> None:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    for name in peft_model.peft_config:
-        file = _adapter_dir(checkpoint, name) / "adapter_model.safetensors"
-        if not file.is_file():
-            raise PrefalignError(f"{checkpoint}: no weights for adapter {name!r} ({file} is missing)")
-        result = set_peft_model_state_dict(peft_model, load_file(str(file)), adapter_name=name)
-        if result.unexpected_keys:
-            raise PrefalignError(
-                f"{checkpoint}: adapter {name!r} does not fit this model (e.g. {result.unexpected_keys[0]}); "
-                "resume with the same LoRA options"
-            )
-
-
-def _load_outside_adapter(model: torch.nn.Module, peft_name: str, checkpoint: Path) -> None:
-    from safetensors.torch import load_file
-
-    expected, file = set(_outside_adapter(model, peft_name)), checkpoint / HEAD_FILE
-    saved = load_file(str(file)) if file.is_file() else {}
-    if set(saved) != expected:
-        example = min(set(saved) ^ expected)
-        raise PrefalignError(
-            f"{checkpoint}: the weights around the adapter do not fit this model (e.g. {example}); "
-            "resume with the same command and --model"
-        )
-    if saved:
-        try:
-            model.load_state_dict(saved, strict=False)  # the peft part is loaded above; these are the rest
-        except RuntimeError as exc:
-            raise PrefalignError(f"{checkpoint}: weights do not fit this model ({_brief(exc)})") from None
-
-
-def _brief(exc: Exception) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return " ".join(lines[:2])
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# RNG states: torch's are byte tensors (torch.save, weights_only); python's and numpy's are tuples of ints (JSON).
-
-
-def _rng_paths(checkpoint: Path, rank: int) -> tuple[Path, Path]:
-    suffix = "" if rank == 0 else f"-rank{rank}"
-    return checkpoint / f"rng{suffix}.json", checkpoint / f"rng{suffix}.pt"
-
-
-def _save_rng_state(state: dict[str, Any], directory: Path, rank: int) -> None:
-    json_path, tensor_path = _rng_paths(directory, rank)
-    version, internal, gauss_next = state["python"]
-    kind, keys, pos, has_gauss, cached_gaussian = state["numpy"]
-    _write_json(
-        json_path,
-        {
-            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
-            "numpy": {
-                "kind": kind,
-                "keys": np.asarray(keys).tolist(),
-                "pos": int(pos),
-                "has_gauss": int(has_gauss),
-                "cached_gaussian": float(cached_gaussian),
-            },
-        },
-    )
-    torch.save({key: state[key] for key in ("torch", "cuda") if key in state}, tensor_path)
-
-
-def _load_rng_state(checkpoint: Path, rank: int) -> dict[str, Any]:
-    json_path, tensor_path = _rng_paths(checkpoint, rank)
-    saved = json.loads(json_path.read_text())
-    py, npy = saved["python"], saved["numpy"]
-    tensors = torch.load(tensor_path, map_location="cpu", weights_only=True)
-    return {
-        "python": (py["version"], tuple(py["internal"]), py["gauss_next"]),
-        "numpy": (
-            npy["kind"],
-            np.asarray(npy["keys"], dtype=np.uint32),
-            npy["pos"],
-            npy["has_gauss"],
-            npy["cached_gaussian"],
-        ),
-        **tensors,
-    }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -437,7 +258,7 @@ def _check_loadable(checkpoint: Path) -> None:
             elif file.suffix == ".json":
                 json.loads(file.read_text())
         except Exception as exc:  # whatever a reader raises on whatever damage, it means the same: damaged
-            reason = _brief(exc)
+            reason = brief_error(exc)
             raise DamagedCheckpoint(
                 f"{checkpoint}: damaged: {file.relative_to(checkpoint)} does not load ({reason})"
             ) from None

@@ -40,7 +40,7 @@ import torch
 
 from ..console import say, warn
 from ..errors import PrefalignError
-from .checkpoint import capture_rng_state, latest_checkpoint
+from .checkpoint import latest_checkpoint
 from .config import TrainConfig
 from .distributed import barrier, cleanup, init_distributed, reduce_metrics
 from .memory import release_free_memory
@@ -48,6 +48,7 @@ from .metrics import write_summary
 from .objectives.base import Objective
 from .plots import make_plots
 from .precision import autocast
+from .rng_state import capture_rng_state
 from .run_files import save_final
 from .setup import Run, build_model, setup_run
 from .sharded_checkpoint import save_run_checkpoint

@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ...console import say, warn
-from ...data.collate import PairBatch, collate_pairs
+from ...data.collate import PairBatch
 from ...data.loading import load_preferences
-from ...data.shared_prefix import SharedPrefixBatch, collate_pair_row, collate_shared_prefix
+from ...data.shared_prefix import SharedPrefixBatch
 from ...data.tokenize import TokenizedPair, TruncationReport, tokenize_preferences
 from ...scoring.completions import CompletionStates, SequenceLogps, completion_kl
 from ...scoring.preference import preference_margin, preference_outcome
-from ...scoring.run import enable_pair_attention, score_completions, supports_block_masks
+from ...scoring.run import PairLayout, choose_pair_layout, score_completions
 from .base import Objective, Sums
 from .kto import KTOItem, kto_metrics, kto_sums, load_kto_items
 from .mixture import PairLogps, mixture_losses
@@ -79,8 +79,7 @@ class DPOObjective(Objective):
             self.unit = "completions"
         self.reference: Reference | None = None
         self.pad_id = 0
-        self.prefix_sharing = config.prefix_sharing  # setup() turns it off for models that take no block mask
-        self.pair_rows = False  # setup() turns it on where the models run pair attention: one padding-free row
+        self.layout = PairLayout("padded", 0)  # setup() picks the fastest layout every scoring model takes
         self.precompute_seconds = 0.0  # wall time of the --precompute-ref pass (or of reading its cache)
 
     def load(
@@ -120,22 +119,14 @@ class DPOObjective(Objective):
         # adapter off, --ref-model's copy is dropped here. Training reads the log-probs from the items.
 
     def _choose_layout(self, models: list[torch.nn.Module]) -> None:
-        """Prefix sharing where every model that scores the batches takes a block mask; one row where they run pair
-        attention."""
-        if self.prefix_sharing and not all(supports_block_masks(model) for model in models):
+        """One row where every model that scores the batches runs pair attention, else prefix sharing under a block
+        mask, else (or with --no-prefix-sharing) padded rows."""
+        self.layout = choose_pair_layout(models, self.pad_id, share_prompts=self.config.prefix_sharing)
+        if self.config.prefix_sharing and self.layout.kind == "padded":
             say("note: this model's attention takes no block mask; --prefix-sharing off (slower)")
-            self.prefix_sharing = False
-        if self.prefix_sharing:
-            self.pair_rows = all(enable_pair_attention(model) for model in models)
 
     def collate(self, items: Sequence[Any]) -> DPOBatch:
-        tokenized = [item.pair for item in items]
-        # A pair with an empty prompt has no position to predict its responses' first tokens from: pad it instead.
-        if self.prefix_sharing and all(pair.prompt_ids for pair in tokenized):
-            collate = collate_pair_row if self.pair_rows else collate_shared_prefix
-            pairs: PairBatch | SharedPrefixBatch = collate(tokenized, self.pad_id).to(self.device)
-        else:
-            pairs = collate_pairs(tokenized, self.pad_id).to(self.device)
+        pairs = self.layout.collate([item.pair for item in items]).to(self.device)
         ref_logps = None
         precomputed = [item.ref_logps for item in items if item.ref_logps is not None]
         if len(precomputed) == len(items):

@@ -25,16 +25,16 @@ from typing import TYPE_CHECKING
 import torch
 
 from ...console import say, warn
-from ...data.collate import PairBatch, collate_pairs
+from ...data.collate import PairBatch
 from ...data.loading import load_preferences
 from ...data.records import PreferenceRecord
-from ...data.shared_prefix import SharedPrefixBatch, collate_pair_row
+from ...data.shared_prefix import SharedPrefixBatch
 from ...data.tokenize import TokenizedPair, TruncationReport, tokenize_pair
 from ...errors import DataError
 from ...losses import reward_model_loss
 from ...models.reward import RewardModel, base_model_spec
 from ...scoring.preference import preference_margin, preference_outcome
-from ...scoring.run import enable_pair_attention
+from ...scoring.run import PairLayout, choose_pair_layout
 from .base import Objective, Sums
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class RewardObjective(Objective):
         super().__init__(config)
         self.config: RewardConfig = config
         self.pad_id = 0
-        self.pair_rows = False  # setup() turns it on where the LM runs pair attention: one padding-free row
+        self.layout = PairLayout("padded", 0)  # setup() picks one row where the LM runs pair attention
 
     def load(self, source: str, tokenizer: PreTrainedTokenizerBase) -> tuple[list[RewardItem], TruncationReport]:
         data = load_preferences(source, self.config.data_format)
@@ -99,17 +99,14 @@ class RewardObjective(Objective):
 
     def setup(self, model: torch.nn.Module, sources: dict[str, list[RewardItem]], info: DistInfo) -> None:
         super().setup(model, sources, info)
-        self.pair_rows = enable_pair_attention(model.lm)
-        if not self.pair_rows:
+        # No block-mask packing: rewards are read at each response's last token, which only the row layout and
+        # padded rows place where `sequence_ends` says.
+        self.layout = choose_pair_layout([model.lm], self.pad_id, block_masks=False)
+        if self.layout.kind != "row":
             say("note: this model's attention cannot run pair attention; padding chosen and rejected rows (slower)")
 
     def collate(self, items: Sequence[RewardItem]) -> RewardBatch:
-        tokenized = [item.pair for item in items]
-        # A pair with an empty prompt has no position to predict its responses' first tokens from: pad it instead.
-        if self.pair_rows and all(pair.prompt_ids for pair in tokenized):
-            pairs: PairBatch | SharedPrefixBatch = collate_pair_row(tokenized).to(self.device)
-        else:
-            pairs = collate_pairs(tokenized, self.pad_id).to(self.device)
+        pairs = self.layout.collate([item.pair for item in items]).to(self.device)
         margins = torch.tensor([item.margin for item in items], dtype=torch.float32, device=self.device)
         return RewardBatch(pairs, margins)
 

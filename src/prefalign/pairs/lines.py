@@ -1,0 +1,217 @@
+"""The lines `build_pairs` writes for one batch of prompts: a judged pair or a skip record per prompt
+(`judged_lines`), and the rewrite pairs (`rewrite_lines`). Each line carries its provenance: the prompt's fields, the
+model, judge and sampling settings, each side's sample and the judge's details."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import PrefalignError
+from ..generate import Generation, GenerationConfig
+from ..judges.base import Judge, JudgeItem, Score, Verdict
+
+if TYPE_CHECKING:
+    from ..judges.verifier import VerifierJudge
+    from .build import PromptRecord
+
+
+@dataclass
+class _Outcome:
+    """The judge's answer for one prompt; `chosen` and `rejected` index its candidates."""
+
+    status: str  # "pair" or one of SKIP_STATUSES
+    scores: list[float | None]  # one per candidate (None: no pointwise score)
+    details: Any = None
+    chosen: int = 0
+    rejected: int = 0
+    error: str | None = None
+
+
+def judged_lines(
+    judge: Judge,
+    batch: list[PromptRecord],
+    samples: list[list[Generation]],
+    settings: list[GenerationConfig],
+    provenance: dict[str, Any],
+    min_score_gap: float = 0.0,
+) -> list[dict[str, Any]]:
+    """One output line per prompt of the batch: a pair, or a skip record with its status."""
+    candidates = [_distinct_candidates([generations[i] for generations in samples]) for i in range(len(batch))]
+    pairwise = [i for i, c in enumerate(candidates) if len(c) == 2]
+    pointwise = [i for i, c in enumerate(candidates) if len(c) > 2]
+    outcomes = {i: _Outcome("no_distinct_responses", [None] * len(c)) for i, c in enumerate(candidates) if len(c) < 2}
+    if pairwise:
+        verdicts = judge.compare(
+            [batch[i].prompt for i in pairwise],
+            [candidates[i][0][1].text for i in pairwise],
+            [candidates[i][1][1].text for i in pairwise],
+            [batch[i].fields for i in pairwise],
+        )
+        outcomes.update((i, _pairwise_outcome(v)) for i, v in zip(pairwise, verdicts))
+    if pointwise:
+        items = [JudgeItem(batch[i].prompt, g.text, batch[i].fields) for i in pointwise for _, g in candidates[i]]
+        scores = iter(judge.score(items))
+        outcomes.update((i, _pointwise_outcome([next(scores) for _ in candidates[i]])) for i in pointwise)
+    if min_score_gap > 0:
+        outcomes = {i: _check_gap(outcome, min_score_gap, judge.name) for i, outcome in outcomes.items()}
+    lines = []
+    for i, prompt in enumerate(batch):
+        outcome = outcomes[i]
+        described = [_describe_sample(j, g, settings[j]) for j, g in candidates[i]]
+        record = {"prompt": prompt.prompt}
+        if outcome.status == "pair":
+            record["chosen"] = candidates[i][outcome.chosen][1].text
+            record["rejected"] = candidates[i][outcome.rejected][1].text
+        record.update(id=prompt.id, **prompt.fields, **provenance)
+        if outcome.status == "pair":
+            record.update(
+                source="judge",
+                chosen_score=outcome.scores[outcome.chosen],
+                rejected_score=outcome.scores[outcome.rejected],
+                chosen_sample=described[outcome.chosen],
+                rejected_sample=described[outcome.rejected],
+                judge_details=_sides(outcome.details, outcome.chosen, outcome.rejected),
+            )
+        else:
+            # Every sample, empty and repeated ones included, so a skip can be looked into.
+            scored = {j: score for (j, _), score in zip(candidates[i], outcome.scores)}
+            everything = [
+                {**_describe_sample(j, g[i], settings[j]), "text": g[i].text, "score": scored.get(j)}
+                for j, g in enumerate(samples)
+            ]
+            record.update(status=outcome.status, error=outcome.error, samples=everything, judge_details=outcome.details)
+        lines.append(record)
+    return lines
+
+
+def _check_gap(outcome: _Outcome, min_score_gap: float, judge_name: str) -> _Outcome:
+    """A pair whose scores differ by less than `min_score_gap` becomes a "small_gap" skip; other outcomes stay."""
+    if outcome.status != "pair":
+        return outcome
+    chosen, rejected = outcome.scores[outcome.chosen], outcome.scores[outcome.rejected]
+    if chosen is None or rejected is None:
+        raise PrefalignError(
+            f"--min-score-gap needs a judge that scores each answer; {judge_name} only says which one it prefers"
+        )
+    if chosen - rejected < min_score_gap - 1e-9:  # 1.0 - 2/3 is a gap of 1/3 whatever the rounding
+        return dataclasses.replace(outcome, status="small_gap")
+    return outcome
+
+
+def rewriter() -> VerifierJudge:
+    from ..judges.verifier import VerifierJudge  # if-verifiable loads only when rewrites are asked for
+
+    return VerifierJudge("strict")
+
+
+def rewrite_lines(
+    verifier: VerifierJudge,
+    batch: list[PromptRecord],
+    samples: list[list[Generation]],
+    settings: list[GenerationConfig],
+    provenance: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """A rewrite pair for each prompt of the batch where one of its samples can be rewritten
+    (`prefalign.pairs.rewrite`): the rewrite with the highest verifier score, the first sample of equal ones. Samples
+    that ended on their own come first; only when none can be rewritten, a sample cut at the token limit, trimmed
+    back to a complete sentence and edited, if the verifier then scores it higher than the cut answer (the pair
+    teaches an answer that ends, over one that runs out). The scores are the verifier's, whatever the judge."""
+    from .rewrite import rewritable, rewrite_response
+
+    lines = []
+    for i, prompt in enumerate(batch):
+        if not rewritable(prompt.fields):
+            continue
+        candidates = _distinct_candidates([s[i] for s in samples])
+        rewrites = [
+            (j, g, r)
+            for j, g in candidates
+            if g.finish_reason == "eos" and (r := rewrite_response(verifier, prompt.prompt, g.text, prompt.fields))
+        ]
+        if not rewrites:
+            rewrites = [
+                (j, g, r)
+                for j, g in candidates
+                if g.finish_reason != "eos"
+                and (r := rewrite_response(verifier, prompt.prompt, g.text, prompt.fields, truncated=True))
+                and (r.score.value or 0.0) > (r.original.value or 0.0)
+            ]
+        if not rewrites:
+            continue
+        j, generation, rewrite = max(rewrites, key=lambda item: item[2].score.value or 0.0)
+        described = _describe_sample(j, generation, settings[j])
+        lines.append(
+            {
+                "prompt": prompt.prompt,
+                "chosen": rewrite.text,
+                "rejected": generation.text,
+                "id": prompt.id,
+                **prompt.fields,
+                **provenance,
+                "source": rewrite.source,
+                "chosen_score": rewrite.score.value,
+                "rejected_score": rewrite.original.value,
+                "chosen_sample": {**described, "rewritten": list(rewrite.instructions)},
+                "rejected_sample": described,
+                "judge_details": {"chosen": rewrite.score.details, "rejected": rewrite.original.details},
+            }
+        )
+    return lines
+
+
+def _pairwise_outcome(verdict: Verdict) -> _Outcome:
+    scores = [verdict.score_a, verdict.score_b]
+    if verdict.preferred is None:
+        return _Outcome("judge_failure", scores, verdict.details, error=verdict.error or "the judge gave no verdict")
+    if verdict.preferred == "tie":
+        return _Outcome("tie", scores, verdict.details)
+    chosen, rejected = (0, 1) if verdict.preferred == "a" else (1, 0)
+    return _Outcome("pair", scores, verdict.details, chosen, rejected)
+
+
+def _pointwise_outcome(scores: list[Score]) -> _Outcome:
+    values = [s.value for s in scores]
+    details = [s.details for s in scores]
+    failed = next((s for s in scores if s.value is None), None)
+    if failed is not None:
+        return _Outcome("judge_failure", values, details, error=failed.error or "the judge gave no score")
+    best = max(range(len(values)), key=lambda k: values[k])  # the first of equal scores: the lowest sample index
+    worst = min(range(len(values)), key=lambda k: values[k])
+    if values[best] == values[worst]:
+        return _Outcome("tie", values, details)
+    return _Outcome("pair", values, details, best, worst)
+
+
+def _distinct_candidates(generations: list[Generation]) -> list[tuple[int, Generation]]:
+    """(sample index, generation) of the non-empty answers, the first of each distinct text: a pair needs two
+    different answers, and an empty one is not a completion the data loader accepts."""
+    seen: set[str] = set()
+    kept = []
+    for index, generation in enumerate(generations):
+        if generation.text.strip() and generation.text not in seen:
+            seen.add(generation.text)
+            kept.append((index, generation))
+    return kept
+
+
+def _describe_sample(index: int, generation: Generation, setting: GenerationConfig) -> dict[str, Any]:
+    return {
+        "index": index,
+        "temperature": setting.temperature,
+        "top_p": setting.top_p,
+        "seed": setting.seed,
+        "finish_reason": generation.finish_reason,
+        "num_tokens": generation.num_tokens,
+    }
+
+
+def _sides(details: Any, chosen: int, rejected: int) -> Any:
+    """Per-side judge details relabelled chosen/rejected; pairwise details (an LLM judge's verdicts) as they are."""
+    if isinstance(details, list):
+        return {"chosen": details[chosen], "rejected": details[rejected]}
+    if isinstance(details, dict) and "a" in details and "b" in details:
+        sides = (details["a"], details["b"])
+        return {"chosen": sides[chosen], "rejected": sides[rejected]}
+    return details
