@@ -68,7 +68,7 @@ class DemoConfig:
     )
     eval_limit: int = field(default=240, metadata=_help("evaluate on the first N held-out prompts"))
 
-    # Generation, everywhere.
+    # Generation: the evaluation's answers, and the samples of the SFT data and the pairs.
     max_new_tokens: int = field(default=128, metadata=_help("most new tokens of an answer in the evaluation"))
     sampling_max_new_tokens: int = field(
         default=96,

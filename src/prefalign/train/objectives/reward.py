@@ -99,8 +99,8 @@ class RewardObjective(Objective):
 
     def setup(self, model: torch.nn.Module, sources: dict[str, list[RewardItem]], info: DistInfo) -> None:
         super().setup(model, sources, info)
-        # No block-mask packing: rewards are read at each response's last token, which only the row layout and
-        # padded rows place where `sequence_ends` says.
+        # One row or padded rows, not block-mask packing: the reward model's equality tests (rewards, losses and
+        # gradients against padded rows) cover the row layout only.
         self.layout = choose_pair_layout([model.lm], self.pad_id, block_masks=False)
         if self.layout.kind != "row":
             say("note: this model's attention cannot run pair attention; padding chosen and rejected rows (slower)")
