@@ -15,6 +15,7 @@ from ..judges.base import Judge, JudgeItem, Score, Verdict
 if TYPE_CHECKING:
     from ..judges.verifier import VerifierJudge
     from .build import PromptRecord
+    from .rewrite import Rewrite
 
 
 @dataclass
@@ -118,29 +119,16 @@ def rewrite_lines(
     that ended on their own come first; only when none can be rewritten, a sample cut at the token limit, trimmed
     back to a complete sentence and edited, if the verifier then scores it higher than the cut answer (the pair
     teaches an answer that ends, over one that runs out). The scores are the verifier's, whatever the judge."""
-    from .rewrite import rewritable, rewrite_response
+    from .rewrite import rewritable
 
     lines = []
     for i, prompt in enumerate(batch):
         if not rewritable(prompt.fields):
             continue
-        candidates = _distinct_candidates([s[i] for s in samples])
-        rewrites = [
-            (j, g, r)
-            for j, g in candidates
-            if g.finish_reason == "eos" and (r := rewrite_response(verifier, prompt.prompt, g.text, prompt.fields))
-        ]
-        if not rewrites:
-            rewrites = [
-                (j, g, r)
-                for j, g in candidates
-                if g.finish_reason != "eos"
-                and (r := rewrite_response(verifier, prompt.prompt, g.text, prompt.fields, truncated=True))
-                and (r.score.value or 0.0) > (r.original.value or 0.0)
-            ]
-        if not rewrites:
+        best = _best_rewrite(verifier, prompt, _distinct_candidates([s[i] for s in samples]))
+        if best is None:
             continue
-        j, generation, rewrite = max(rewrites, key=lambda item: item[2].score.value or 0.0)
+        j, generation, rewrite = best
         described = _describe_sample(j, generation, settings[j])
         lines.append(
             {
@@ -159,6 +147,26 @@ def rewrite_lines(
             }
         )
     return lines
+
+
+def _best_rewrite(
+    verifier: VerifierJudge, prompt: PromptRecord, candidates: list[tuple[int, Generation]]
+) -> tuple[int, Generation, Rewrite] | None:
+    """(sample index, sample, rewrite) of the highest-scoring rewrite among the finished samples, else among those cut
+    at the token limit (trimmed first); only rewrites the verifier scores above their original."""
+    from .rewrite import rewrite_response
+
+    for truncated in (False, True):
+        rewrites = [
+            (j, g, r)
+            for j, g in candidates
+            if (g.finish_reason != "eos") == truncated
+            and (r := rewrite_response(verifier, prompt.prompt, g.text, prompt.fields, truncated=truncated))
+            and (r.score.value or 0.0) > (r.original.value or 0.0)
+        ]
+        if rewrites:
+            return max(rewrites, key=lambda item: item[2].score.value or 0.0)
+    return None
 
 
 def _pairwise_outcome(verdict: Verdict) -> _Outcome:
