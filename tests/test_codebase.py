@@ -33,6 +33,7 @@ RANKS: dict[str, int] = {
     "prefalign.console": 0,
     "prefalign.config": 0,  # the dataclass -> argparse/YAML mechanism, not any command's settings
     "prefalign.stages": 0,
+    "prefalign.text_metrics": 0,  # measures of a response's text (repetition), for data building and evaluation
     # 1 data: reading, checking and tokenizing preference data and prompts; no torch models.
     "prefalign.data": 1,
     "prefalign.prompts": 1,

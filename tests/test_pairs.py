@@ -331,7 +331,13 @@ def test_stats_by_hand(tmp_path: Path, capsys):
     skipped_path(out).write_text("".join(json.dumps(s) + "\n" for s in skips), encoding="utf-8")
     stats = pair_stats(out)
     assert stats["pairs"] == 3 and stats["prompts"] == 8
-    assert stats["skipped"] == {"tie": 3, "judge_failure": 1, "no_distinct_responses": 1, "small_gap": 0}
+    assert stats["skipped"] == {
+        "tie": 3,
+        "judge_failure": 1,
+        "no_distinct_responses": 1,
+        "small_gap": 0,
+        "repetitive": 0,
+    }
     assert stats["tie_rate"] == 3 / 8
     assert stats["scores"]["chosen"] == {"count": 3, "mean": 2.5 / 3, "median": 1.0, "min": 0.5, "max": 1.0}
     assert stats["scores"]["rejected"]["mean"] == 0.5 / 3 and stats["scores"]["margin"]["median"] == 0.5
@@ -370,7 +376,7 @@ def test_stats_of_a_file_without_pairs_or_skips(tmp_path: Path):
         "bad_lines": 0,
         "prompts": 1,
         "tie_rate": 1.0,
-        "skipped": {"tie": 1, "judge_failure": 0, "no_distinct_responses": 0, "small_gap": 0},
+        "skipped": {"tie": 1, "judge_failure": 0, "no_distinct_responses": 0, "small_gap": 0, "repetitive": 0},
     }
     skipped_path(out).write_text('{"id": "a", "status": "maybe"}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"skipped.jsonl:1: unknown status 'maybe'"):

@@ -184,6 +184,28 @@ def test_min_score_gap_skips_and_counts_close_pairs(tmp_path: Path, fixed_answer
     assert len(lines) == 1 and report.small_gaps == 0
 
 
+def test_a_pair_whose_chosen_answer_loops_is_skipped_and_counted(
+    tmp_path: Path, fixed_answers, monkeypatch: pytest.MonkeyPatch
+):
+    loop = " ".join(["Plants need water, light and soil."] * 5)  # keyword check passed (0.5); 78% repeated
+    other = "The garden is green and the plants grow well in the sun."  # 0.0, lowercased 0.5
+    monkeypatch.setitem(ANSWERS, "Prompt one.", [(loop, "eos"), (other, "eos")])
+    (tmp_path / "unlimited").mkdir()
+    lines, _, _ = build(tmp_path / "unlimited", rewrite=True)
+    assert [line["chosen"] for line in lines if line["id"] == "p0"] == [loop.lower(), loop]  # rewrite, judged
+    lines, skipped, report = build(tmp_path, rewrite=True, max_chosen_repetition=0.25)
+    # The judged pair (the loop over the other answer) is skipped; the rewrite is of the answer that does not loop.
+    assert [(line["source"], line["rejected"]) for line in lines if line["id"] == "p0"] == [
+        ("rewrite:english_lowercase", other)
+    ]
+    assert next(line for line in skipped if line["id"] == "p0")["status"] == "repetitive"
+    assert report.repetitive == 1 and report.done == 3 and "repetitive chosen answers 1" in report.summary()
+    assert pair_stats(tmp_path / "pairs.jsonl")["skipped"]["repetitive"] == 1
+    for bad in (0.0, 1.5):
+        with pytest.raises(PrefalignError, match="--max-chosen-repetition must be in"):
+            PairsConfig(max_chosen_repetition=bad)
+
+
 def test_min_score_gap_must_be_a_non_negative_number():
     for bad in (-0.1, float("nan")):
         with pytest.raises(PrefalignError, match="--min-score-gap must be a number of at least 0"):
@@ -221,11 +243,45 @@ def test_sft_rewrites_keep_a_target_for_prompts_no_sample_passed(monkeypatch: py
     assert report.to_json()["rewritten"] == 1
 
 
+def test_sft_targets_that_loop_are_not_kept(monkeypatch: pytest.MonkeyPatch):
+    import prefalign.pipeline.sft_data as sft_data
+
+    loop = " ".join(["plants need water, light and soil."] * 5)  # passes both checks
+    answers = {"a": [loop, ANSWER.lower()], "b": [loop, loop.upper()]}
+
+    def generate(model, tokenizer, prompts, config, *, progress=True):
+        return [Generation(answers[p][config.seed], [1], "eos", 3) for p in prompts]
+
+    monkeypatch.setattr(sft_data, "generate", generate)
+    prompts = [{"id": p, "prompt": p, **LOWERCASE} for p in answers]
+    setting = prefalign.generate.GenerationConfig(seed=0)
+    kept, report = sft_data.rejection_sample(None, None, prompts, VERIFIER, samples=2, generation=setting)  # type: ignore[arg-type]  # generation is replaced: no model is needed
+    assert [(row["id"], row["completion"]) for row in kept] == [("a", loop), ("b", loop)]  # no limit: loops are kept
+    kept, report = sft_data.rejection_sample(
+        None,
+        None,
+        prompts,
+        VERIFIER,
+        samples=2,
+        generation=setting,
+        rewrite=True,
+        max_repetition=0.25,  # type: ignore[arg-type]  # generation is replaced: no model is needed
+    )
+    # "a" keeps its other sample; "b" has nothing else (its rewrite, lowercased, loops as well).
+    assert [(row["id"], row["completion"], row["sample"]) for row in kept] == [("a", ANSWER.lower(), 1)]
+    assert (report.repetitive, report.passed, report.kept) == (2, 1, 1)
+    assert report.to_json()["repetitive"] == 2
+
+
 def test_demo_options_reach_pair_building():
     from prefalign.pipeline.config import DemoConfig
 
     assert (DemoConfig().rewrite_pairs, DemoConfig().min_score_gap, DemoConfig().sft_rewrites) == (True, 0.0, True)
     assert DemoConfig().pairs_sampling().rewrite
+    assert DemoConfig().pairs_sampling().max_chosen_repetition == DemoConfig().max_repetition == 0.25
+    assert DemoConfig(max_repetition=1.0).pairs_sampling().max_chosen_repetition == 1.0
+    with pytest.raises(PrefalignError, match="--max-repetition must be in"):
+        DemoConfig(max_repetition=0.0)
     sampling = DemoConfig(rewrite_pairs=False, min_score_gap=0.5, pair_samples=4).pairs_sampling()
     assert (sampling.rewrite, sampling.min_score_gap, sampling.num_samples) == (False, 0.5, 4)
     with pytest.raises(PrefalignError, match="--min-score-gap must be a number of at least 0"):
@@ -248,6 +304,7 @@ def test_the_demo_report_counts_rewrite_pairs(tmp_path: Path):
         "ties": 1,
         "judge_failures": 0,
         "small_gaps": 1,
+        "repetitive": 2,
         "rewrites": 3,
         "pairs": 5,
         "train_pairs": 3,
@@ -256,7 +313,8 @@ def test_the_demo_report_counts_rewrite_pairs(tmp_path: Path):
     }
     (pairs / "summary.json").write_text(json.dumps(summary))
     assert _stage_facts(tmp_path)["pairs"] == (
-        "from 4 prompts: 1 ties and 0 judge failures, 1 below the minimum score gap skipped; 5 pairs, 3 train / 1 held "
+        "from 4 prompts: 1 ties and 0 judge failures, 1 below the minimum score gap, 2 whose chosen answer repeats too "
+        "much skipped; 5 pairs, 3 train / 1 held "
         "out; 3 of the pairs are rewrites of a sample to follow the instructions it failed (2 trained on; the 1 of "
         "held-out prompts are set aside, so held-out pairs are judged samples only), the rest judged samples"
     )

@@ -7,14 +7,17 @@ preference training: answers that grow longer (reward hacking on length), refuse
 * A response is a refusal when one of `REFUSAL_PHRASES` occurs in its first `REFUSAL_WINDOW` characters (case and
   curly apostrophes ignored). Refusals open the answer; looking further would count "I can't stress enough...".
   This is a heuristic with known misses (a refusal phrased otherwise) and false alarms (quoting a refusal).
-* Repetition is the fraction of repeated word n-grams, 1 - distinct / total (n = `REPETITION_N`, words lower-cased):
-  0 for text without a repeated 4-word sequence, near 1 for a degenerate loop. Fewer than n words give 0.
+* Repetition is `prefalign.text_metrics.repetition`: the fraction of repeated word 4-grams, 0 for text without a
+  repeated 4-word sequence, near 1 for a degenerate loop (pair building uses it too, as a floor on chosen responses).
 """
 
 from __future__ import annotations
 
+from ..text_metrics import REPETITION_N, repetition
+
+__all__ = ["REFUSAL_PHRASES", "REFUSAL_WINDOW", "REPETITION_N", "is_refusal", "repetition", "word_count"]
+
 REFUSAL_WINDOW = 200
-REPETITION_N = 4
 
 REFUSAL_PHRASES: tuple[str, ...] = (
     "i'm sorry, but",
@@ -51,12 +54,3 @@ def is_refusal(text: str) -> bool:
     """True when the opening of `text` contains one of `REFUSAL_PHRASES`."""
     opening = text[:REFUSAL_WINDOW].lower().replace("\u2019", "'")
     return any(phrase in opening for phrase in REFUSAL_PHRASES)
-
-
-def repetition(text: str, n: int = REPETITION_N) -> float:
-    """1 - distinct n-grams / n-grams over the lower-cased words of `text` (0 when it has fewer than n words)."""
-    words = text.lower().split()
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    if not grams:
-        return 0.0
-    return 1.0 - len(set(grams)) / len(grams)

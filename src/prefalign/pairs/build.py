@@ -5,7 +5,10 @@ and seed `seed + j`: every sample has its own random stream (so two samples neve
 same temperature), and the temperatures cycle when there are more samples than temperatures. With two distinct
 answers the judge compares them (`Judge.compare`: LLM judges ask in both orders); with more it scores each
 (`Judge.score`) and the best and the worst make the pair (the first sample of equal scores on either side). With
-`min_score_gap`, a pair whose scores differ by less is skipped as "small_gap", so that every pair carries signal.
+`min_score_gap`, a pair whose scores differ by less is skipped as "small_gap", so that every pair carries signal; with
+`max_chosen_repetition`, a pair whose chosen answer repeats more of its word 4-grams than that
+(`prefalign.text_metrics.repetition`) is skipped as "repetitive": a loop the judge happens to prefer (the same bullet
+written four times satisfies a bullet count) is not something to teach.
 With `rewrite`, a prompt can give a second line: a rewrite pair (`prefalign.pairs.rewrite`), a sample edited to follow
 the instructions it failed, chosen over the sample as it was, with `source` "rewrite:..." (judged pairs: "judge"); a
 sample cut at the token limit is trimmed back to a complete sentence first ("rewrite:trim+..."), and used only when no
@@ -18,8 +21,8 @@ Two files come out:
   `load_preferences(OUT, strict=True)`.
 * OUT + ".skipped.jsonl": the prompts that gave no pair, never a guessed one, with a `status`: "tie" (the judge saw no
   difference, or flipped its verdict with the order), "judge_failure" (an error, say an unparseable LLM answer),
-  "no_distinct_responses" (fewer than two different non-empty answers) or "small_gap" (the judge's scores differ by
-  less than `min_score_gap`), plus the answers and scores.
+  "no_distinct_responses" (fewer than two different non-empty answers), "small_gap" (the judge's scores differ by
+  less than `min_score_gap`) or "repetitive" (the preferred answer loops), plus the answers and scores.
 
 Resuming: both files are appended batch by batch (flushed and fsynced), and a rerun skips every prompt found in either,
 so a kill loses at most the chunk in flight. Prompts are cut into chunks of `chunk_size` in input order before
@@ -52,7 +55,7 @@ if TYPE_CHECKING:
 
 
 SKIPPED_SUFFIX = ".skipped.jsonl"
-SKIP_STATUSES = ("tie", "judge_failure", "no_distinct_responses", "small_gap")
+SKIP_STATUSES = ("tie", "judge_failure", "no_distinct_responses", "small_gap", "repetitive")
 # Fields a pairs line is made of; a prompt record's own fields (instruction ids, topic...) are copied beside them and
 # may not reuse these names.
 PAIR_FIELDS = (
@@ -108,6 +111,13 @@ class PairsConfig:
             "needs a judge that scores each answer (e.g. the verifier). 0: keep every pair the judge prefers"
         },
     )
+    max_chosen_repetition: float = field(
+        default=1.0,
+        metadata={
+            "help": "skip (status repetitive) a pair whose chosen response repeats more than this share of its word "
+            "4-grams (the evaluation's repetition measure), rewrite pairs too. 1: no limit"
+        },
+    )
     rewrite: bool = field(
         default=False,
         metadata={
@@ -132,6 +142,8 @@ class PairsConfig:
             raise PrefalignError(f"--limit must be at least 1, got {self.limit}")
         if not (math.isfinite(self.min_score_gap) and self.min_score_gap >= 0):
             raise PrefalignError(f"--min-score-gap must be a number of at least 0, got {self.min_score_gap}")
+        if not 0 < self.max_chosen_repetition <= 1:
+            raise PrefalignError(f"--max-chosen-repetition must be in (0, 1], got {self.max_chosen_repetition}")
         # The remaining checks are GenerationConfig's own.
         self.sample_settings()
 
@@ -212,12 +224,20 @@ class BuildReport:
     judge_failures: int = 0
     no_distinct_responses: int = 0
     small_gaps: int = 0  # the judge preferred one answer, by less than --min-score-gap
+    repetitive: int = 0  # the judge preferred an answer that repeats more than --max-chosen-repetition
     rewrites: int = 0  # rewrite pairs, written besides the prompt's judged line
 
     @property
     def done(self) -> int:
         """Prompts judged: each has one judged line (a pair or a skip); rewrite pairs come on top."""
-        return self.pairs + self.ties + self.judge_failures + self.no_distinct_responses + self.small_gaps
+        return (
+            self.pairs
+            + self.ties
+            + self.judge_failures
+            + self.no_distinct_responses
+            + self.small_gaps
+            + self.repetitive
+        )
 
     @property
     def tie_rate(self) -> float:
@@ -235,6 +255,7 @@ class BuildReport:
             f"ties {self.ties}, judge failures {self.judge_failures}, "
             f"no distinct responses {self.no_distinct_responses}, tie rate {self.tie_rate:.1%}"
             + (f", score gaps below the minimum {self.small_gaps}" if self.small_gaps else "")
+            + (f", repetitive chosen answers {self.repetitive}" if self.repetitive else "")
             + (f", rewrite pairs {self.rewrites}" if self.rewrites else "")
         )
 
@@ -282,11 +303,14 @@ def build_pairs(
             # The whole batch is generated even when part of it was written before a kill: same batches, same outputs.
             texts = [p.prompt for p in batch]
             samples = [generate(model, tokenizer, texts, setting, progress=False) for setting in settings]
-            lines = judged_lines(judge, batch, samples, settings, provenance, config.min_score_gap)
+            lines = judged_lines(
+                judge, batch, samples, settings, provenance, config.min_score_gap, config.max_chosen_repetition
+            )
             if verifier is not None:
                 # A batch's rewrite pairs go before its judged lines (the pairs file is written before the skipped
                 # one): whenever every judged line of a batch is on disk, so are its rewrite pairs.
-                lines = rewrite_lines(verifier, batch, samples, settings, provenance) + lines
+                rewrites = rewrite_lines(verifier, batch, samples, settings, provenance, config.max_chosen_repetition)
+                lines = rewrites + lines
             new = [line for line in lines if _line_key(line) not in done]
             _append(pairs_out, [line for line in new if "status" not in line])
             _append(skip_out, [line for line in new if "status" in line])

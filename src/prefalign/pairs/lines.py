@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import PrefalignError
 from ..generate import Generation, GenerationConfig
 from ..judges.base import Judge, JudgeItem, Score, Verdict
+from ..text_metrics import repetition
 
 if TYPE_CHECKING:
     from ..judges.verifier import VerifierJudge
@@ -37,6 +38,7 @@ def judged_lines(
     settings: list[GenerationConfig],
     provenance: dict[str, Any],
     min_score_gap: float = 0.0,
+    max_chosen_repetition: float = 1.0,
 ) -> list[dict[str, Any]]:
     """One output line per prompt of the batch: a pair, or a skip record with its status."""
     candidates = [_distinct_candidates([generations[i] for generations in samples]) for i in range(len(batch))]
@@ -57,6 +59,9 @@ def judged_lines(
         outcomes.update((i, _pointwise_outcome([next(scores) for _ in candidates[i]])) for i in pointwise)
     if min_score_gap > 0:
         outcomes = {i: _check_gap(outcome, min_score_gap, judge.name) for i, outcome in outcomes.items()}
+    for i, outcome in outcomes.items():
+        if outcome.status == "pair" and repetition(candidates[i][outcome.chosen][1].text) > max_chosen_repetition:
+            outcomes[i] = dataclasses.replace(outcome, status="repetitive")
     lines = []
     for i, prompt in enumerate(batch):
         outcome = outcomes[i]
@@ -113,19 +118,21 @@ def rewrite_lines(
     samples: list[list[Generation]],
     settings: list[GenerationConfig],
     provenance: dict[str, Any],
+    max_chosen_repetition: float = 1.0,
 ) -> list[dict[str, Any]]:
     """A rewrite pair for each prompt of the batch where one of its samples can be rewritten
     (`prefalign.pairs.rewrite`): the rewrite with the highest verifier score, the first sample of equal ones. Samples
     that ended on their own come first; only when none can be rewritten, a sample cut at the token limit, trimmed
     back to a complete sentence and edited, if the verifier then scores it higher than the cut answer (the pair
-    teaches an answer that ends, over one that runs out). The scores are the verifier's, whatever the judge."""
+    teaches an answer that ends, over one that runs out). A rewrite that repeats more than `max_chosen_repetition` of
+    its word 4-grams is not a candidate. The scores are the verifier's, whatever the judge."""
     from .rewrite import rewritable
 
     lines = []
     for i, prompt in enumerate(batch):
         if not rewritable(prompt.fields):
             continue
-        best = _best_rewrite(verifier, prompt, _distinct_candidates([s[i] for s in samples]))
+        best = _best_rewrite(verifier, prompt, _distinct_candidates([s[i] for s in samples]), max_chosen_repetition)
         if best is None:
             continue
         j, generation, rewrite = best
@@ -150,7 +157,10 @@ def rewrite_lines(
 
 
 def _best_rewrite(
-    verifier: VerifierJudge, prompt: PromptRecord, candidates: list[tuple[int, Generation]]
+    verifier: VerifierJudge,
+    prompt: PromptRecord,
+    candidates: list[tuple[int, Generation]],
+    max_repetition: float = 1.0,
 ) -> tuple[int, Generation, Rewrite] | None:
     """(sample index, sample, rewrite) of the highest-scoring rewrite among the finished samples, else among those cut
     at the token limit (trimmed first); only rewrites the verifier scores above their original."""
@@ -163,6 +173,7 @@ def _best_rewrite(
             if (g.finish_reason != "eos") == truncated
             and (r := rewrite_response(verifier, prompt.prompt, g.text, prompt.fields, truncated=truncated))
             and (r.score.value or 0.0) > (r.original.value or 0.0)
+            and repetition(r.text) <= max_repetition
         ]
         if rewrites:
             return max(rewrites, key=lambda item: item[2].score.value or 0.0)

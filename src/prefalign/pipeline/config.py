@@ -123,6 +123,13 @@ class DemoConfig:
         default=0.0,
         metadata=_help("skip (and count) pairs whose chosen and rejected judge scores differ by less than this"),
     )
+    max_repetition: float = field(
+        default=0.25,
+        metadata=_help(
+            "an SFT target or a pair's chosen response may repeat at most this share of its word 4-grams (the "
+            "evaluation's repetition measure): a loop that passes the checks is not taught; 1: no limit"
+        ),
+    )
     rewrite_pairs: bool = field(
         default=True,
         metadata=_help(
@@ -242,6 +249,8 @@ class DemoConfig:
             )
         if not (math.isfinite(self.min_score_gap) and self.min_score_gap >= 0):
             raise PrefalignError(f"--min-score-gap must be a number of at least 0, got {self.min_score_gap}")
+        if not 0 < self.max_repetition <= 1:
+            raise PrefalignError(f"--max-repetition must be in (0, 1], got {self.max_repetition}")
         if not 0 < self.heldout_fraction < 1:
             raise PrefalignError(f"--heldout-fraction must be between 0 and 1, got {self.heldout_fraction}")
         if self.max_prompt_length >= self.max_length:
@@ -318,6 +327,7 @@ class DemoConfig:
             seed=self.seed,
             limit=self.pair_prompts,
             min_score_gap=self.min_score_gap,
+            max_chosen_repetition=self.max_repetition,
             rewrite=self.rewrite_pairs,
         )
 

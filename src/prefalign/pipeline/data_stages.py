@@ -49,10 +49,11 @@ def sample_sft_data(
     sampling: GenerationConfig,
     work: Path,
     rewrite: bool = False,
+    max_repetition: float = 1.0,
 ) -> None:
     """work/sft.jsonl: for each of the first `prompts` train prompts, the first of `samples` samples of `model` that
-    passes every verifier check (with `rewrite`, else a sample a rewrite makes pass); work/sampling.json: what
-    happened to every sample."""
+    passes every verifier check (with `rewrite`, else a sample a rewrite makes pass), repeating no more than
+    `max_repetition`; work/sampling.json: what happened to every sample."""
     from ..judges.registry import load_judge
     from ..models.loading import load_model, load_tokenizer
     from .sft_data import rejection_sample
@@ -66,6 +67,7 @@ def sample_sft_data(
         samples=samples,
         generation=sampling,
         rewrite=rewrite,
+        max_repetition=max_repetition,
     )
     if not kept:
         raise PrefalignError(
@@ -75,9 +77,10 @@ def sample_sft_data(
     write_jsonl_atomic(work / "sft.jsonl", kept)
     write_json_atomic(work / "sampling.json", report.to_json())
     rewritten = f", {report.rewritten} kept as rewrites ({report.trimmed} trimmed)" if rewrite else ""
+    repetitive = f", {report.repetitive} passed but repeat too much" if report.repetitive else ""
     say(
         f"[sft_data] kept {report.kept} of {report.prompts} prompts ({report.passed} of {report.samples} "
-        f"samples passed every check, {report.truncated} cut at the token limit{rewritten})",
+        f"samples passed every check, {report.truncated} cut at the token limit{repetitive}{rewritten})",
         prefix="",
     )
 

@@ -51,6 +51,11 @@ def _stage_facts(out: Path) -> dict[str, str]:
             f"{sampling['kept']} of {sampling['prompts']} prompts kept{rewritten}: {sampling['passed']} of "
             f"{sampling['samples']} samples passed every instruction check, {sampling['truncated']} "
             "were cut at the token limit"
+            + (
+                f", {sampling['repetitive']} passed but repeat too much to be taught"
+                if sampling.get("repetitive")
+                else ""
+            )
         )
     elif sampling:
         facts["sft_data"] = f"your data: {sampling.get('source')}"
@@ -77,9 +82,10 @@ def _pairs_fact(directory: Path, pairs: dict[str, Any]) -> str:
     if pairs.get("source") != "built":
         return f"from {pairs.get('source')}: {split}"
     small_gaps = f", {pairs['small_gaps']} below the minimum score gap" if pairs.get("small_gaps") else ""
+    repetitive = f", {pairs['repetitive']} whose chosen answer repeats too much" if pairs.get("repetitive") else ""
     text = (
         f"from {pairs['prompts']} prompts: {pairs['ties']} ties and {pairs['judge_failures']} judge failures"
-        f"{small_gaps} skipped; {split}"
+        f"{small_gaps}{repetitive} skipped; {split}"
     )
     if not pairs.get("config", {}).get("rewrite"):
         return text

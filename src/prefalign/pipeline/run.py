@@ -169,7 +169,14 @@ def _sft_data_stage(demo: _Demo, base_model: str, train_prompts: Path) -> Path:
     def sft_data(work: Path) -> None:
         if config.sft_data is None:
             sample_sft_data(
-                base_model, train_prompts, config.sft_prompts, config.sft_samples, sampling, work, config.sft_rewrites
+                base_model,
+                train_prompts,
+                config.sft_prompts,
+                config.sft_samples,
+                sampling,
+                work,
+                config.sft_rewrites,
+                config.max_repetition,
             )
             return
         kept = copy_records(config.sft_data, work / "sft.jsonl", config.data_limit)
@@ -184,6 +191,7 @@ def _sft_data_stage(demo: _Demo, base_model: str, train_prompts: Path) -> Path:
         n=config.sft_prompts,
         samples=config.sft_samples,
         rewrites=config.sft_rewrites,
+        max_repetition=config.max_repetition,
     )
     return demo.stage("sft_data", key, sft_data) / "sft.jsonl"
 

@@ -11,6 +11,10 @@ mechanical edit (`prefalign.pairs.rewrite`: letter case, quotes, commas, end phr
 every check, kept with its `source` ("rewrite:..."). It shows the model instructions it never follows on its own.
 Failing that, the first sample cut at the token limit that, trimmed back to its last complete sentence (and edited as
 above), passes every check ("rewrite:trim..."): it shows an answer that ends within the budget.
+
+With `max_repetition`, a response that repeats more than that share of its word 4-grams
+(`prefalign.text_metrics.repetition`) is never a target, whatever the checks say: the verifier accepts a loop that
+happens to have the asked-for shape (four bullets that are one bullet written four times), and SFT would teach it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..generate import GenerationConfig, generate
 from ..judges.base import Judge, JudgeItem
+from ..text_metrics import repetition
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -33,6 +38,7 @@ class SamplingReport:
     truncated: int = 0  # cut at max_new_tokens: kept only as a trimmed rewrite
     unscored: int = 0  # the judge could not score them (e.g. a prompt without verifiable instructions)
     passed: int = 0  # finished and accepted
+    repetitive: int = 0  # finished and accepted, but repeating more than max_repetition: not kept
     kept: int = 0  # prompts with a kept response
     rewritten: int = 0  # of them, kept as a rewrite of a sample that failed
     trimmed: int = 0  # of the rewrites, trimmed back to a complete sentence
@@ -45,6 +51,7 @@ class SamplingReport:
             "truncated": self.truncated,
             "unscored": self.unscored,
             "passed": self.passed,
+            "repetitive": self.repetitive,
             "kept": self.kept,
             "rewritten": self.rewritten,
             "trimmed": self.trimmed,
@@ -64,6 +71,7 @@ def rejection_sample(
     samples: int,
     generation: GenerationConfig,
     rewrite: bool = False,
+    max_repetition: float = 1.0,
 ) -> tuple[list[dict[str, Any]], SamplingReport]:
     """SFT rows `{"id", "prompt", "completion", "sample"}` (one per prompt at most; a rewrite also has `source`) and
     what happened to every sample."""
@@ -95,6 +103,9 @@ def rejection_sample(
             if score.value < 1.0:
                 failed.setdefault(index, []).append((j, output.text, False))
                 continue
+            if repetition(output.text) > max_repetition:
+                report.repetitive += 1
+                continue
             report.passed += 1
             if index not in kept and output.text:
                 kept[index] = {
@@ -104,7 +115,7 @@ def rejection_sample(
                     "sample": j,
                 }
     if rewrite:
-        rewrites = _rewrite_targets(prompts, {i: f for i, f in failed.items() if i not in kept})
+        rewrites = _rewrite_targets(prompts, {i: f for i, f in failed.items() if i not in kept}, max_repetition)
         report.rewritten = len(rewrites)
         report.trimmed = sum(row["source"].startswith("rewrite:trim") for row in rewrites.values())
         kept.update(rewrites)
@@ -114,10 +125,10 @@ def rejection_sample(
 
 
 def _rewrite_targets(
-    prompts: list[dict[str, Any]], failed: dict[int, list[tuple[int, str, bool]]]
+    prompts: list[dict[str, Any]], failed: dict[int, list[tuple[int, str, bool]]], max_repetition: float = 1.0
 ) -> dict[int, dict[str, Any]]:
-    """For each prompt index of `failed`, the first of its failing samples that a rewrite makes pass every check,
-    trying the finished samples before those cut at the token limit."""
+    """For each prompt index of `failed`, the first of its failing samples that a rewrite makes pass every check
+    (and repeat no more than `max_repetition`), trying the finished samples before those cut at the token limit."""
     from ..judges.verifier import VerifierJudge
     from ..pairs.rewrite import rewrite_response
 
@@ -127,7 +138,7 @@ def _rewrite_targets(
         prompt = prompts[index]
         for j, text, truncated in sorted(failed[index], key=lambda sample: sample[2]):
             rewrite = rewrite_response(verifier, prompt["prompt"], text, prompt, truncated=truncated)
-            if rewrite is not None and rewrite.score.value == 1.0:
+            if rewrite is not None and rewrite.score.value == 1.0 and repetition(rewrite.text) <= max_repetition:
                 targets[index] = {
                     "id": prompt.get("id", f"#{index + 1}"),
                     "prompt": prompt["prompt"],

@@ -28,6 +28,7 @@ from ..data.collate import CompletionIndex, PairBatch, collate_pairs
 from ..data.shared_prefix import SPANS_KWARG, SharedPrefixBatch, collate_pair_row, collate_shared_prefix
 from ..data.tokenize import TokenizedPair
 from ..models import pair_attention
+from . import prefix_cache
 from .completions import CompletionStates, SequenceLogps
 
 _HEAD_CHECK_TOLERANCE = 1e-4
@@ -49,10 +50,16 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def final_hidden_states(model: torch.nn.Module, inputs: dict[str, Any]) -> Tensor:
-    """Final (normalised) hidden states [rows, length, H] from a top-level call that projects no position."""
+    """Final (normalised) hidden states [rows, length, H] from a top-level call that projects no position; above the
+    frozen prefix only where the model has a prefix cache holding the batch (`prefalign.scoring.prefix_cache`)."""
     no_position = torch.zeros(0, dtype=torch.long, device=inputs["input_ids"].device)
-    out = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=no_position)
-    return out.hidden_states[-1]
+
+    def run(call: dict[str, Any]) -> Tensor:
+        out = model(**call, use_cache=False, output_hidden_states=True, logits_to_keep=no_position)
+        return out.hidden_states[-1]
+
+    cache = prefix_cache.cache_of(unwrap(model))
+    return run(inputs) if cache is None else cache.hidden_states(inputs, run)
 
 
 def output_head(model: torch.nn.Module) -> torch.nn.Module | None:

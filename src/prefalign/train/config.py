@@ -110,6 +110,13 @@ class TrainConfig:
     lora_layers: int | None = field(
         default=None, metadata=_help("adapt only the last N transformer blocks (the backward pass stops below them)")
     )
+    prefix_cache_mb: int = field(
+        default=2048,
+        metadata=_help(
+            "with --lora-layers: keep each sequence's hidden state below the adapted blocks, computed once instead of "
+            "in every epoch and validation, until the cache holds this many MiB (0: off)"
+        ),
+    )
     merge: bool = field(default=False, metadata=_help("with --lora, also save a merged model in final/merged"))
 
     # Reporting and saving.
@@ -212,6 +219,8 @@ class TrainConfig:
             raise PrefalignError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.lora_layers is not None and not self.lora:
             raise PrefalignError("--lora-layers applies to a LoRA adapter: add --lora")
+        if self.prefix_cache_mb < 0:
+            raise PrefalignError(f"--prefix-cache-mb must be 0 (off) or more, got {self.prefix_cache_mb}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise PrefalignError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if self.merge and not self.lora:

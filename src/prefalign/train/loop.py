@@ -40,6 +40,7 @@ import torch
 
 from ..console import say, warn
 from ..errors import PrefalignError
+from ..scoring import prefix_cache
 from .checkpoint import latest_checkpoint
 from .config import TrainConfig
 from .distributed import barrier, cleanup, init_distributed, reduce_metrics
@@ -274,6 +275,7 @@ def model_to_save(run: Run) -> torch.nn.Module | None:
 
 def finish_run(run: Run) -> TrainResult:
     """Rank 0 saves the final model, plots and summary.json; every rank returns the same summary."""
+    cache = prefix_cache.release(run.model)
     final_dir, model = None, model_to_save(run)
     if model is not None:
         final_dir = save_final(model, run.tokenizer, run.out, merge=run.config.merge)
@@ -291,6 +293,7 @@ def finish_run(run: Run) -> TrainResult:
         "truncation": {source: report.summary() for source, report in run.reports.items()},
         "final_model": str(final_dir),
         "resumed_from": run.resumed_from,
+        "prefix_cache": cache.summary() if cache is not None else None,
     }
     if run.info.is_main:
         write_summary(run.out, summary)

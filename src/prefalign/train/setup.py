@@ -19,6 +19,8 @@ from ..data.split import split_heldout
 from ..errors import PrefalignError
 from ..models.loading import load_model, load_tokenizer
 from ..models.lora import apply_lora
+from ..scoring import prefix_cache
+from ..scoring.run import unwrap
 from .checkpoint import resumable_checkpoint
 from .config import TrainConfig
 from .distributed import DistInfo
@@ -197,9 +199,23 @@ def build_model(config: TrainConfig, objective: Objective, info: DistInfo) -> to
             target_modules=config.lora_target_modules,
             last_layers=config.lora_layers,
         )
+        _cache_frozen_prefix(model, config, info)
     model = objective.prepare_model(model)  # trained and saved with the rest
     model.train()
     return model
+
+
+def _cache_frozen_prefix(model: torch.nn.Module, config: TrainConfig, info: DistInfo) -> None:
+    """With --lora-layers, the blocks below the adapter computed once per sequence (`prefalign.scoring.prefix_cache`).
+    One process only: under DDP or FSDP the model's blocks are not swapped during a forward."""
+    if config.lora_layers is None or not config.prefix_cache_mb or info.is_distributed:
+        return
+    cache = prefix_cache.attach(model, unwrap(model), config.prefix_cache_mb * 2**20)
+    if cache is not None:
+        say(
+            f"blocks 0-{cache.depth - 1} (below the adapter) run once per sequence: their output is cached "
+            f"(--prefix-cache-mb {config.prefix_cache_mb})"
+        )
 
 
 def hook_heap_trimming(model: torch.nn.Module, every_layers: int) -> list[Any]:
