@@ -138,8 +138,8 @@ def test_samples_and_answers_have_their_own_token_budgets() -> None:
 
 
 def test_train_precision_auto_takes_bf16_where_the_device_computes_it_natively() -> None:
-    from prefalign.generate import fast_bf16
     from prefalign.models.loading import default_device
+    from prefalign.models.precision import fast_bf16
 
     native = "bf16" if fast_bf16(default_device()) else "fp32"
     for stage in ("sft", "reward", "dpo"):

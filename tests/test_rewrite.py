@@ -35,6 +35,12 @@ def meta(*instructions: tuple[str, dict]) -> dict:
         ("detectable_content:postscript", {"postscript_marker": "P.S."}),
         ("detectable_content:postscript", {"postscript_marker": "P.P.S"}),
         ("detectable_format:title", {}),
+        ("detectable_format:number_bullet_lists", {"num_bullets": 2}),
+        ("length_constraints:number_paragraphs", {"num_paragraphs": 2}),
+        ("detectable_format:number_highlighted_sections", {"num_highlights": 1}),
+        ("detectable_format:number_highlighted_sections", {"num_highlights": 2}),
+        ("length_constraints:number_sentences", {"num_sentences": 2, "relation": "less than"}),
+        ("length_constraints:number_words", {"num_words": 10, "relation": "less than"}),
     ],
 )
 def test_each_edit_satisfies_its_checker(instruction: str, kwargs: dict):
@@ -71,6 +77,43 @@ def test_a_rewrite_that_breaks_another_check_is_dropped():
         ("length_constraints:number_sentences", {"num_sentences": 3, "relation": "less than"}),
     )
     assert rewrite_response(VERIFIER, "p", ANSWER, fields) is None
+
+
+def test_layout_edits_lay_out_the_sentences_and_drop_degenerate_list_lines():
+    bullets = meta(("detectable_format:number_bullet_lists", {"num_bullets": 2}))
+    rewrite = rewrite_response(VERIFIER, "p", ANSWER + " Some need shade!", bullets)
+    assert rewrite is not None
+    assert rewrite.text.split("\n") == [
+        "* Plants need water, light and soil. They grow slowly, but they grow well.",
+        "* Some need shade!",
+    ]
+    # Marker-only lines and dividers go; each item's own marker is replaced, a line without an end mark is a sentence.
+    degenerate = "* * *\n* Water daily.\n* \n- Light, lots of it.\n* * *\nSoil matters too"
+    rewrite = rewrite_response(VERIFIER, "p", degenerate, bullets)
+    assert rewrite is not None and rewrite.text == "* Water daily. Light, lots of it.\n* Soil matters too"
+    paragraphs = meta(("length_constraints:number_paragraphs", {"num_paragraphs": 3}))
+    rewrite = rewrite_response(VERIFIER, "p", ANSWER + " Some need shade!", paragraphs)
+    assert rewrite is not None and rewrite.text.split("\n\n***\n\n") == [
+        "Plants need water, light and soil.",
+        "They grow slowly, but they grow well.",
+        "Some need shade!",
+    ]
+
+
+def test_an_edit_that_cannot_be_made_leaves_the_others():
+    # Two sentences cannot make 3 bullets; the lowercase edit is still made and the pair still improves.
+    fields = meta(("detectable_format:number_bullet_lists", {"num_bullets": 3}), ("change_case:english_lowercase", {}))
+    rewrite = rewrite_response(VERIFIER, "p", ANSWER, fields)
+    assert rewrite is not None and rewrite.text == ANSWER.lower()
+    assert rewrite.source == "rewrite:english_lowercase"
+    assert (rewrite.original.value, rewrite.score.value) == (0.0, 0.5)
+    # Only a "less than" limit can be met by cutting, and a cut keeps at least one sentence.
+    at_least = meta(("length_constraints:number_words", {"num_words": 50, "relation": "at least"}))
+    assert rewrite_response(VERIFIER, "p", ANSWER, at_least) is None
+    one_sentence = meta(("length_constraints:number_sentences", {"num_sentences": 1, "relation": "less than"}))
+    assert rewrite_response(VERIFIER, "p", ANSWER, one_sentence) is None
+    too_few_words = meta(("length_constraints:number_words", {"num_words": 3, "relation": "less than"}))
+    assert rewrite_response(VERIFIER, "p", ANSWER, too_few_words) is None
 
 
 def test_nothing_to_rewrite_gives_none():

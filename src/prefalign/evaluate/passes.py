@@ -109,8 +109,8 @@ def _digest(value: Any) -> str:
 
 def precision(dtype: str) -> str:
     """The `--dtype` setting as it runs on this machine: `auto` resolved, `model` said in words."""
-    from ..generate import fast_bf16
     from ..models.loading import default_device
+    from ..models.precision import fast_bf16
 
     if dtype == "auto":
         dtype = "bfloat16" if fast_bf16(default_device()) else "model"

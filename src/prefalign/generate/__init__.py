@@ -100,18 +100,11 @@ class Generation:
     logratio: float | None = None
 
 
-def fast_bf16(device: torch.device | str) -> bool:
-    """Whether `device` computes bfloat16 matmuls natively: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX."""
-    import torch
-
-    if torch.device(device).type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
 def resolve_dtype(model: PreTrainedModel, dtype: GenerationDtype) -> torch.dtype:
     """The dtype `generate` runs `model` in under the `dtype` setting."""
     import torch
+
+    from ..models.precision import fast_bf16
 
     if dtype == "float32":
         return torch.float32

@@ -1,7 +1,10 @@
 """Rewrite pairs: a response edited to follow the instructions it failed, chosen over itself as it was.
 
-Some verifiable instructions can be satisfied by editing any response: change its letter case, wrap it in double
-quotes, drop its commas, append the required end phrase or a postscript, put a title on top. A small model that never
+Some verifiable instructions can be satisfied by editing a response: change its letter case, wrap it in double
+quotes, drop its commas, append the required end phrase or a postscript, put a title on top; cut it after the sentence
+that keeps it under a sentence or word limit; lay its sentences out as the asked number of bullets or of ***-separated
+paragraphs; highlight its first sentences in *markdown*. A layout edit needs enough sentences to lay out, and a cut
+needs a sentence to keep: where a response has too few, that edit is not made. A small model that never
 follows one of them never produces a sampled pair that shows it; the pair (rewritten response, original response)
 differs in exactly that instruction, so it teaches exactly that. This is data synthesis, not sampling: every pair and
 SFT target made this way says so in its provenance (`source: "rewrite:english_lowercase+quotation"`).
@@ -11,8 +14,8 @@ last complete sentence or line (`trim_to_boundary`), and "trim" leads its proven
 fails most checks on its ending (end phrase, postscript, closing quote, sentence counts); its trimmed version is an
 answer the model could have ended there, which is what a model that overruns its budget needs to see.
 
-A rewrite is kept only when the verifier confirms it: the rewritten response follows every one of the prompt's
-instructions that `REWRITES` can satisfy, and every instruction the original followed (a rewrite that breaks another
+A rewrite is kept only when the verifier confirms it: the rewritten response follows every instruction it was
+edited for, and every instruction the original followed (a rewrite that breaks another
 rule, e.g. a postscript that pushes the answer past a sentence limit, is dropped). So the rewritten side never fails a
 check the original passes, and passes at least one the original fails.
 """
@@ -28,7 +31,103 @@ from ..data.records import Text
 from ..judges.base import JudgeItem, Score
 from ..judges.verifier import VerifierJudge
 
-Edit = Callable[[str, dict[str, Any], dict[str, Any]], str]
+# An edit returns the edited text, or None when it cannot be made on this text (too few sentences to lay out or keep).
+Edit = Callable[[str, dict[str, Any], dict[str, Any]], str | None]
+
+
+# A sentence ends at . ! or ? (with any closing quotes or brackets) before whitespace or the end of the text.
+_SENTENCE_END = re.compile(r"[.!?][\"')\]*]*(?=\s|$)")
+
+_LIST_MARKER = re.compile(r"\s*\d+\.")  # "3." opening a numbered item ends no sentence
+# A line's own list marker ("* ", "- ", "3. "), and lines that are only markers or dividers ("***", "* * *", "---").
+_ITEM_MARKER = re.compile(r"^\s*(?:[*\-\u2022]|\d+[.)])\s+")
+_DIVIDER = re.compile(r"^[\s*\-_=#\u2022]*$")
+
+
+def _line_before(text: str, end: int) -> str:
+    return text[text.rfind("\n", 0, end) + 1 : end]
+
+
+def _sentence_ends(text: str) -> list[int]:
+    """Where each complete sentence of `text` ends (a numbered item's "3." is not an end)."""
+    return [m.end() for m in _SENTENCE_END.finditer(text) if not _LIST_MARKER.fullmatch(_line_before(text, m.end()))]
+
+
+def trim_to_boundary(text: str, keep_at_least: float = 0.5) -> str | None:
+    """`text` cut after its last complete sentence or before its last line break, whichever comes later; None when
+    that keeps less than `keep_at_least` of it (a trim that drops most of an answer is a different answer)."""
+    ends = _sentence_ends(text)
+    cut = max(ends[-1] if ends else 0, text.rstrip().rfind("\n"))
+    trimmed = text[:cut].rstrip()
+    return trimmed if trimmed and len(trimmed) >= keep_at_least * len(text.rstrip()) else None
+
+
+def _sentences(text: str) -> list[str]:
+    """The sentences of `text` as running prose: list markers and divider lines dropped, a line without an end mark
+    counted as one sentence."""
+    units = []
+    for line in text.splitlines():
+        if _DIVIDER.fullmatch(line):
+            continue
+        line = _ITEM_MARKER.sub("", line).strip()
+        start = 0
+        for end in _sentence_ends(line):
+            units.append(line[start:end].strip())
+            start = end
+        units.append(line[start:].strip())
+    return [unit for unit in units if unit]
+
+
+def _groups(units: list[str], count: int) -> list[str] | None:
+    """`units` in `count` consecutive groups as even as can be (earlier groups take the extra); None when too few."""
+    if len(units) < count:
+        return None
+    size, extra = divmod(len(units), count)
+    bounds = [i * size + min(i, extra) for i in range(count + 1)]
+    return [" ".join(units[bounds[i] : bounds[i + 1]]) for i in range(count)]
+
+
+def _bullets(text: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str | None:
+    groups = _groups(_sentences(text), kwargs["num_bullets"])
+    return None if groups is None else "\n".join(f"* {group}" for group in groups)
+
+
+def _paragraphs(text: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str | None:
+    groups = _groups(_sentences(text), kwargs["num_paragraphs"])
+    return None if groups is None else "\n\n***\n\n".join(groups)
+
+
+def _highlights(text: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str | None:
+    """The first `num_highlights` sentences without an asterisk or line break wrapped in *...*."""
+    spans, start = [], 0
+    for end in _sentence_ends(text):
+        sentence = text[start:end]
+        lead = len(sentence) - len(sentence.lstrip())
+        if sentence.strip() and "*" not in sentence and "\n" not in sentence.strip():
+            spans.append((start + lead, end))
+        start = end
+    if len(spans) < kwargs["num_highlights"]:
+        return None
+    for begin, end in reversed(spans[: kwargs["num_highlights"]]):
+        text = f"{text[:begin]}*{text[begin:end]}*{text[end:]}"
+    return text
+
+
+def _fewer_sentences(text: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str | None:
+    """Cut after the last sentence that keeps the answer under its sentence limit ("less than" only)."""
+    ends = _sentence_ends(text)
+    keep = kwargs["num_sentences"] - 1
+    if kwargs["relation"] != "less than" or keep < 1 or len(ends) <= keep:
+        return None
+    return text[: ends[keep - 1]].rstrip()
+
+
+def _fewer_words(text: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str | None:
+    """Cut after the last sentence that keeps the answer under its word limit ("less than" only)."""
+    if kwargs["relation"] != "less than":
+        return None
+    fits = [end for end in _sentence_ends(text) if len(re.findall(r"\w+", text[:end])) < kwargs["num_words"]]
+    return text[: fits[-1]].rstrip() if fits and fits[-1] < len(text.rstrip()) else None
 
 
 def _title(text: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str:
@@ -54,9 +153,15 @@ def _quotation(text: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str:
     return ("" if text.startswith('"') else '"') + text + ("" if text.endswith('"') and len(text) > 1 else '"')
 
 
-# Instruction id -> (short name for the provenance, the edit), in the order the edits are applied: text is added
-# first (so commas and letter case are fixed in it too), the quotes go around everything last.
+# Instruction id -> (short name for the provenance, the edit), in the order the edits are applied: cuts first, then
+# the layout of what is left, then added text (so commas and letter case are fixed in it too), the quotes around
+# everything last.
 REWRITES: dict[str, tuple[str, Edit]] = {
+    "length_constraints:number_sentences": ("number_sentences", _fewer_sentences),
+    "length_constraints:number_words": ("number_words", _fewer_words),
+    "detectable_format:number_bullet_lists": ("number_bullet_lists", _bullets),
+    "length_constraints:number_paragraphs": ("number_paragraphs", _paragraphs),
+    "detectable_format:number_highlighted_sections": ("number_highlighted_sections", _highlights),
     "detectable_format:title": ("title", _title),
     "detectable_content:postscript": ("postscript", _postscript),
     "startend:end_checker": ("end_checker", _end_phrase),
@@ -65,25 +170,6 @@ REWRITES: dict[str, tuple[str, Edit]] = {
     "change_case:english_capital": ("english_capital", lambda text, kwargs, meta: text.upper()),
     "startend:quotation": ("quotation", _quotation),
 }
-
-
-# A sentence ends at . ! or ? (with any closing quotes or brackets) before whitespace or the end of the text.
-_SENTENCE_END = re.compile(r"[.!?][\"')\]*]*(?=\s|$)")
-
-_LIST_MARKER = re.compile(r"\s*\d+\.")  # "3." opening a numbered item ends no sentence
-
-
-def _line_before(text: str, end: int) -> str:
-    return text[text.rfind("\n", 0, end) + 1 : end]
-
-
-def trim_to_boundary(text: str, keep_at_least: float = 0.5) -> str | None:
-    """`text` cut after its last complete sentence or before its last line break, whichever comes later; None when
-    that keeps less than `keep_at_least` of it (a trim that drops most of an answer is a different answer)."""
-    ends = [m.end() for m in _SENTENCE_END.finditer(text) if not _LIST_MARKER.fullmatch(_line_before(text, m.end()))]
-    cut = max(ends[-1] if ends else 0, text.rstrip().rfind("\n"))
-    trimmed = text[:cut].rstrip()
-    return trimmed if trimmed and len(trimmed) >= keep_at_least * len(text.rstrip()) else None
 
 
 @dataclass(frozen=True)
@@ -135,17 +221,20 @@ def rewrite_response(
     ]
     if not (failing or truncated):
         return None
+    edited: list[str] = []
     for instruction_id, (_, edit) in REWRITES.items():
         for failed_id, arguments in failing:
-            if failed_id == instruction_id:
-                text = edit(text, arguments or {}, meta)
-    score = verifier.score([JudgeItem(prompt, text, meta)])[0] if failing else start
+            if failed_id == instruction_id and (result := edit(text, arguments or {}, meta)) is not None:
+                text = result
+                edited.append(instruction_id)
+    if not (edited or truncated):
+        return None
+    score = verifier.score([JudgeItem(prompt, text, meta)])[0] if edited else start
     if score.value is None:
         return None
     now = [result["strict"] for result in score.details["instructions"]]
-    all_rewritable = all(ok for i, ok in zip(ids, now) if i in REWRITES)
+    all_edited_pass = all(ok for i, ok in zip(ids, now) if i in edited)
     kept_the_rest = all(ok or not before for ok, before in zip(now, followed))
-    if not (all_rewritable and kept_the_rest):
+    if not (all_edited_pass and kept_the_rest):
         return None
-    edited = tuple(dict.fromkeys(i for i in REWRITES for failed_id, _ in failing if failed_id == i))
-    return Rewrite(text, edited, score, original, trimmed=truncated)
+    return Rewrite(text, tuple(dict.fromkeys(edited)), score, original, trimmed=truncated)

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from ..errors import PrefalignError
-from ..generate import GENERATION_DTYPES, GenerationConfig, GenerationDtype, fast_bf16
+from ..generate import GENERATION_DTYPES, GenerationConfig, GenerationDtype
 from ..models.loading import default_device
+from ..models.precision import fast_bf16
 from ..pairs.build import PairsConfig
 from ..scoring.preference import is_reference_free, parse_loss_mixture
 from ..train.config import DPOConfig, Precision, RewardConfig, SFTConfig, TrainConfig
@@ -81,8 +82,8 @@ class DemoConfig:
     sampling_dtype: GenerationDtype = field(
         default="auto",
         metadata=_help(
-            "precision of the SFT and pair sampling: auto (bfloat16 where the device computes it natively), model, "
-            "float32 or bfloat16; the trainers score pairs and the evaluation generates in the model's own dtype"
+            "precision of the SFT and pair sampling: auto (bfloat16 where the device computes it faster than fp32), "
+            "model, float32 or bfloat16; the trainers score pairs and the evaluation generates in the model's own dtype"
         ),
     )
 
@@ -157,7 +158,7 @@ class DemoConfig:
         metadata=_trains(
             ALL,
             "matmul precision of the training stages: bf16 (autocast; fp32 weights, optimizer state and losses), "
-            "fp32, or auto (bf16 where the device computes it natively, as --sampling-dtype auto)",
+            "fp32, or auto (bf16 where the device computes it faster than fp32, as --sampling-dtype auto)",
             "precision",
         ),
     )
@@ -203,7 +204,7 @@ class DemoConfig:
         default="auto",
         metadata=_help(
             "precision of the evaluation's answers and KL samples, the same for every model: auto (bfloat16 where "
-            "the device computes it natively), model, float32 or bfloat16"
+            "the device computes it faster than fp32), model, float32 or bfloat16"
         ),
     )
 
@@ -285,7 +286,8 @@ class DemoConfig:
             for f in dataclasses.fields(self)
             if stage in f.metadata.get("stages", ())
         }
-        if options["precision"] == "auto":  # the trainers' own auto keeps a CPU in fp32; the demo's takes native bf16
+        # The trainers' own auto keeps a CPU in fp32; the demo's takes bf16 wherever it measures faster.
+        if options["precision"] == "auto":
             options["precision"] = "bf16" if fast_bf16(default_device()) else "fp32"
         return _TRAINING_CLASSES[stage](
             **_TRAINING_FIXED,

@@ -93,6 +93,11 @@ def run_demo(config: DemoConfig, from_stage: str | None = None) -> list[StageRes
     if from_stage is not None and from_stage not in STAGES:
         raise PrefalignError(f"unknown stage {from_stage!r}; stages are {', '.join(STAGES)}")
     check_demo(config)
+    if "auto" in (config.sampling_dtype, config.train_precision, config.eval_dtype):
+        from ..models.loading import default_device
+        from ..models.precision import auto_precision_note
+
+        say(f"[demo] auto precision: {auto_precision_note(default_device())}", prefix="")
     out = Path(config.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     demo = _Demo(config, out, frozenset(STAGES[STAGES.index(from_stage) :]) if from_stage else frozenset())
