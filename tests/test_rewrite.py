@@ -91,6 +91,15 @@ def test_layout_edits_lay_out_the_sentences_and_drop_degenerate_list_lines():
     degenerate = "* * *\n* Water daily.\n* \n- Light, lots of it.\n* * *\nSoil matters too"
     rewrite = rewrite_response(VERIFIER, "p", degenerate, bullets)
     assert rewrite is not None and rewrite.text == "* Water daily. Light, lots of it.\n* Soil matters too"
+    # A title line stays on top, out of the list.
+    titled = meta(("detectable_format:number_bullet_lists", {"num_bullets": 2}), ("detectable_format:title", {}))
+    rewrite = rewrite_response(VERIFIER, "p", "<<Plants>>\n\n" + ANSWER, titled)
+    assert rewrite is not None and rewrite.text.split("\n") == [
+        "<<Plants>>",
+        "",
+        "* Plants need water, light and soil.",
+        "* They grow slowly, but they grow well.",
+    ]
     paragraphs = meta(("length_constraints:number_paragraphs", {"num_paragraphs": 3}))
     rewrite = rewrite_response(VERIFIER, "p", ANSWER + " Some need shade!", paragraphs)
     assert rewrite is not None and rewrite.text.split("\n\n***\n\n") == [

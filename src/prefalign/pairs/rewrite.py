@@ -87,14 +87,24 @@ def _groups(units: list[str], count: int) -> list[str] | None:
     return [" ".join(units[bounds[i] : bounds[i + 1]]) for i in range(count)]
 
 
+_TITLE_LINE = re.compile(r"\s*<<[^\n]+>>[ \t]*\n")
+
+
+def _laid_out(text: str, count: int, item: str, separator: str) -> str | None:
+    """The sentences of `text` in `count` items, each `item` with the group filled in, joined by `separator`; a title
+    line on top stays on top, out of the items."""
+    title = _TITLE_LINE.match(text)
+    head, body = (title.group().strip() + "\n\n", text[title.end() :]) if title else ("", text)
+    groups = _groups(_sentences(body), count)
+    return None if groups is None else head + separator.join(item.format(group) for group in groups)
+
+
 def _bullets(text: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str | None:
-    groups = _groups(_sentences(text), kwargs["num_bullets"])
-    return None if groups is None else "\n".join(f"* {group}" for group in groups)
+    return _laid_out(text, kwargs["num_bullets"], "* {}", "\n")
 
 
 def _paragraphs(text: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str | None:
-    groups = _groups(_sentences(text), kwargs["num_paragraphs"])
-    return None if groups is None else "\n\n***\n\n".join(groups)
+    return _laid_out(text, kwargs["num_paragraphs"], "{}", "\n\n***\n\n")
 
 
 def _highlights(text: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str | None:
