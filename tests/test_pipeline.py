@@ -137,7 +137,7 @@ def test_samples_and_answers_have_their_own_token_budgets() -> None:
     assert config.eval_generation().max_new_tokens == 100
 
 
-def test_train_precision_auto_takes_bf16_where_the_device_computes_it_natively() -> None:
+def test_train_precision_auto_takes_bf16_where_the_device_computes_it_faster() -> None:
     from prefalign.models.loading import default_device
     from prefalign.models.precision import fast_bf16
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -11,10 +12,23 @@ import torch
 from prefalign.models import precision
 
 
-def test_the_measured_speedup_is_a_positive_ratio_computed_once():
+def test_the_speedup_is_measured_once_per_machine_and_remembered(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFALIGN_HOME", str(tmp_path))
+    precision.cpu_bf16_speedup.cache_clear()
     first = precision.cpu_bf16_speedup()
     assert math.isfinite(first) and first > 0
-    assert precision.cpu_bf16_speedup() == first  # cached: one measurement per process
+    remembered = json.loads((tmp_path / "cache" / "cpu-bf16-speedup.json").read_text())
+    assert list(remembered.values()) == [first] and f"torch {torch.__version__}" in next(iter(remembered))
+    # A later process reads it instead of measuring again (so every "auto" a demo stage records agrees).
+    precision.cpu_bf16_speedup.cache_clear()
+    monkeypatch.setattr(precision, "_measure_bf16_speedup", lambda: pytest.fail("measured again"))
+    assert precision.cpu_bf16_speedup() == first
+    # A damaged file is measured over, not an error.
+    (tmp_path / "cache" / "cpu-bf16-speedup.json").write_text("{not json")
+    precision.cpu_bf16_speedup.cache_clear()
+    monkeypatch.setattr(precision, "_measure_bf16_speedup", lambda: 0.5)
+    assert precision.cpu_bf16_speedup() == 0.5
+    precision.cpu_bf16_speedup.cache_clear()
 
 
 @pytest.mark.parametrize(

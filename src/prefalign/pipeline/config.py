@@ -15,7 +15,6 @@ from typing import Any, Literal, get_args
 from ..errors import PrefalignError
 from ..generate import GENERATION_DTYPES, GenerationConfig, GenerationDtype
 from ..models.loading import default_device
-from ..models.precision import fast_bf16
 from ..pairs.build import PairsConfig
 from ..scoring.preference import is_reference_free, parse_loss_mixture
 from ..train.config import DPOConfig, Precision, RewardConfig, SFTConfig, TrainConfig
@@ -288,6 +287,8 @@ class DemoConfig:
         }
         # The trainers' own auto keeps a CPU in fp32; the demo's takes bf16 wherever it measures faster.
         if options["precision"] == "auto":
+            from ..models.precision import fast_bf16  # here: `prefalign --help` imports no torch
+
             options["precision"] = "bf16" if fast_bf16(default_device()) else "fp32"
         return _TRAINING_CLASSES[stage](
             **_TRAINING_FIXED,
