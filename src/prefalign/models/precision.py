@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import functools
 import time
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 
 import torch
 
 # "auto" picks bf16 on a CPU only where it multiplies matrices at least this many times faster than fp32. A CPU flag
-# (AVX512-BF16, AMX) says the instructions exist, not that the math library uses them: one Intel Xeon with
-# AVX512-BF16 multiplied bf16 at 0.6x its fp32 rate, where an AMD EPYC with the same flag ran 2.4x.
+# (AVX512-BF16, AMX) says the instructions exist, not that they are fast: an Intel Xeon with AVX512-BF16 multiplied
+# bf16 slower than fp32, where an AMD EPYC with the same flag ran it much faster (README, Generation, `--dtype`).
 BF16_MIN_SPEEDUP = 1.25
 
 
@@ -62,7 +62,8 @@ def cpu_bf16_speedup() -> float:
         known, speedup = {}, None
     if speedup is None or not speedup > 0:
         speedup = _measure_bf16_speedup()
-        write_json_atomic(path, {**(known if isinstance(known, dict) else {}), key: speedup})
+        with suppress(OSError):  # a read-only cache: measured again next time
+            write_json_atomic(path, {**(known if isinstance(known, dict) else {}), key: speedup})
     return speedup
 
 
@@ -77,7 +78,7 @@ def _cpu_name() -> str | None:
 
 def _measure_bf16_speedup() -> float:
     """A decoder-sized product, [256, 576] x [576, 1536], timed in each dtype in alternating rounds, best round of
-    each (about 0.2 s)."""
+    each: a fraction of a second."""
     x = torch.randn(256, 576, generator=torch.Generator().manual_seed(0))
     w = torch.randn(1536, 576, generator=torch.Generator().manual_seed(1))
     operands = {torch.float32: (x, w), torch.bfloat16: (x.bfloat16(), w.bfloat16())}
