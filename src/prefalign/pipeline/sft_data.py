@@ -7,7 +7,7 @@ over-represented. This is the "best-of-n then fine-tune" step of e.g. RAFT (Dong
 rejection-sampling fine-tuning, with a verifier instead of a reward model.
 
 With `rewrite`, a prompt none of whose samples passed can still give a target: the first finished sample that a
-mechanical edit (`prefalign.pairs.rewrite`: letter case, quotes, commas, end phrase, postscript, title) makes pass
+mechanical edit (`prefalign.pairs.rewrite`: letter case, quotes, commas, added text, layout, a cut) makes pass
 every check, kept with its `source` ("rewrite:..."). It shows the model instructions it never follows on its own.
 Failing that, the first sample cut at the token limit that, trimmed back to its last complete sentence (and edited as
 above), passes every check ("rewrite:trim..."): it shows an answer that ends within the budget.
