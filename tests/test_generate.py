@@ -25,6 +25,18 @@ PROMPTS = [
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about bread."}],
 ]
 
+# Chat prompts of different lengths: the chat template and the system turn open every one with the same tokens.
+CHAT_PROMPTS = [
+    [{"role": "system", "content": "You are a careful assistant."}, {"role": "user", "content": text}]
+    for text in (
+        "What is the capital of France?",
+        "Hi",
+        "Write a haiku about the sea, in lowercase letters only.",
+        "Why is the sky blue?",
+        "Name three red fruits, please.",
+    )
+]
+
 
 @pytest.fixture(scope="module")
 def model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -188,6 +200,47 @@ def test_continuous_batching_refills_slots_and_matches_each_prompt_alone(tiny) -
         assert len({g.num_tokens for g in two_slots}) >= 2
 
 
+def test_a_shared_prompt_prefix_prefilled_once_changes_no_answer(tiny) -> None:
+    # Every chat prompt opens with the template's tokens: they are prefilled once and each prompt prefills only the
+    # rest of itself on top. Greedy answers must equal HF's (which prefills every prompt whole), and every answer,
+    # greedy or sampled, what the prompt gets alone (one prompt: nothing shared), with the slots refilled or not.
+    from prefalign.generate.decode import shared_prefix_length
+
+    model, tokenizer = tiny
+    encoded = [prompt_token_ids(p, tokenizer, "auto") for p in CHAT_PROMPTS]
+    assert shared_prefix_length(encoded) >= 8 and len({len(ids) for ids in encoded}) == len(encoded)
+    greedy = GenerationConfig(max_new_tokens=12, batch_size=8)
+    ours = generate(model, tokenizer, CHAT_PROMPTS, greedy, progress=False)
+    assert [g.token_ids for g in ours] == _hf_greedy(model, tokenizer, CHAT_PROMPTS, 12)
+    for config in (greedy, GenerationConfig(max_new_tokens=12, temperature=1.0, top_p=0.9, seed=6)):
+        alone = [generate(model, tokenizer, [p], config, progress=False)[0].token_ids for p in CHAT_PROMPTS]
+        for slots in (2, 8):
+            batched = generate(model, tokenizer, CHAT_PROMPTS, replace(config, batch_size=slots), progress=False)
+            assert [g.token_ids for g in batched] == alone
+
+
+def test_shared_prefix_length_leaves_every_prompt_a_token_of_its_own() -> None:
+    from prefalign.generate.decode import shared_prefix_length
+
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter keeps its last token
+    assert shared_prefix_length([[1, 2], [1, 2]]) == 1
+    assert shared_prefix_length([[7, 2], [1, 2]]) == 0
+    assert shared_prefix_length([[1, 2, 3]]) == 0  # one prompt: nothing to share
+
+
+def test_length_groups_bound_the_padding_of_a_prefill() -> None:
+    from prefalign.generate.decode import length_groups
+
+    lengths = [40, 100, 90, 88, 50, 89, 45]
+    groups = length_groups(lengths)
+    assert sorted(i for group in groups for i in group) == list(range(len(lengths)))
+    assert groups == [[1, 2, 5, 3], [4, 6], [0]]
+    for group in groups:  # longest first, none shorter than 7/8 of its group's longest
+        assert [lengths[i] for i in group] == sorted((lengths[i] for i in group), reverse=True)
+        assert min(lengths[i] for i in group) >= 7 / 8 * lengths[group[0]]
+
+
 def test_a_joining_prompt_longer_than_the_rows_in_use_gets_columns_on_the_left(tiny) -> None:
     # `generate` queues prompts longest first; the batch itself must also take them in any order.
     from prefalign.generate.decode import ContinuousBatch, DecodeSettings
@@ -201,19 +254,22 @@ def test_a_joining_prompt_longer_than_the_rows_in_use_gets_columns_on_the_left(t
     assert [d.token_ids for d in together] == [d.token_ids for d in alone]
 
 
-def test_kl_from_a_reference_decoded_alongside_equals_scoring_the_answers(tiny, tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("prompts", [PROMPTS, CHAT_PROMPTS], ids=["mixed", "shared-prefix"])
+def test_kl_from_a_reference_decoded_alongside_equals_scoring_the_answers(
+    tiny, tiny_model_dir: Path, prompts: list
+) -> None:
     from prefalign.data.collate import pad_sequences
     from prefalign.scoring.completions import completion_kl
     from prefalign.scoring.run import score_completions
 
     model, tokenizer = tiny
     config = GenerationConfig(max_new_tokens=10, temperature=1.0, seed=2, batch_size=2)
-    itself = generate(model, tokenizer, PROMPTS, config, reference=model, progress=False)
+    itself = generate(model, tokenizer, prompts, config, reference=model, progress=False)
     assert all(g.kl == pytest.approx(0.0, abs=1e-6) and g.logratio == pytest.approx(0.0, abs=1e-6) for g in itself)
     other = load_model(str(tiny_model_dir))
-    drift = generate(model, tokenizer, PROMPTS, config, reference=other, progress=False)
+    drift = generate(model, tokenizer, prompts, config, reference=other, progress=False)
     assert [g.token_ids for g in drift] == [g.token_ids for g in itself]  # the reference never changes the sample
-    lm = pad_sequences([prompt_token_ids(p, tokenizer, "auto") for p in PROMPTS], [g.token_ids for g in drift], 0)
+    lm = pad_sequences([prompt_token_ids(p, tokenizer, "auto") for p in prompts], [g.token_ids for g in drift], 0)
     with torch.inference_mode():
         policy_states, policy_logps = score_completions(model, lm)
         base_states, base_logps = score_completions(other, lm)

@@ -18,9 +18,11 @@ def _writer(text: str, calls: list[str]):
     return body
 
 
-def test_skipped_when_settings_unchanged(tmp_path) -> None:
+def test_skipped_when_settings_unchanged(tmp_path, capsys) -> None:
     calls: list[str] = []
     first = run_stage("s", tmp_path / "s", {"a": 1}, _writer("one", calls))
+    # The body works in s.partial; the closing line names where its output ends up.
+    assert f"[s] done in 0 s: {tmp_path / 's'}" in capsys.readouterr().err
     second = run_stage("s", tmp_path / "s", {"a": 1}, _writer("two", calls))
     assert not first.skipped and second.skipped
     assert calls == ["one"]

@@ -79,4 +79,6 @@ def run_stage(
     if directory.exists():
         shutil.rmtree(directory)
     work.rename(directory)
+    # The body wrote (and may have printed) paths under the scratch name; this line says where its output now is.
+    say(f"[{name}] done in {seconds:.0f} s: {directory}", prefix="")
     return StageResult(name, directory, False, seconds)

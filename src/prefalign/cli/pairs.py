@@ -88,11 +88,7 @@ def run_build(args: argparse.Namespace) -> int:
         model, tokenizer = options.model_options.load()
 
         def progress(report: BuildReport) -> None:
-            say(
-                f"{report.done}/{report.prompts} prompts done: {report.pairs} pairs, {report.ties} ties, "
-                f"{report.judge_failures} judge failures",
-                prefix="",
-            )
+            say(report.progress(), prefix="")
 
         report = build_pairs(
             model,

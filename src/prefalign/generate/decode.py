@@ -8,6 +8,11 @@ the column every row writes next. Only when the queue is empty does the batch sh
 free slots. Each prompt samples with its own uniform draws, indexed by its own step, so what it generates does not
 depend on which prompts it shared the batch with.
 
+Prefill is a large share of the work (a prompt is often as long as its answer), and much of it is the same for every
+prompt: a chat template's system turn opens all of them. The tokens every prompt starts with are prefilled once, in
+one row, and each joining prompt prefills only the rest of itself on top of them. Joining prompts are prefilled in
+groups of similar length (`length_groups`), so that little of a prefill goes to padding.
+
 With a `reference` model, the reference decodes the same tokens in lockstep (its own `SlotCache`, the same slot moves)
 and each step adds, per row, the exact next-token KL(model || reference) over the whole vocabulary and the log-ratio
 of the chosen token: a KL estimate without a second pass over the answers.
@@ -29,6 +34,34 @@ from .slots import SlotCache
 
 # Leading columns no row in use reaches back to are dropped once they are this many and a quarter of the cache.
 _DROP_COLUMNS_AT = 32
+# A prefill group's shortest prompt is at least this fraction of its longest: at most 1/8 of a group is padding.
+_GROUP_LENGTH_RATIO = 7 / 8
+
+
+def shared_prefix_length(prompts: list[list[int]]) -> int:
+    """How many first tokens all `prompts` (two or more) share, leaving each at least one of its own: the prefill of
+    its last token gives the logits of its first new one."""
+    if len(prompts) < 2:
+        return 0
+    first, length = prompts[0], min(map(len, prompts)) - 1
+    for ids in prompts[1:]:
+        same = 0
+        while same < length and ids[same] == first[same]:
+            same += 1
+        length = same
+    return length
+
+
+def length_groups(lengths: list[int]) -> list[list[int]]:
+    """Indices into `lengths`, longest first, cut into groups whose shortest is at least 7/8 of their longest."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and lengths[i] >= _GROUP_LENGTH_RATIO * lengths[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 @dataclass
@@ -64,6 +97,7 @@ class _Lane:
         # A bf16 model on a CPU attends in fp32 (see `attention`): its cache is kept in fp32, converted once per token.
         cache_dtype = torch.float32 if needs_upcast(model) else None
         self.cache = SlotCache(core.config.get_text_config().num_hidden_layers, slots, capacity, cache_dtype)
+        self.prefix: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: the shared prefix's keys and values
 
     def logits(self, **inputs: Any) -> torch.Tensor:
         """The last position's logits only, not (rows, length, vocab). The position goes in as an index tensor: the
@@ -74,9 +108,20 @@ class _Lane:
         out = self.model(**inputs, use_cache=True)
         return out.logits[:, -1, :]
 
-    def prefill(self, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
+    def keep_prefix(self, ids: list[int]) -> None:
+        """Prefill the tokens every prompt starts with, once, in one row; `prefill` then starts from them."""
         cache = DynamicCache(config=self.model.config)
-        position_ids = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+        input_ids = torch.tensor([ids], device=self.model.device)
+        self.logits(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **{self.cache_name: cache})
+        self.prefix = [(layer.keys, layer.values) for layer in cache.layers]
+
+    def prefill(self, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, DynamicCache]:
+        """Prefill `input_ids` (left-padded); `mask` covers the kept prefix's columns too, when there is one."""
+        cache = DynamicCache(config=self.model.config)
+        rows = len(input_ids)
+        for layer, (keys, values) in enumerate(self.prefix):
+            cache.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), layer)
+        position_ids = (mask.cumsum(dim=-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
         logits = self.logits(
             input_ids=input_ids, attention_mask=mask, position_ids=position_ids, **{self.cache_name: cache}
         )
@@ -120,6 +165,7 @@ class ContinuousBatch:
         self.logratio = torch.zeros(slots, dtype=torch.float64, device=self.device)
         self.stop = torch.tensor(settings.stop_ids, dtype=torch.long, device=self.device)
         self.row_prompt: list[int] = [-1] * slots
+        self.prefix_length = shared_prefix_length(prompts)
         self.queue = list(range(len(prompts)))[::-1]  # popped from the end
         self.generated: list[list[int]] = [[] for _ in prompts]
         self.done: dict[int, Decoded] = {}
@@ -134,6 +180,9 @@ class ContinuousBatch:
 
     def run(self, on_done: Callable[[int], None] = lambda index: None) -> list[Decoded]:
         self.on_done = on_done
+        if self.prefix_length:
+            for lane in self.lanes:
+                lane.keep_prefix(self.prompts[0][: self.prefix_length])
         free = list(range(self.settings.slots))
         while True:
             free = self._fill(free)
@@ -204,17 +253,20 @@ class ContinuousBatch:
         """Prefill waiting prompts into the `free` slots until none is free or none waits; returns the still free."""
         while free and self.queue:
             joining = [self.queue.pop() for _ in range(min(len(free), len(self.queue)))]
-            free = self._join(joining, free)
+            for group in length_groups([len(self.prompts[i]) for i in joining]):
+                free = self._join([joining[i] for i in group], free)
         return free
 
     def _join(self, joining: list[int], free: list[int]) -> list[int]:
-        width = max(len(self.prompts[i]) for i in joining)
+        skip = self.prefix_length  # prefilled once for all (`_Lane.keep_prefix`)
+        width = max(len(self.prompts[i]) for i in joining) - skip
         input_ids = torch.full((len(joining), width), self.settings.pad_id, dtype=torch.long)
-        pad_mask = torch.zeros((len(joining), width), dtype=torch.long)
+        pad_mask = torch.zeros((len(joining), skip + width), dtype=torch.long)
+        pad_mask[:, :skip] = 1
         for row, index in enumerate(joining):
-            ids = self.prompts[index]
+            ids = self.prompts[index][skip:]
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            pad_mask[row, width - len(ids) :] = 1
+            pad_mask[row, skip + width - len(ids) :] = 1
         input_ids, pad_mask = input_ids.to(self.device), pad_mask.to(self.device)
         prefilled = [lane.prefill(input_ids, pad_mask) for lane in self.lanes]
         slots = free[: len(joining)]
@@ -251,7 +303,7 @@ class ContinuousBatch:
         self.mask[index] = 0
         self.mask[index, end - width : end] = real
         self.positions[index] = real.sum(dim=-1)
-        self.starts[index] = end - real.sum(dim=-1)
+        self.starts[index] = end - width + real.argmax(dim=-1)  # the first real column (padding may follow a prefix)
 
     def _shrink(self, free: list[int]) -> None:
         """With nobody waiting: move the last rows in use into the free slots below them, then use fewer rows."""

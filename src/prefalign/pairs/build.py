@@ -249,6 +249,13 @@ class BuildReport:
         name = names.get(status, "rewrites" if status == "rewrite" else status)
         setattr(self, name, getattr(self, name) + 1)
 
+    def progress(self) -> str:
+        """One line while the run goes on: how far it is, and what it has written so far."""
+        return (
+            f"{self.done}/{self.prompts} prompts done: {self.pairs} pairs, {self.ties} ties, "
+            f"{self.judge_failures} judge failures" + (f", {self.rewrites} rewrite pairs" if self.rewrites else "")
+        )
+
     def summary(self) -> str:
         return (
             f"prompts {self.prompts} ({self.resumed} done before this run), pairs written {self.pairs}, "

@@ -34,13 +34,16 @@ def _trains(stages: tuple[TrainingStage, ...], text: str, train_field: str | Non
     return {"help": text, "stages": stages, "train_field": train_field}
 
 
-# Training settings the demo fixes rather than offers: every stage is a resumable LoRA run keeping one checkpoint...
+# Training settings the demo fixes rather than offers: every stage is a resumable LoRA run keeping one checkpoint;
+# its heap is not trimmed after each step (a LoRA run of the embedded model has memory to spare, and every page a trim
+# hands back is faulted in again by the next step: half the training stages' page faults and system time)...
 _TRAINING_FIXED: dict[str, Any] = {
     "lora": True,
     "keep_checkpoints": 1,
     "resume": True,
     "progress": True,
     "logging_steps": 2,
+    "release_memory": False,
 }
 # ...and each stage's own: SFT has no held-out data to validate on (so a step count it never reaches), the reward
 # model and DPO validate before, halfway and after, the reward model learns from the pairwise loss alone, DPO caches

@@ -139,7 +139,7 @@ def _build_pairs(
             built,
             sampling,
             model_name="sft",
-            on_batch=lambda r: say(f"[pairs] {r.summary()}", prefix=""),
+            on_batch=lambda r: say(f"[pairs] {r.progress()}", prefix=""),
         )
     finally:
         judge.close()
