@@ -28,6 +28,13 @@ def test_the_speedup_is_measured_once_per_machine_and_remembered(tmp_path, monke
     precision.cpu_bf16_speedup.cache_clear()
     monkeypatch.setattr(precision, "_measure_bf16_speedup", lambda: 0.5)
     assert precision.cpu_bf16_speedup() == 0.5
+    # A cache that cannot be written (a file where its directory should be) is not an error either.
+    unwritable = tmp_path / "home"
+    unwritable.mkdir()
+    (unwritable / "cache").write_text("not a directory")
+    monkeypatch.setenv("PREFALIGN_HOME", str(unwritable))
+    precision.cpu_bf16_speedup.cache_clear()
+    assert precision.cpu_bf16_speedup() == 0.5
     precision.cpu_bf16_speedup.cache_clear()
 
 

@@ -63,7 +63,8 @@ class GenerationConfig:
         default="model",
         metadata={
             "help": "precision of the forward passes: model (as loaded), float32, bfloat16, or auto (bfloat16 where "
-            "the device computes it fast: a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX; else as loaded)"
+            "the device computes it faster: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX whose bf16 matrix "
+            "products measure at least 1.25x its fp32 rate; else as loaded)"
         },
     )
 

@@ -50,6 +50,7 @@ def cpu_bf16_speedup() -> float:
     import json
     import platform
 
+    from ..errors import PrefalignError
     from ..fileio import write_json_atomic
     from .registry import prefalign_home
 
@@ -62,7 +63,9 @@ def cpu_bf16_speedup() -> float:
         known, speedup = {}, None
     if speedup is None or not speedup > 0:
         speedup = _measure_bf16_speedup()
-        with suppress(OSError):  # a read-only cache: measured again next time
+        # An unwritable cache (write_json_atomic reports it as a PrefalignError) is not an error: measured again next
+        # time.
+        with suppress(OSError, PrefalignError):
             write_json_atomic(path, {**(known if isinstance(known, dict) else {}), key: speedup})
     return speedup
 
