@@ -219,6 +219,16 @@ def test_quick_demo_on_smollm2_produces_the_three_way_report(smollm2_dir: Path, 
     pairs = json.loads((out / "pairs" / "summary.json").read_text())
     split = pairs["train_pairs"] + pairs["heldout_pairs"] + pairs["heldout_rewrites"]  # held-out rewrites set aside
     assert pairs["source"] == "built" and pairs["pairs"] == split >= 4
+    # DPO trains on every train pair; the reward model on them but the contrast pairs (the judge ties their sides).
+    trained_on = {
+        stage: json.loads((out / stage / "run.json").read_text())["config"]["data"] for stage in ("reward", "dpo")
+    }
+    assert trained_on == {
+        "reward": str(out / "pairs" / "reward_train.jsonl"),
+        "dpo": str(out / "pairs" / "train.jsonl"),
+    }
+    contrasts = sum('"source": "contrast:' in line for line in (out / "pairs" / "train.jsonl").read_text().splitlines())
+    assert pairs["reward_train_pairs"] == pairs["train_pairs"] - contrasts
     evaluation = json.loads((out / "eval" / "report.json").read_text())
     assert evaluation["labels"] == ["base", "sft", "dpo"] and evaluation["prompts"] == 16
     rows = {row["key"]: row for row in evaluation["table"]["rows"]}

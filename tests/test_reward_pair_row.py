@@ -88,3 +88,63 @@ def test_pair_row_equals_padded_rows_on_real_hh_pairs_and_smollm2(smollm2_dir: P
     torch.manual_seed(0)
     model = RewardModel(load_model(str(smollm2_dir), device="cpu"), "smollm2").eval()
     assert_pair_row_equals_padded(model, pairs, lm_weight=0.5)
+
+
+def test_prompt_groups_lay_out_each_response_after_its_prompt() -> None:
+    from prefalign.data.shared_prefix import collate_prompt_groups
+
+    row = collate_prompt_groups([([10, 11], [[20, 21, 22], [30], [40, 41]]), ([12], [[23]])])
+    # [10 11 20 21 22 30 40 41 | 12 23]: every response's positions continue from its prompt's end.
+    assert row.input_ids.tolist() == [[10, 11, 20, 21, 22, 30, 40, 41, 12, 23]]
+    assert row.position_ids.tolist() == [[0, 1, 2, 3, 4, 2, 2, 3, 0, 1]]
+    assert row.spans == ((0, 2, 3, 1, 2), (8, 1, 1))
+    assert row.response_ends.tolist() == [4, 5, 7, 9]
+    with pytest.raises(ValueError, match="non-empty"):
+        collate_prompt_groups([([10], [[20], []])])
+
+
+def grouped_rows(vocab: int) -> list[tuple[list[int], list[int]]]:
+    """Rows as an evaluation gives a reward-model judge: three models' answers to each prompt (one answer repeated),
+    listed model by model, plus a prompt answered once."""
+    pairs = random_pairs(vocab, 5, seed=7)
+    answers = [[p.chosen_ids for p in pairs], [p.rejected_ids for p in pairs], [p.chosen_ids[::-1] for p in pairs]]
+    answers[2][1] = answers[0][1]  # two models gave the same answer to prompt 1
+    rows = [(pair.prompt_ids, model[i]) for model in answers for i, pair in enumerate(pairs)]
+    return [*rows, ([*pairs[0].prompt_ids, 5], [6, 7])]
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 64])
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_prompt_group_rewards_equal_padded_rows(tiny_model_dir: Path, lora: bool, batch_size: int) -> None:
+    """Each answer scored with its prompt shared by its siblings gets the reward it gets in a padded row of its own."""
+    from prefalign.models.reward import _score_padded_rows, score_token_rows
+    from prefalign.scoring.run import unwrap
+
+    torch.manual_seed(0)
+    model = RewardModel(load_tiny(tiny_model_dir, lora=lora), "tiny").eval()
+    rows = grouped_rows(model.lm.get_output_embeddings().weight.shape[0])
+    padded = _score_padded_rows(model, rows, pad_id=0, batch_size=3)
+    grouped = score_token_rows(model, rows, pad_id=0, batch_size=batch_size)
+    assert unwrap(model.lm).config._attn_implementation == "prefalign_pairs"  # the grouped path ran
+    torch.testing.assert_close(torch.tensor(grouped), torch.tensor(padded), atol=1e-4, rtol=0)
+    assert grouped[1] == grouped[11]  # the repeated answer is scored once
+    assert len(set(grouped)) == len(rows) - 1  # and no two other answers share a reward by accident
+
+
+@pytest.mark.model
+def test_prompt_group_rewards_equal_padded_rows_on_smollm2(smollm2_dir: Path) -> None:
+    from prefalign.data.tokenize import TokenizeConfig, tokenize_sft
+    from prefalign.models.loading import load_model, load_tokenizer
+    from prefalign.models.reward import _score_padded_rows, score_token_rows
+    from prefalign.prompts import builtin_prompts
+
+    tokenizer = load_tokenizer(str(smollm2_dir))
+    prompts = [row["prompt"] for row in builtin_prompts(split="heldout")[:3]]
+    answers = ["Sure. Here it is, in two sentences. That is all.", "no", '"A quoted answer, with a comma."']
+    examples = [tokenize_sft(p, a, tokenizer, TokenizeConfig(max_length=128)) for a in answers for p in prompts]
+    rows = [(e.prompt_ids, e.completion_ids) for e in examples]
+    torch.manual_seed(0)
+    model = RewardModel(load_model(str(smollm2_dir), device="cpu"), "smollm2").eval()
+    padded = _score_padded_rows(model, rows, tokenizer.pad_token_id, batch_size=8)
+    grouped = score_token_rows(model, rows, tokenizer.pad_token_id, batch_size=8)
+    torch.testing.assert_close(torch.tensor(grouped), torch.tensor(padded), atol=1e-4, rtol=0)

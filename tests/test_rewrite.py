@@ -223,6 +223,78 @@ def test_without_rewrite_no_rewrite_pairs(tmp_path: Path, fixed_answers):
     assert [line["source"] for line in lines] == ["judge"] and report.rewrites == 0
 
 
+# --- contrast pairs: the same edits losing where the prompt did not ask for them ------------------------------------
+
+KEYWORD_ONLY = meta(("keywords:existence", {"keywords": ["water"]}))
+
+
+def contrast_prompts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Two prompts asking for lowercase (a rewrite pair each), one asking only for a keyword (the one donor), one asking
+    for lowercase and capitals (no donor: it asks for the edit)."""
+    monkeypatch.setitem(ANSWERS, "Prompt four.", [(ANSWER, "eos"), ("Water it.", "eos")])
+    monkeypatch.setitem(ANSWERS, "Prompt five.", [(ANSWER, "eos"), ("Water it.", "eos")])
+    both = meta(("change_case:english_lowercase", {}), ("change_case:english_capital", {}))
+    rows = [
+        {"id": "p0", "prompt": "Prompt one.", **LOWERCASE},
+        {"id": "p1", "prompt": "Prompt two.", **LOWERCASE},
+        {"id": "p3", "prompt": "Prompt four.", **KEYWORD_ONLY},
+        {"id": "p4", "prompt": "Prompt five.", **both},
+    ]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def build_contrast(tmp_path: Path, prompts: Path, **options) -> tuple[list[dict], object]:
+    config = PairsConfig(max_new_tokens=8, batch_size=2, rewrite=True, **options)
+    out = tmp_path / "pairs.jsonl"
+    report = build_pairs(None, None, VERIFIER, read_prompt_records(prompts), out, config, model_name="m")  # type: ignore[arg-type]  # generation is replaced: no model is needed
+    return [json.loads(line) for line in out.read_text().splitlines()], report
+
+
+def test_contrast_pairs_show_an_unasked_edit_losing(tmp_path: Path, fixed_answers, monkeypatch: pytest.MonkeyPatch):
+    prompts = contrast_prompts(tmp_path, monkeypatch)
+    lines, report = build_contrast(tmp_path, prompts, contrast=True)
+    contrasts = [line for line in lines if line["source"].startswith("contrast:")]
+    # Two lowercase rewrites (none for p4: no edit follows both of its case rules), one prompt that does not ask for
+    # lowercase: one contrast pair, from that prompt.
+    assert [line["id"] for line in lines if line["source"].startswith("rewrite:")] == ["p0", "p1"]
+    assert [(c["id"], c["source"]) for c in contrasts] == [("p3", "contrast:english_lowercase")]
+    contrast = contrasts[0]
+    assert (contrast["chosen"], contrast["rejected"]) == (ANSWER, ANSWER.lower())
+    assert contrast["chosen_score"] == contrast["rejected_score"] == 1.0  # the verifier alone cannot tell them apart
+    assert contrast["instruction_id_list"] == ["keywords:existence"] and contrast["model"] == "m"
+    assert contrast["rejected_sample"]["edited"] == ["change_case:english_lowercase"]
+    assert report.contrasts == 1 and "contrast pairs 1" in report.summary() and "1 contrast pairs" in report.progress()
+    stats = pair_stats(tmp_path / "pairs.jsonl")
+    assert stats["by_source"]["contrast:english_lowercase"] == 1 and stats["prompts"] == 4  # counted apart
+    again, report = build_contrast(tmp_path, prompts, contrast=True)  # resumed: nothing new, the same file
+    assert again == lines and report.contrasts == 1 and report.resumed == 4
+    (tmp_path / "without").mkdir()
+    without, _ = build_contrast(tmp_path / "without", prompts)
+    assert [line for line in without if line["source"].startswith("contrast:")] == []
+
+    def unsampled(line: dict) -> dict:  # the line without its sampling settings, which name --contrast
+        return {key: value for key, value in line.items() if key != "generation"}
+
+    assert [unsampled(line) for line in without] == [
+        unsampled(line) for line in lines if not line["source"].startswith("contrast:")
+    ]  # contrast pairs add lines and change none
+
+
+def test_contrast_pairs_need_rewrites_and_whole_answer_edits():
+    from prefalign.pairs.rewrite import apply_edits
+
+    with pytest.raises(PrefalignError, match="--contrast needs --rewrite"):
+        PairsConfig(contrast=True)
+    # Edits apply in REWRITES' order whatever the order asked: commas, then case, then quotes.
+    assert apply_edits("A, b.", ["startend:quotation", "change_case:english_capital", "punctuation:no_comma"]) == (
+        '"A B."'
+    )
+    with pytest.raises(ValueError, match="not a whole-answer edit"):
+        apply_edits(ANSWER, ["detectable_format:title"])
+
+
 def test_min_score_gap_skips_and_counts_close_pairs(tmp_path: Path, fixed_answers):
     lines, skipped, report = build(tmp_path, min_score_gap=0.6)
     assert lines == [] and report.small_gaps == 1 and report.done == 3
@@ -329,7 +401,9 @@ def test_demo_options_reach_pair_building():
     from prefalign.pipeline.config import DemoConfig
 
     assert (DemoConfig().rewrite_pairs, DemoConfig().min_score_gap, DemoConfig().sft_rewrites) == (True, 0.0, True)
-    assert DemoConfig().pairs_sampling().rewrite
+    assert DemoConfig().pairs_sampling().rewrite and DemoConfig().pairs_sampling().contrast
+    assert not DemoConfig(contrast_pairs=False).pairs_sampling().contrast
+    assert not DemoConfig(rewrite_pairs=False).pairs_sampling().contrast  # contrast pairs answer rewrite pairs
     assert DemoConfig().pairs_sampling().max_chosen_repetition == DemoConfig().max_repetition == 0.25
     assert DemoConfig(max_repetition=1.0).pairs_sampling().max_chosen_repetition == 1.0
     with pytest.raises(PrefalignError, match="--max-repetition must be in"):
@@ -346,7 +420,7 @@ def test_the_demo_report_counts_rewrite_pairs(tmp_path: Path):
     pairs = tmp_path / "pairs"
     pairs.mkdir()
     line = {"prompt": "p", "chosen": "a", "rejected": "b"}
-    lines = {"train": ["judge", "rewrite:quotation", "rewrite:title"], "heldout": ["judge"]}
+    lines = {"train": ["judge", "rewrite:quotation", "rewrite:title", "contrast:quotation"], "heldout": ["judge"]}
     for name, sources in lines.items():
         (pairs / f"{name}.jsonl").write_text("".join(json.dumps({**line, "source": s}) + "\n" for s in sources))
     summary = {
@@ -358,18 +432,24 @@ def test_the_demo_report_counts_rewrite_pairs(tmp_path: Path):
         "small_gaps": 1,
         "repetitive": 2,
         "rewrites": 3,
-        "pairs": 5,
-        "train_pairs": 3,
+        "contrasts": 1,
+        "pairs": 6,
+        "train_pairs": 4,
         "heldout_pairs": 1,
         "heldout_rewrites": 1,
     }
     (pairs / "summary.json").write_text(json.dumps(summary))
     assert _stage_facts(tmp_path)["pairs"] == (
         "from 4 prompts: 1 ties and 0 judge failures, 1 below the minimum score gap, 2 whose chosen answer repeats too "
-        "much skipped; 5 pairs, 3 train / 1 held "
-        "out; 3 of the pairs are rewrites of a sample to follow the instructions it failed (2 trained on; the 1 of "
-        "held-out prompts are set aside, so held-out pairs are judged samples only), the rest judged samples"
+        "much skipped; 6 pairs, 4 train / 1 held out; 3 of the pairs are rewrites of a sample to follow the "
+        "instructions it failed (2 trained on) and 1 contrast pairs (a sample as it was over the same sample with a "
+        "case, quote or comma edit its prompt did not ask for; 1 trained on by DPO, none by the reward model); the 1 "
+        "of these of held-out prompts are "
+        "set aside, so held-out pairs are judged samples only; the rest are judged samples"
     )
+    del summary["contrasts"]
+    (pairs / "summary.json").write_text(json.dumps(summary))
+    assert "contrast" not in _stage_facts(tmp_path)["pairs"]
 
 
 def test_the_demo_report_counts_trimmed_sft_targets(tmp_path: Path):
@@ -390,20 +470,27 @@ def test_pairs_are_split_by_prompt_and_held_out_rewrites_are_set_aside(tmp_path:
     rows = [
         {"id": f"p{i}", "prompt": f"prompt {i}", "chosen": f"c{i}{source}", "rejected": "r", "source": source}
         for i in range(20)
-        for source in ("judge", "rewrite:quotation")
+        for source in ("judge", "rewrite:quotation", "contrast:no_comma")
     ]
     built = tmp_path / "pairs.jsonl"
     built.write_text("".join(json.dumps(row) + "\n" for row in rows))
     counts = split_pairs(built, tmp_path, 0.25, seed=0)
     read = {
         name: [json.loads(x) for x in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
-        for name in ("train", "heldout", "heldout_rewrites")
+        for name in ("train", "reward_train", "heldout", "heldout_rewrites")
     }
     held_ids = {row["id"] for row in read["heldout"]}
     assert len(held_ids) == 5 and all(row["source"] == "judge" for row in read["heldout"])
-    assert {row["id"] for row in read["heldout_rewrites"]} == held_ids
+    assert sorted(row["id"] for row in read["heldout_rewrites"]) == sorted([*held_ids, *held_ids])
     assert not held_ids & {row["id"] for row in read["train"]}  # no held-out prompt is trained on
-    assert counts == {"pairs": 40, "train_pairs": 30, "heldout_pairs": 5, "heldout_rewrites": 5}
+    assert read["reward_train"] == [row for row in read["train"] if not row["source"].startswith("contrast:")]
+    assert counts == {
+        "pairs": 60,
+        "train_pairs": 45,
+        "reward_train_pairs": 30,
+        "heldout_pairs": 5,
+        "heldout_rewrites": 10,
+    }
     assert split_pairs(built, tmp_path, 0.25, seed=0) == counts  # seeded
 
 

@@ -35,8 +35,9 @@ from .tokenize import TokenizedPair
 
 # The keyword argument that carries a row's pair spans through the model to `prefalign.models.pair_attention`.
 SPANS_KWARG = "prefalign_pair_spans"
-# (start, prompt length, chosen length, rejected length) of each pair in the row, as Python ints (no device sync).
-PairSpans = tuple[tuple[int, int, int, int], ...]
+# (start, prompt length, chosen length, rejected length) of each pair in the row, as Python ints (no device sync);
+# a prompt group's span carries each of its responses' lengths after the prompt's (`collate_prompt_groups`).
+PairSpans = tuple[tuple[int, ...], ...]
 _PROMPT, _CHOSEN, _REJECTED, _PADDING = 0, 1, 2, -1
 
 
@@ -151,6 +152,48 @@ def collate_pair_row(pairs: Sequence[TokenizedPair], pad_id: int = 0) -> SharedP
         start += lengths[i]
     return SharedPrefixBatch(
         input_ids, position_ids, None, scoring.index(), len(pairs), total, torch.tensor(scoring.ends), tuple(spans)
+    )
+
+
+@dataclass
+class PromptGroupRow:
+    """Prompts each followed by all of its responses, [p1 a1 b1 c1 | p2 a2 | ...], in one padding-free row for pair
+    attention: each response sees its prompt and itself, never a sibling, so each is scored as it would be alone, and
+    the prompt is computed once for all of them (a reward model judging several models' answers to one prompt)."""
+
+    input_ids: Tensor  # [1, T]
+    position_ids: Tensor  # [1, T]
+    spans: PairSpans
+    response_ends: Tensor  # flat position of each response's last token: group by group, responses in order
+
+    def model_inputs(self) -> dict[str, Any]:
+        return {"input_ids": self.input_ids, "position_ids": self.position_ids, SPANS_KWARG: self.spans}
+
+
+def collate_prompt_groups(groups: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]) -> PromptGroupRow:
+    """Lay out (prompt ids, [response ids, ...]) groups end to end in one row. Prompts and responses must be non-empty;
+    each response's position ids continue from the end of its prompt, as they would alone."""
+    if not groups:
+        raise ValueError("collate_prompt_groups needs at least one group")
+    ids: list[int] = []
+    positions: list[int] = []
+    spans = []
+    ends = []
+    for prompt, responses in groups:
+        if not prompt or not responses or not all(responses):
+            raise ValueError("a prompt group needs a non-empty prompt and at least one response, each non-empty")
+        spans.append((len(ids), len(prompt), *(len(response) for response in responses)))
+        ids += prompt
+        positions += range(len(prompt))
+        for response in responses:
+            ids += response
+            positions += range(len(prompt), len(prompt) + len(response))
+            ends.append(len(ids) - 1)
+    return PromptGroupRow(
+        torch.tensor([ids], dtype=torch.long),
+        torch.tensor([positions], dtype=torch.long),
+        tuple(spans),
+        torch.tensor(ends, dtype=torch.long),
     )
 
 

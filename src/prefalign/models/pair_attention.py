@@ -7,6 +7,10 @@ pairs are. It runs per pair, two `scaled_dot_product_attention` calls each:
 * rejected: its queries attend to the prompt's keys and causally to its own, never to chosen's: keys [prompt |
   rejected] under a lower-right causal mask (`tril(diagonal=len(prompt))`).
 
+A span may carry more than two responses (`collate_prompt_groups`: one prompt and all its answers, for a reward model
+scoring several models' answers): every response after the first runs as rejected does, on its own keys and the
+prompt's.
+
 That is exactly the block mask of `prefalign.data.shared_prefix.block_mask`, but computed without the masked-out
 blocks: a packed row of L tokens costs L^2 per head under a 4D mask, whatever share of it the mask keeps; here each
 pair costs only its own causal blocks, and no padding is computed anywhere.
@@ -59,19 +63,22 @@ def pair_attention(
         "enable_gqa": key.shape[1] != query.shape[1],
     }
     pieces = []
-    for start, prompt, chosen, rejected in spans:
-        shared = slice(start, start + prompt + chosen)
+    for start, prompt, first, *others in spans:
+        shared = slice(start, start + prompt + first)
         pieces.append(
             F.scaled_dot_product_attention(
                 query[:, :, shared], key[:, :, shared], value[:, :, shared], is_causal=True, **options
             )
         )
-        own = slice(start + prompt + chosen, start + prompt + chosen + rejected)
-        keys = torch.cat([key[:, :, start : start + prompt], key[:, :, own]], dim=2)
-        values = torch.cat([value[:, :, start : start + prompt], value[:, :, own]], dim=2)
-        # Rejected token i sees every prompt key and rejected keys 0..i: column c is kept when c <= i + prompt.
-        mask = torch.ones(rejected, prompt + rejected, dtype=torch.bool, device=query.device).tril(diagonal=prompt)
-        pieces.append(F.scaled_dot_product_attention(query[:, :, own], keys, values, attn_mask=mask, **options))
+        offset = start + prompt + first
+        for length in others:  # rejected, or a prompt's every further response
+            own = slice(offset, offset + length)
+            keys = torch.cat([key[:, :, start : start + prompt], key[:, :, own]], dim=2)
+            values = torch.cat([value[:, :, start : start + prompt], value[:, :, own]], dim=2)
+            # Its token i sees every prompt key and its own keys 0..i: column c is kept when c <= i + prompt.
+            mask = torch.ones(length, prompt + length, dtype=torch.bool, device=query.device).tril(diagonal=prompt)
+            pieces.append(F.scaled_dot_product_attention(query[:, :, own], keys, values, attn_mask=mask, **options))
+            offset += length
     out = torch.cat(pieces, dim=2)
     if out.shape[2] != query.shape[2]:
         raise ValueError(f"pair spans cover {out.shape[2]} positions of a {query.shape[2]}-token row")

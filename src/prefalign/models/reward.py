@@ -32,10 +32,11 @@ import torch
 from torch import nn
 
 from ..data.collate import CompletionIndex, pad_sequences
+from ..data.shared_prefix import SPANS_KWARG, collate_prompt_groups
 from ..errors import ModelError
 from ..fileio import write_json_atomic
 from ..scoring.completions import CompletionStates
-from ..scoring.run import checked_inputs, final_hidden_states, hidden_and_completion_states
+from ..scoring.run import checked_inputs, enable_pair_attention, final_hidden_states, hidden_and_completion_states
 from .lora import is_lora, load_adapter, merged_copy
 
 if TYPE_CHECKING:
@@ -228,7 +229,54 @@ def with_untrained_head(spec: str, *, seed: int, device: str | None = None) -> R
 def score_token_rows(
     model: RewardModel, rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, batch_size: int = 8
 ) -> list[float]:
-    """The reward of each (prompt_ids, completion_ids) row, in order, `batch_size` rows per forward."""
+    """The reward of each (prompt_ids, completion_ids) row, in order.
+
+    Where the LM runs pair attention, rows with the same prompt share one computation of it: each prompt and all its
+    distinct responses form one span of a padding-free row (`collate_prompt_groups`), whole prompts adding up to
+    about `batch_size` responses per forward, and a response given twice to one prompt is scored once (an
+    evaluation scores every model's answer to each prompt: the prompt is computed once, not once per model).
+    Otherwise rows are padded, `batch_size` per forward."""
+    if not rows:
+        return []
+    if all(prompt and completion for prompt, completion in rows) and enable_pair_attention(model.lm):
+        return _score_prompt_groups(model, rows, batch_size)
+    return _score_padded_rows(model, rows, pad_id, batch_size)
+
+
+def _score_prompt_groups(
+    model: RewardModel, rows: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int
+) -> list[float]:
+    device = next(model.parameters()).device
+    # prompt -> its distinct responses (dicts keep first-seen order) -> the rows that gave that response
+    groups: dict[tuple[int, ...], dict[tuple[int, ...], list[int]]] = {}
+    for i, (prompt, completion) in enumerate(rows):
+        groups.setdefault(tuple(prompt), {}).setdefault(tuple(completion), []).append(i)
+    chunks: list[list[tuple[tuple[int, ...], dict[tuple[int, ...], list[int]]]]] = [[]]
+    for unit in groups.items():
+        if sum(len(responses) for _, responses in chunks[-1]) >= batch_size:
+            chunks.append([])
+        chunks[-1].append(unit)
+    rewards = [0.0] * len(rows)
+    for chunk in chunks:
+        row = collate_prompt_groups([(list(prompt), [list(r) for r in responses]) for prompt, responses in chunk])
+        out = model(
+            input_ids=row.input_ids.to(device),
+            position_ids=row.position_ids.to(device),
+            reward_positions=row.response_ends.to(device),
+            **{SPANS_KWARG: row.spans},
+        )
+        scored = iter(out.rewards.tolist())
+        for _, responses in chunk:
+            for indices in responses.values():
+                reward = next(scored)
+                for i in indices:
+                    rewards[i] = reward
+    return rewards
+
+
+def _score_padded_rows(
+    model: RewardModel, rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, batch_size: int
+) -> list[float]:
     device = next(model.parameters()).device
     # Longest first: rows of similar length share a batch, so little compute goes to padding; order restored after.
     order = sorted(range(len(rows)), key=lambda i: -(len(rows[i][0]) + len(rows[i][1])))

@@ -12,7 +12,10 @@ written four times satisfies a bullet count) is not something to teach.
 With `rewrite`, a prompt can give a second line: a rewrite pair (`prefalign.pairs.rewrite`), a sample edited to follow
 the instructions it failed, chosen over the sample as it was, with `source` "rewrite:..." (judged pairs: "judge"); a
 sample cut at the token limit is trimmed back to a complete sentence first ("rewrite:trim+..."), and used only when no
-finished sample can be edited. A batch's rewrite pairs are written before its judged pairs.
+finished sample can be edited. With `contrast` too, each rewrite pair that changed the whole answer (letter case,
+quotes, commas) gets a contrast pair: another prompt's sample as it was, chosen over the same sample with that edit,
+which its prompt did not ask for ("contrast:...", `prefalign.pairs.lines.contrast_lines`). A batch's rewrite and
+contrast pairs are written before its judged pairs.
 
 Two files come out:
 
@@ -128,7 +131,18 @@ class PairsConfig:
         },
     )
 
+    contrast: bool = field(
+        default=False,
+        metadata={
+            "help": "with --rewrite: also write, per rewrite pair that changed the whole answer (letter case, double "
+            "quotes, commas), a contrast pair: a sample of a prompt that does not ask for that edit, chosen as it "
+            "was over the same sample edited (see prefalign.pairs.lines.contrast_lines)"
+        },
+    )
+
     def __post_init__(self) -> None:
+        if self.contrast and not self.rewrite:
+            raise PrefalignError("--contrast needs --rewrite: a contrast pair answers a rewrite pair's edit")
         if self.num_samples < 2:
             raise PrefalignError(f"--num-samples must be at least 2 (a pair needs two answers), got {self.num_samples}")
         if not self.temperatures:
@@ -226,10 +240,11 @@ class BuildReport:
     small_gaps: int = 0  # the judge preferred one answer, by less than --min-score-gap
     repetitive: int = 0  # the judge preferred an answer that repeats more than --max-chosen-repetition
     rewrites: int = 0  # rewrite pairs, written besides the prompt's judged line
+    contrasts: int = 0  # contrast pairs, written besides the prompt's judged and rewrite lines
 
     @property
     def done(self) -> int:
-        """Prompts judged: each has one judged line (a pair or a skip); rewrite pairs come on top."""
+        """Prompts judged: each has one judged line (a pair or a skip); rewrite and contrast pairs come on top."""
         return (
             self.pairs
             + self.ties
@@ -246,14 +261,17 @@ class BuildReport:
 
     def count(self, status: str) -> None:
         names = {"pair": "pairs", "tie": "ties", "judge_failure": "judge_failures", "small_gap": "small_gaps"}
-        name = names.get(status, "rewrites" if status == "rewrite" else status)
+        names.update(rewrite="rewrites", contrast="contrasts")
+        name = names.get(status, status)
         setattr(self, name, getattr(self, name) + 1)
 
     def progress(self) -> str:
         """One line while the run goes on: how far it is, and what it has written so far."""
         return (
             f"{self.done}/{self.prompts} prompts done: {self.pairs} pairs, {self.ties} ties, "
-            f"{self.judge_failures} judge failures" + (f", {self.rewrites} rewrite pairs" if self.rewrites else "")
+            f"{self.judge_failures} judge failures"
+            + (f", {self.rewrites} rewrite pairs" if self.rewrites else "")
+            + (f", {self.contrasts} contrast pairs" if self.contrasts else "")
         )
 
     def summary(self) -> str:
@@ -264,6 +282,7 @@ class BuildReport:
             + (f", score gaps below the minimum {self.small_gaps}" if self.small_gaps else "")
             + (f", repetitive chosen answers {self.repetitive}" if self.repetitive else "")
             + (f", rewrite pairs {self.rewrites}" if self.rewrites else "")
+            + (f", contrast pairs {self.contrasts}" if self.contrasts else "")
         )
 
 
@@ -284,13 +303,13 @@ def build_pairs(
     the running counts after each batch is on disk.
     """
     from ..generate import generate
-    from .lines import judged_lines, rewrite_lines, rewriter
+    from .lines import contrast_lines, judged_lines, rewrite_lines, rewriter
 
     output = check_output_path(output)
     provenance = {"model": model_name, "judge": judge.name, "generation": _generation_settings(config)}
     report = BuildReport(prompts=len(prompts))
     wanted = {p.id for p in prompts}
-    done: set[tuple[str, str]] = set()  # (prompt id, "judged" or "rewrite") of every line on disk
+    done: set[tuple[str, str]] = set()  # (prompt id, "judged", "rewrite" or "contrast") of every line on disk
     for path in (output, skipped_path(output)):
         for line in _read_existing(path, provenance):
             done.add(_line_key(line))
@@ -314,10 +333,24 @@ def build_pairs(
                 judge, batch, samples, settings, provenance, config.min_score_gap, config.max_chosen_repetition
             )
             if verifier is not None:
-                # A batch's rewrite pairs go before its judged lines (the pairs file is written before the skipped
-                # one): whenever every judged line of a batch is on disk, so are its rewrite pairs.
+                # A batch's rewrite and contrast pairs go before its judged lines (the pairs file is written before
+                # the skipped one): whenever every judged line of a batch is on disk, so are they.
                 rewrites = rewrite_lines(verifier, batch, samples, settings, provenance, config.max_chosen_repetition)
-                lines = rewrites + lines
+                contrasts = (
+                    contrast_lines(
+                        verifier,
+                        batch,
+                        samples,
+                        settings,
+                        provenance,
+                        rewrites,
+                        config.seed,
+                        config.max_chosen_repetition,
+                    )
+                    if config.contrast
+                    else []
+                )
+                lines = rewrites + contrasts + lines
             new = [line for line in lines if _line_key(line) not in done]
             _append(pairs_out, [line for line in new if "status" not in line])
             _append(skip_out, [line for line in new if "status" in line])
@@ -330,12 +363,14 @@ def build_pairs(
 
 
 def _line_kind(line: dict[str, Any]) -> str:
-    """ "pair", a skip status, or "rewrite" (a rewrite pair, written besides the prompt's judged line)."""
-    return "rewrite" if str(line.get("source", "")).startswith("rewrite:") else line.get("status", "pair")
+    """ "pair", a skip status, "rewrite" or "contrast" (pairs written besides the prompt's judged line)."""
+    synthesized = str(line.get("source", "")).split(":")[0]
+    return synthesized if synthesized in ("rewrite", "contrast") else line.get("status", "pair")
 
 
 def _line_key(line: dict[str, Any]) -> tuple[str, str]:
-    return str(line["id"]), "rewrite" if _line_kind(line) == "rewrite" else "judged"
+    kind = _line_kind(line)
+    return str(line["id"]), kind if kind in ("rewrite", "contrast") else "judged"
 
 
 def _generation_settings(config: PairsConfig) -> dict[str, Any]:

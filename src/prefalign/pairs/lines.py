@@ -1,6 +1,7 @@
 """The lines `build_pairs` writes for one batch of prompts: a judged pair or a skip record per prompt
-(`judged_lines`), and the rewrite pairs (`rewrite_lines`). Each line carries its provenance: the prompt's fields, the
-model, judge and sampling settings, each side's sample and the judge's details."""
+(`judged_lines`), the rewrite pairs (`rewrite_lines`) and their contrast pairs (`contrast_lines`). Each line carries
+its provenance: the prompt's fields, the model, judge and sampling settings, each side's sample and the judge's
+details."""
 
 from __future__ import annotations
 
@@ -154,6 +155,93 @@ def rewrite_lines(
             }
         )
     return lines
+
+
+def contrast_lines(
+    verifier: VerifierJudge,
+    batch: list[PromptRecord],
+    samples: list[list[Generation]],
+    settings: list[GenerationConfig],
+    provenance: dict[str, Any],
+    rewrites: list[dict[str, Any]],
+    seed: int,
+    max_chosen_repetition: float = 1.0,
+) -> list[dict[str, Any]]:
+    """A contrast pair for each of the batch's `rewrites` that made a whole-answer edit (letter case, quotes, commas:
+    `WHOLE_ANSWER_EDITS`): a finished sample of another prompt of the batch, one that asks for none of those edits,
+    chosen as it was over the same sample with the edits made.
+
+    Why: a rewrite pair shows an edit winning wherever it appears, so a model trained on rewrite pairs alone learns the
+    edit, not the instruction, and wraps answers nobody asked to quote in quotes. The contrast pair shows the same
+    edit losing where it was not asked for. Donor prompts are drawn in an order seeded by `seed` and the batch, each
+    at most once, and give their first finished sample that repeats at most `max_chosen_repetition` of its word
+    4-grams and that the edits change; the verifier must score the edited sample no higher than the original."""
+    import random
+
+    from .rewrite import REWRITES, WHOLE_ANSWER_EDITS
+
+    donors = list(range(len(batch)))
+    random.Random(f"contrast:{seed}:{batch[0].id if batch else ''}").shuffle(donors)
+    used: set[int] = set()  # each prompt gives one contrast pair at most
+    lines = []
+    for rewrite in rewrites:
+        edits = [i for i in rewrite["chosen_sample"]["rewritten"] if i in WHOLE_ANSWER_EDITS]
+        if not edits:
+            continue
+        for d in donors:
+            donor = batch[d]
+            if d in used or set(edits) & set(donor.fields.get("instruction_id_list") or []):
+                continue
+            found = _contrast(verifier, donor, [s[d] for s in samples], edits, max_chosen_repetition)
+            if found is None:
+                continue
+            j, generation, edited, original, worse = found
+            used.add(d)
+            described = _describe_sample(j, generation, settings[j])
+            lines.append(
+                {
+                    "prompt": donor.prompt,
+                    "chosen": generation.text,
+                    "rejected": edited,
+                    "id": donor.id,
+                    **donor.fields,
+                    **provenance,
+                    "source": "contrast:" + "+".join(REWRITES[i][0] for i in REWRITES if i in edits),
+                    "chosen_score": original.value,
+                    "rejected_score": worse.value,
+                    "chosen_sample": described,
+                    "rejected_sample": {**described, "edited": [i for i in REWRITES if i in edits]},
+                    "judge_details": {"chosen": original.details, "rejected": worse.details},
+                }
+            )
+            break
+    return lines
+
+
+def _contrast(
+    verifier: VerifierJudge,
+    donor: PromptRecord,
+    generations: list[Generation],
+    edits: list[str],
+    max_repetition: float,
+) -> tuple[int, Generation, str, Score, Score] | None:
+    """(sample index, sample, edited text, the verifier's scores of both) for the donor's first finished sample that
+    the edits change and do not improve; None when it has none."""
+    from .rewrite import apply_edits
+
+    for j, generation in _distinct_candidates(generations):
+        if generation.finish_reason != "eos" or repetition(generation.text) > max_repetition:
+            continue
+        edited = apply_edits(generation.text, edits)
+        if edited == generation.text:
+            continue
+        original, worse = verifier.score(
+            [JudgeItem(donor.prompt, generation.text, donor.fields), JudgeItem(donor.prompt, edited, donor.fields)]
+        )
+        if original.value is None or worse.value is None or worse.value > original.value:
+            continue
+        return j, generation, edited, original, worse
+    return None
 
 
 def _best_rewrite(

@@ -182,6 +182,29 @@ REWRITES: dict[str, tuple[str, Edit]] = {
 }
 
 
+# The edits that take no argument and change a whole answer. Made to an answer whose prompt did not ask for them,
+# they make it worse: an answer in capitals, in quotes or without commas that nobody asked for (contrast pairs,
+# `prefalign.pairs.lines.contrast_lines`).
+WHOLE_ANSWER_EDITS = (
+    "punctuation:no_comma",
+    "change_case:english_lowercase",
+    "change_case:english_capital",
+    "startend:quotation",
+)
+
+
+def apply_edits(text: str, instruction_ids: list[str]) -> str:
+    """`text` with the whole-answer edits of `instruction_ids` made, in `REWRITES`' order."""
+    for instruction_id in REWRITES:
+        if instruction_id in instruction_ids:
+            if instruction_id not in WHOLE_ANSWER_EDITS:
+                raise ValueError(f"{instruction_id} is not a whole-answer edit")
+            edited = REWRITES[instruction_id][1](text, {}, {})
+            assert edited is not None  # whole-answer edits always apply
+            text = edited
+    return text
+
+
 @dataclass(frozen=True)
 class Rewrite:
     """A verified rewrite of one response: the new text, which instructions it was edited for, and the verifier's

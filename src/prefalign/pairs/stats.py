@@ -34,11 +34,12 @@ def pair_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
         data = load_preferences(path, max_bad_fraction=None)
         records, bad_lines = data.records, data.report.rejected
     stats: dict[str, Any] = {"source": str(path), "pairs": len(records), "bad_lines": bad_lines}
-    # `pairs build --rewrite` writes rewrite pairs ("rewrite:..."), besides the judged ones ("judge"), for a prompt.
+    # `pairs build --rewrite [--contrast]` writes rewrite pairs ("rewrite:...") and contrast pairs ("contrast:...")
+    # besides the judged ones ("judge") for a prompt.
     sources = Counter(str(record.extra["source"]) for record in records if "source" in record.extra)
     if sources:
         stats["by_source"] = dict(sorted(sources.items()))
-    rewrites = sum(count for source, count in sources.items() if source.startswith("rewrite:"))
+    rewrites = sum(count for source, count in sources.items() if source.startswith(("rewrite:", "contrast:")))
     skipped = _skip_counts(skipped_path(path))
     if skipped is not None:
         prompts = len(records) - rewrites + sum(skipped.values())

@@ -141,6 +141,14 @@ class DemoConfig:
             "complete sentence first) chosen over the sample as it was; the report counts them"
         ),
     )
+    contrast_pairs: bool = field(
+        default=True,
+        metadata=_help(
+            "with --rewrite-pairs: per rewrite pair that changed the whole answer (letter case, quotes, commas), also "
+            "a contrast pair: another prompt's sample as it was, chosen over the same sample with that edit, which "
+            "its prompt did not ask for (rewrite pairs alone teach the edit everywhere); the report counts them"
+        ),
+    )
     heldout_fraction: float = field(
         default=0.35, metadata=_help("fraction of the pair prompts held out (validation, held-out accuracy)")
     )
@@ -173,7 +181,7 @@ class DemoConfig:
     rm_lora_layers: int | None = field(
         default=10, metadata=_trains(("reward",), "the same for the reward model", "lora_layers")
     )
-    rm_epochs: int = field(default=2, metadata=_trains(("reward",), "reward-model epochs", "epochs"))
+    rm_epochs: int = field(default=1, metadata=_trains(("reward",), "reward-model epochs", "epochs"))
     rm_learning_rate: float = field(
         default=1e-3, metadata=_trains(("reward",), "reward-model learning rate (LoRA and head)", "learning_rate")
     )
@@ -200,7 +208,7 @@ class DemoConfig:
         default=32, metadata=_help("token budget of the KL samples: the KL covers the first N response tokens")
     )
     kl_prompts: int = field(
-        default=120, metadata=_help("estimate the KL on the first N evaluation prompts (a model pass each)")
+        default=80, metadata=_help("estimate the KL on the first N evaluation prompts (a model pass each)")
     )
     eval_dtype: GenerationDtype = field(
         default="auto",
@@ -335,6 +343,7 @@ class DemoConfig:
             min_score_gap=self.min_score_gap,
             max_chosen_repetition=self.max_repetition,
             rewrite=self.rewrite_pairs,
+            contrast=self.rewrite_pairs and self.contrast_pairs,
         )
 
     def eval_generation(self) -> GenerationConfig:
@@ -357,7 +366,6 @@ QUICK: dict[str, Any] = {
     "pair_prompts": 32,
     "max_length": 192,
     "max_prompt_length": 112,
-    "rm_epochs": 1,
     "dpo_epochs": 1,
     "heldout_fraction": 0.2,
 }

@@ -98,9 +98,15 @@ def build_or_load_pairs(
     summary.update(split_pairs(built, work, config.heldout_fraction, config.seed))
     write_json_atomic(work / "summary.json", summary, default=str)
     say(
-        f"[pairs] {summary['pairs']} pairs: {summary['train_pairs']} to train on, {summary['heldout_pairs']} held out"
+        f"[pairs] {summary['pairs']} pairs: {summary['train_pairs']} to train on"
         + (
-            f" ({summary['heldout_rewrites']} rewrites of held-out prompts set aside)"
+            f" ({summary['reward_train_pairs']} without the contrast pairs, for the reward model)"
+            if summary["reward_train_pairs"] != summary["train_pairs"]
+            else ""
+        )
+        + f", {summary['heldout_pairs']} held out"
+        + (
+            f" ({summary['heldout_rewrites']} rewrite and contrast pairs of held-out prompts set aside)"
             if summary["heldout_rewrites"]
             else ""
         ),
@@ -147,11 +153,14 @@ def _build_pairs(
 
 
 def split_pairs(built: Path, work: Path, fraction: float, seed: int) -> dict[str, int]:
-    """Split the pairs file `built` into work/train.jsonl and work/heldout.jsonl by prompt: a seeded draw of the
-    prompts (at least 2) holds out every pair of theirs, so no held-out prompt is trained on; the counts.
+    """Split the pairs file `built` into work/train.jsonl and work/heldout.jsonl by prompt (a seeded draw of the
+    prompts, at least 2, holds out every pair of theirs, so no held-out prompt is trained on); return the counts.
 
-    A held-out prompt's rewrite pairs (source "rewrite:...") go to work/heldout_rewrites.jsonl instead: a case or
-    quoting edit is an easy pair, and held-out accuracy should measure the judged pairs."""
+    A held-out prompt's rewrite and contrast pairs (source "rewrite:..." or "contrast:...") go to
+    work/heldout_rewrites.jsonl instead: a case or quoting edit is an easy pair, and held-out accuracy should measure
+    the judged pairs. work/reward_train.jsonl is train.jsonl without its contrast pairs, for the reward model: it
+    learns the judge's preferences, and the judge scores a contrast pair's two sides alike (the edit breaks no rule
+    of that prompt's); DPO learns from them that an edit nobody asked for makes an answer worse."""
     # Lines end at "\n" only (`jsonl_lines`): a pair whose text holds U+2028 stays one pair.
     lines = [raw.decode("utf-8").rstrip("\r\n") for _, raw in jsonl_lines(built)]
     if len(lines) < 4:
@@ -163,16 +172,21 @@ def split_pairs(built: Path, work: Path, fraction: float, seed: int) -> dict[str
     keys = [json.dumps(row.get("id", row["prompt"]), sort_keys=True) for row in rows]
     _, held_keys = split_heldout(sorted(set(keys), key=keys.index), fraction, seed=seed, minimum=2, what="prompts")
     held = set(held_keys)
-    rewrite = [str(row.get("source", "")).startswith("rewrite:") for row in rows]
-    split: dict[str, list[str]] = {"train": [], "heldout": [], "heldout_rewrites": []}
-    for line, key, is_rewrite in zip(lines, keys, rewrite):
-        name = "train" if key not in held else "heldout_rewrites" if is_rewrite else "heldout"
-        split[name].append(line)
+    split: dict[str, list[str]] = {"train": [], "reward_train": [], "heldout": [], "heldout_rewrites": []}
+    for line, row, key in zip(lines, rows, keys):
+        source = str(row.get("source", ""))
+        if key not in held:
+            split["train"].append(line)
+            if not source.startswith("contrast:"):
+                split["reward_train"].append(line)
+        else:
+            split["heldout_rewrites" if source.startswith(("rewrite:", "contrast:")) else "heldout"].append(line)
     for name, kept in split.items():
         write_text_atomic(work / f"{name}.jsonl", "".join(line + "\n" for line in kept))
     return {
         "pairs": len(lines),
         "train_pairs": len(split["train"]),
+        "reward_train_pairs": len(split["reward_train"]),
         "heldout_pairs": len(split["heldout"]),
         "heldout_rewrites": len(split["heldout_rewrites"]),
     }

@@ -76,8 +76,8 @@ def _stage_facts(out: Path) -> dict[str, str]:
 
 
 def _pairs_fact(directory: Path, pairs: dict[str, Any]) -> str:
-    """What the pairs stage made: judged pairs, what was skipped and why, rewrite pairs (counted apart: they are
-    synthesised, not sampled), and the train / held-out split."""
+    """What the pairs stage made: judged pairs, what was skipped and why, rewrite and contrast pairs (counted apart:
+    they are synthesised, not sampled), and the train / held-out split."""
     split = f"{pairs['pairs']} pairs, {pairs['train_pairs']} train / {pairs['heldout_pairs']} held out"
     if pairs.get("source") != "built":
         return f"from {pairs.get('source')}: {split}"
@@ -89,18 +89,29 @@ def _pairs_fact(directory: Path, pairs: dict[str, Any]) -> str:
     )
     if not pairs.get("config", {}).get("rewrite"):
         return text
+    trained = _source_counts(directory / "train.jsonl")
+    contrasts = (
+        f" and {pairs['contrasts']} contrast pairs (a sample as it was over the same sample with a case, quote or "
+        f"comma edit its prompt did not ask for; {trained['contrast']} trained on by DPO, none by the reward model)"
+        if pairs.get("contrasts")
+        else ""
+    )
     return (
         f"{text}; {pairs.get('rewrites', 0)} of the pairs are rewrites of a sample to follow the instructions it "
-        f"failed ({_rewrite_count(directory / 'train.jsonl')} trained on; the {pairs.get('heldout_rewrites', 0)} of "
-        "held-out prompts are set aside, so held-out pairs are judged samples only), the rest judged samples"
+        f"failed ({trained['rewrite']} trained on){contrasts}; the {pairs.get('heldout_rewrites', 0)} of these of "
+        "held-out prompts are set aside, so held-out pairs are judged samples only; the rest are judged samples"
     )
 
 
-def _rewrite_count(path: Path) -> int:
-    """The rewrite pairs (source "rewrite:...") of a pairs file."""
-    if not path.exists():
-        return 0
-    return sum(json.loads(raw).get("source", "").startswith("rewrite:") for _, raw in jsonl_lines(path))
+def _source_counts(path: Path) -> dict[str, int]:
+    """The rewrite pairs (source "rewrite:...") and contrast pairs ("contrast:...") of a pairs file."""
+    counts = {"rewrite": 0, "contrast": 0}
+    if path.exists():
+        for _, raw in jsonl_lines(path):
+            kind = str(json.loads(raw).get("source", "")).split(":")[0]
+            if kind in counts:
+                counts[kind] += 1
+    return counts
 
 
 TRAINING_STAGES = ("sft", "reward", "dpo")

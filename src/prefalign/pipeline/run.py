@@ -80,10 +80,12 @@ class _Demo:
 
 @dataclass(frozen=True)
 class _Pairs:
-    """The pairs stage's output: train and held-out pairs, and the model that sampled them (its stage digest)."""
+    """The pairs stage's output: train pairs (DPO's; the reward model's leave out contrast pairs), held-out pairs, and
+    the model that sampled them (its stage digest)."""
 
     directory: Path
     train: Path
+    reward_train: Path
     heldout: Path
     model_key: str
 
@@ -248,19 +250,22 @@ def _pairs_stage(demo: _Demo, sft_dir: Path, train_prompts: Path) -> _Pairs:
         heldout_fraction=config.heldout_fraction,
     )
     pairs_dir = demo.stage("pairs", key, pairs, resumable=True)
-    return _Pairs(pairs_dir, pairs_dir / "train.jsonl", pairs_dir / "heldout.jsonl", model_key)
+    return _Pairs(
+        pairs_dir, pairs_dir / "train.jsonl", pairs_dir / "reward_train.jsonl", pairs_dir / "heldout.jsonl", model_key
+    )
 
 
 def _preference_stage(demo: _Demo, stage: TrainingStage, sft_dir: Path, pairs: _Pairs) -> Path:
-    """The reward model or DPO: the SFT model trained on the train pairs, validated on the held-out ones."""
+    """The reward model or DPO: the SFT model trained on the train pairs, validated on the held-out ones. The reward
+    model learns the judge's preferences, so it leaves out the contrast pairs, whose two sides the judge scores
+    alike (see `split_pairs`)."""
     sft_model = str(sft_dir / "final" / "merged")
+    train = pairs.reward_train if stage == "reward" else pairs.train
 
     def make_config(work: Path) -> TrainConfig:
-        return demo.config.training_config(
-            stage, model=sft_model, data=pairs.train, eval_data=pairs.heldout, output_dir=work
-        )
+        return demo.config.training_config(stage, model=sft_model, data=train, eval_data=pairs.heldout, output_dir=work)
 
-    inputs = {"model": pairs.model_key, "data": file_digest(pairs.train), "eval_data": file_digest(pairs.heldout)}
+    inputs = {"model": pairs.model_key, "data": file_digest(train), "eval_data": file_digest(pairs.heldout)}
     return _training_stage(demo, stage, make_config, **inputs)
 
 
