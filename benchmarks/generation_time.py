@@ -6,15 +6,20 @@
 Run it from two checkouts (`PYTHONPATH=<checkout>/src python benchmarks/generation_time.py ...`), alternating, and
 compare the seconds. It prints the seconds, the tokens generated and a digest of every answer's token ids, so two
 versions that must decode the same tokens can be checked to do so, and writes the answers' token ids to `--output`
-(JSON) for a per-prompt comparison. With `--max-new-tokens 1` it times the prefill alone.
+(JSON) for a per-prompt comparison. With `--max-new-tokens 1` it times the prefill alone. With `--profile N` the timed
+call runs under torch's profiler and the N operators with the most self CPU time are printed (where the time goes:
+matrix products against everything else).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import time
+
+import torch
 
 from prefalign.generate import GenerationConfig, generate
 from prefalign.models.loading import load_model, load_tokenizer
@@ -31,6 +36,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--output", help="write the answers' token ids here (JSON list)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest operators")
     args = parser.parse_args()
 
     model, tokenizer = load_model(args.model), load_tokenizer(args.model)
@@ -43,14 +49,18 @@ def main() -> None:
         batch_size=args.batch_size,
         dtype=args.dtype,
     )
-    started = time.perf_counter()
-    answers = generate(model, tokenizer, prompts, config, progress=False)
-    seconds = time.perf_counter() - started
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if args.profile else None
+    with profiler or contextlib.nullcontext():
+        started = time.perf_counter()
+        answers = generate(model, tokenizer, prompts, config, progress=False)
+        seconds = time.perf_counter() - started
     ids = [answer.token_ids for answer in answers]
     digest = hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
     tokens = sum(map(len, ids))
     rate = tokens / seconds
     print(f"{len(prompts)} prompts, {tokens} tokens in {seconds:.1f} s ({rate:.0f} tokens/s), answers {digest}")
+    if profiler is not None:
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
     if args.output:
         with open(args.output, "w") as out:
             json.dump(ids, out)
