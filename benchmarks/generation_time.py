@@ -8,7 +8,7 @@ compare the seconds. It prints the seconds, the tokens generated and a digest of
 versions that must decode the same tokens can be checked to do so, and writes the answers' token ids to `--output`
 (JSON) for a per-prompt comparison. With `--max-new-tokens 1` it times the prefill alone. With `--profile N` the timed
 call runs under torch's profiler and the N operators with the most self CPU time are printed (where the time goes:
-matrix products against everything else).
+matrix products against everything else); its seconds then include the profiler's overhead.
 """
 
 from __future__ import annotations
