@@ -298,21 +298,27 @@ def test_adding_a_model_generates_for_that_model_only(workspace):
     assert "dpo2" in extended.kl and "dpo2 implicit reward (ref dpo, beta 0.1)" in [h.scorer for h in extended.heldout]
 
 
-def test_the_kl_on_the_first_prompts_only(workspace):
-    """--kl-prompts 2: each model's KL samples cover the first 2 prompts, drawn exactly as in the full run (each prompt
-    keeps its own random stream), and the row and the note say how many prompts it covers."""
+def _kl_config(workspace, output_dir: Path, cache_dir: Path, kl_prompts: int) -> EvalConfig:
+    """The workspace's models and prompts, verifier only, KL samples of 6 tokens on the first `kl_prompts` prompts."""
     full = workspace["rerun"]
-    config = EvalConfig(
+    return EvalConfig(
         models=[(label, full.models[label]["spec"]) for label in LABELS],
         prompts=full.settings["prompts"],
-        output_dir=workspace["root"] / "kl-two",
-        cache_dir=workspace["out"] / "cache",
+        output_dir=output_dir,
+        cache_dir=cache_dir,
         generation=GenerationConfig(max_new_tokens=12, batch_size=8),
         judges=["verifier"],
         kl_samples=1,
         kl_max_new_tokens=6,
-        kl_prompts=2,
+        kl_prompts=kl_prompts,
     )
+
+
+def test_the_kl_on_the_first_prompts_only(workspace):
+    """--kl-prompts 2: each model's KL samples cover the first 2 prompts, drawn exactly as in the full run (each prompt
+    keeps its own random stream), and the row and the note say how many prompts it covers."""
+    full = workspace["rerun"]
+    config = _kl_config(workspace, workspace["root"] / "kl-two", workspace["out"] / "cache", kl_prompts=2)
     two = run_evaluation(config, progress=False, say=lambda message: None)
     for label in ("sft", "dpo"):
         assert two.kl[label].kl == pytest.approx(full.kl[label].kl[:2], abs=1e-5)
@@ -322,6 +328,40 @@ def test_the_kl_on_the_first_prompts_only(workspace):
     assert "averaged per prompt, on the first 2 prompts." in (workspace["root"] / "kl-two" / "report.md").read_text()
     with pytest.raises(PrefalignError, match="--kl-prompts must be at least 1"):
         replace(config, kl_prompts=0)
+
+
+def test_the_kl_samples_take_their_prompt_prefills_from_the_greedy_passes(workspace, monkeypatch):
+    """A fresh evaluation (nothing cached) keeps each model's prefills of the KL prompts from its greedy pass and the
+    base's from the base's, so no KL prompt is prefilled again; the KL is the one computed with nothing kept."""
+    import prefalign.evaluate.passes as passes
+    from prefalign.generate import PromptPrefills
+
+    kept: list[PromptPrefills] = []
+
+    class Recorded(PromptPrefills):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            kept.append(self)
+
+    class KeepsNothing(PromptPrefills):
+        def save(self, *args, **kwargs) -> None:
+            return None
+
+    config = _kl_config(workspace, workspace["root"] / "kl-kept", workspace["root"] / "kl-kept-cache", kl_prompts=3)
+    monkeypatch.setattr(passes, "PromptPrefills", Recorded)
+    reused = run_evaluation(config, progress=False, say=lambda message: None)
+    base, sft, dpo = kept  # created in this order: the base's first, then one per model with a KL to compute
+    assert [len(k.entries) for k in kept] == [3, 3, 3]
+    assert (base.reused, sft.reused, dpo.reused) == (6, 3, 3)  # the base's serve both models' KL passes
+    monkeypatch.setattr(passes, "PromptPrefills", KeepsNothing)
+    afresh = run_evaluation(
+        replace(config, output_dir=workspace["root"] / "kl-afresh", cache_dir=workspace["root"] / "kl-afresh-cache"),
+        progress=False,
+        say=lambda message: None,
+    )
+    for label in ("sft", "dpo"):
+        assert reused.kl[label].kl == pytest.approx(afresh.kl[label].kl, abs=1e-5)
+        assert reused.generations[label] == afresh.generations[label]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 from prefalign.cli import main
 from prefalign.data.tokenize import prompt_token_ids
 from prefalign.errors import PrefalignError
-from prefalign.generate import GenerationConfig, generate, prompt_seed, sample_next
+from prefalign.generate import GenerationConfig, PromptPrefills, generate, prompt_seed, sample_next
 from prefalign.models.loading import load_model, load_tokenizer
 
 # Different lengths (so batches are left-padded), raw strings and chat messages.
@@ -278,6 +278,46 @@ def test_kl_from_a_reference_decoded_alongside_equals_scoring_the_answers(
     logratio = (policy_logps.sum_logps - base_logps.sum_logps).tolist()
     assert [g.logratio for g in drift] == pytest.approx(logratio, rel=1e-4, abs=1e-4)
     assert min(g.kl for g in drift) > 0.1
+
+
+@pytest.mark.parametrize("prompts", [PROMPTS, CHAT_PROMPTS], ids=["mixed", "shared-prefix"])
+def test_kept_prefills_change_no_sample_and_no_kl(tiny, tiny_model_dir: Path, prompts: list) -> None:
+    # The evaluation's order: the base's greedy pass, the policy's, then its KL samples with the base alongside,
+    # on the first prompts only, each model's prompt prefills taken from its greedy pass.
+    model, tokenizer = tiny
+    base = load_model(str(tiny_model_dir))
+    greedy = GenerationConfig(max_new_tokens=6, batch_size=3)
+    sampled = GenerationConfig(max_new_tokens=10, temperature=1.0, seed=4, batch_size=2)
+    kl_prompts = prompts[:4]
+    policy_kept, base_kept = PromptPrefills(keep=kl_prompts), PromptPrefills(keep=kl_prompts)
+    plain = generate(base, tokenizer, prompts, greedy, progress=False)
+    assert generate(base, tokenizer, prompts, greedy, progress=False, prefills=base_kept) == plain
+    generate(model, tokenizer, prompts, greedy, progress=False, prefills=policy_kept)
+    assert len(policy_kept.entries) == len(base_kept.entries) == 4  # the KL prompts only
+    fresh = generate(model, tokenizer, kl_prompts, sampled, reference=base, progress=False)
+    reused = generate(
+        model, tokenizer, kl_prompts, sampled, reference=base, progress=False,
+        prefills=policy_kept, reference_prefills=base_kept,
+    )  # fmt: skip
+    assert (policy_kept.reused, base_kept.reused) == (4, 4)  # no prompt prefilled again
+    assert [g.token_ids for g in reused] == [g.token_ids for g in fresh]
+    assert [g.kl for g in reused] == pytest.approx([g.kl for g in fresh], rel=1e-5, abs=1e-5)
+    assert [g.logratio for g in reused] == pytest.approx([g.logratio for g in fresh], rel=1e-5, abs=1e-5)
+    with pytest.raises(ValueError, match="another model"):
+        generate(base, tokenizer, kl_prompts, greedy, progress=False, prefills=policy_kept)
+
+
+def test_kept_prefills_serve_a_call_whose_shared_prefix_is_longer(tiny) -> None:
+    # Kept from all the chat prompts (their shared prefix: the template's opening), used by two that share more of
+    # their system turn: the kept keys past the longer prefix are the ones used.
+    model, tokenizer = tiny
+    kept = PromptPrefills()
+    config = GenerationConfig(max_new_tokens=8, batch_size=8)
+    generate(model, tokenizer, CHAT_PROMPTS, config, progress=False, prefills=kept)
+    pair = CHAT_PROMPTS[1:3]
+    alone = generate(model, tokenizer, pair, config, progress=False)
+    assert generate(model, tokenizer, pair, config, progress=False, prefills=kept) == alone
+    assert kept.reused == 2
 
 
 def test_bfloat16_generation_leaves_the_callers_model_as_it_was(tiny) -> None:

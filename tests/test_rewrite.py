@@ -41,6 +41,7 @@ def meta(*instructions: tuple[str, dict]) -> dict:
         ("detectable_format:number_highlighted_sections", {"num_highlights": 2}),
         ("length_constraints:number_sentences", {"num_sentences": 2, "relation": "less than"}),
         ("length_constraints:number_words", {"num_words": 10, "relation": "less than"}),
+        ("keywords:forbidden_words", {"forbidden_words": ["slowly", "well"]}),
     ],
 )
 def test_each_edit_satisfies_its_checker(instruction: str, kwargs: dict):
@@ -553,3 +554,18 @@ def test_sft_targets_prefer_finished_samples_then_trimmed_ones(monkeypatch: pyte
     # Without rewrites a cut answer is never a target.
     kept, report = sft_data.rejection_sample(None, None, prompts, VERIFIER, samples=2, generation=config)  # type: ignore[arg-type]  # generation is replaced: no model is needed
     assert [row["id"] for row in kept] == ["passes"] and report.trimmed == 0
+
+
+def test_forbidden_words_are_deleted_or_replaced_in_place():
+    edit = REWRITES["keywords:forbidden_words"][1]
+    forbidden = {"forbidden_words": ["also", "very", "just", "great", "really"]}
+    text = "Also, the water is very cold. It is just great, really.\nJust look."
+    assert edit(text, forbidden, {}) == "The water is cold. It is wonderful.\nLook."
+    assert edit("A good idea. GOOD!", {"forbidden_words": ["good"]}, {}) == "A nice idea. NICE!"
+    fields = meta(
+        ("keywords:forbidden_words", forbidden),
+        ("length_constraints:number_words", {"num_words": 5, "relation": "at least"}),
+    )
+    rewrite = rewrite_response(VERIFIER, "p", text, fields)
+    assert rewrite is not None and rewrite.source == "rewrite:forbidden_words"
+    assert (rewrite.original.value, rewrite.score.value) == (0.5, 1.0)

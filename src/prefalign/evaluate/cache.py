@@ -24,7 +24,7 @@ from typing import Any
 from ..data.records import Text
 from ..errors import DataError
 from ..fileio import jsonl_lines, parse_json_line, write_text_atomic
-from ..generate import Generation, GenerationConfig
+from ..generate import Generation, GenerationConfig, PromptPrefills
 from .models import EvalModel
 
 
@@ -54,9 +54,16 @@ class GenerationCache:
         return self.directory / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.jsonl"
 
     def generate(
-        self, model: EvalModel, prompts: list[Text], config: GenerationConfig, *, progress: bool = True
+        self,
+        model: EvalModel,
+        prompts: list[Text],
+        config: GenerationConfig,
+        *,
+        progress: bool = True,
+        prefills: PromptPrefills | None = None,
     ) -> list[Generation]:
-        """Each prompt's generation by `model` under `config`, from the cache or generated (and then cached)."""
+        """Each prompt's generation by `model` under `config`, from the cache or generated (and then cached);
+        `prefills` keeps the prefills of the generated ones (see `generate`)."""
         from ..generate import generate
 
         path = self.file(model, config)
@@ -67,7 +74,9 @@ class GenerationCache:
             if key not in stored:
                 missing.setdefault(key, prompt)
         if missing:
-            outputs = generate(model.model, model.tokenizer, list(missing.values()), config, progress=progress)
+            outputs = generate(
+                model.model, model.tokenizer, list(missing.values()), config, progress=progress, prefills=prefills
+            )
             new = dict(zip(missing, outputs))
             _append(path, new, {"spec": model.spec, "identity": model.identity, **decoding_settings(config)})
             stored.update(new)
@@ -119,7 +128,7 @@ def _append(path: Path, generations: dict[str, Generation], header: dict[str, An
     torn = not new_file and _last_byte(path) != b"\n"
     with open(path, "a", encoding="utf-8") as out:
         if new_file:  # one line saying whose answers these are, for a human reading the cache
-            out.write(json.dumps(header, ensure_ascii=False) + "\n")
+            out.write(json.dumps(header, ensure_ascii=False, default=str) + "\n")  # a spec may be a Path
         if torn:  # end the torn line so it stays one unreadable line instead of spoiling the next
             out.write("\n")
         for key, generation in generations.items():

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from ..data.records import PreferenceRecord
-from ..generate import Generation
+from ..data.records import PreferenceRecord, Text
+from ..generate import Generation, GenerationConfig, PromptPrefills
 from .cache import GenerationCache, ResultCache, decoding_settings, prompt_key
 from .config import EvalConfig
 from .implicit_reward import PairLogps, pair_logps
@@ -44,29 +44,36 @@ def model_pass(
     if pair_labels and config.reference_label is not None:
         pair_labels.add(config.reference_label)
     generations, kl, logps = {}, {}, {}
+    kl_done = {
+        label: results.get(_kl_key(model, base, config, kl_config, kl_texts))
+        for label, model in models.items()
+        if config.kl_samples and model is not base
+    }
+    # A model's KL pass prefills the prompts its greedy pass prefilled, and the base's, which the base's own pass (or
+    # the previous model's KL pass) did: those are kept in memory, for the KL prompts only, one model's at a time.
+    needed = [label for label, stored in kl_done.items() if stored is None]
+    base_prefills = PromptPrefills(keep=kl_texts) if needed else None
     for label, model in models.items():
+        if model is base:
+            prefills = base_prefills
+        else:
+            prefills = PromptPrefills(keep=kl_texts) if label in needed else None
         t = time.perf_counter()
-        generations[label] = cache.generate(model, texts, config.generation, progress=progress)
+        generations[label] = cache.generate(model, texts, config.generation, progress=progress, prefills=prefills)
         say(f"{label}: {cache.generated.get(label, 0)} answers generated, {cache.cached.get(label, 0)} from the cache")
         timings[f"generate/{label}"] = time.perf_counter() - t
-        if config.kl_samples and model is not base:
+        if label in kl_done:
             t = time.perf_counter()
-            kl_key = {
-                "kind": "kl",
-                "policy": model.identity,
-                "base": base.identity,
-                "k": config.kl_samples,
-                "sampling": decoding_settings(kl_config),
-                "prompts": _digest([prompt_key(x) for x in kl_texts]),
-            }
-            stored = results.get(kl_key)
+            stored = kl_done[label]
             if stored is not None:
                 kl[label] = KLEstimate(**stored)
             elif not same_vocabulary(model.tokenizer, base.tokenizer):
                 notes.append(f"no KL for {label}: its tokenizer differs from {base.label}'s")
             else:
-                kl[label] = kl_from_base(model, base, kl_texts, kl_config, config.kl_samples, progress)
-                results.put(kl_key, dataclasses.asdict(kl[label]))
+                kl[label] = kl_from_base(
+                    model, base, kl_texts, kl_config, config.kl_samples, progress, (prefills, base_prefills)
+                )
+                results.put(_kl_key(model, base, config, kl_config, kl_texts), dataclasses.asdict(kl[label]))
             timings[f"kl/{label}"] = time.perf_counter() - t
         if label in pair_labels and pairs is not None:
             t = time.perf_counter()
@@ -81,6 +88,19 @@ def model_pass(
             f"up to {config.kl_max_new_tokens} tokens"
         )
     return generations, kl, logps
+
+
+def _kl_key(
+    model: EvalModel, base: EvalModel, config: EvalConfig, kl_config: GenerationConfig, prompts: list[Text]
+) -> dict[str, Any]:
+    return {
+        "kind": "kl",
+        "policy": model.identity,
+        "base": base.identity,
+        "k": config.kl_samples,
+        "sampling": decoding_settings(kl_config),
+        "prompts": _digest([prompt_key(x) for x in prompts]),
+    }
 
 
 def _pair_logps(config: EvalConfig, model: EvalModel, pairs: list[PreferenceRecord], results: ResultCache) -> PairLogps:

@@ -24,6 +24,7 @@ from ..data.records import Text
 from ..data.tokenize import PromptFormat, prompt_token_ids
 from ..errors import PrefalignError
 from ..models.loading import stop_token_ids
+from .prefills import PromptPrefills
 from .sampling import prompt_seed, prompt_uniforms, sample_next
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ __all__ = [
     "Generation",
     "GenerationConfig",
     "GenerationDtype",
+    "PromptPrefills",
     "generate",
     "prompt_seed",
     "sample_next",
@@ -122,6 +124,8 @@ def generate(
     *,
     reference: PreTrainedModel | None = None,
     progress: bool = True,
+    prefills: PromptPrefills | None = None,
+    reference_prefills: PromptPrefills | None = None,
 ) -> list[Generation]:
     """Complete every prompt (a string, or chat messages) and return the generations in the prompts' order.
 
@@ -129,6 +133,9 @@ def generate(
     a time, longest first (so running out of memory shows up at once, and a joining prompt never needs more columns
     than the rows it joins). With `reference` (a model with the same vocabulary), each generation also carries its
     KL from the reference (see `Generation`), the reference decoding the same tokens alongside.
+
+    `prefills` (and `reference_prefills`, the reference's) keep the prompts' prefills for a later call of the same
+    model and take them from an earlier one (`PromptPrefills`).
     """
     import torch
 
@@ -139,7 +146,11 @@ def generate(
         return []
     stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop_ids or [0])[0]
-    encoded = [prompt_token_ids(prompt, tokenizer, config.prompt_format) for prompt in prompts]
+
+    def encode(prompt: Text) -> list[int]:
+        return prompt_token_ids(prompt, tokenizer, config.prompt_format)
+
+    encoded = [encode(prompt) for prompt in prompts]
     for index, ids in enumerate(encoded):
         if not ids:
             raise PrefalignError(f"prompt {index + 1} is empty: there is nothing to continue")
@@ -152,6 +163,9 @@ def generate(
         return prompt_uniforms(config.seed, prompts[order[position]], config.max_new_tokens)
 
     dtype = resolve_dtype(model, config.dtype)
+    for kept, owner in ((prefills, model), (reference_prefills, reference)):
+        if kept is not None and owner is not None:
+            kept.bind(owner, dtype, encode)
     with (
         torch.inference_mode(),
         _generation_model(model, dtype) as sampler,
@@ -161,7 +175,12 @@ def generate(
         progress_bar(total=len(prompts), unit="prompt", desc="generating", disable=not progress) as bar,
     ):
         batch = ContinuousBatch(
-            sampler, [encoded[i] for i in order], draws if config.temperature > 0 else None, settings, follower
+            sampler,
+            [encoded[i] for i in order],
+            draws if config.temperature > 0 else None,
+            settings,
+            follower,
+            [prefills, reference_prefills],
         )
         started = time.perf_counter()
 

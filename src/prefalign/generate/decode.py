@@ -16,6 +16,9 @@ groups of similar length (`length_groups`), so that little of a prefill goes to 
 With a `reference` model, the reference decodes the same tokens in lockstep (its own `SlotCache`, the same slot moves)
 and each step adds, per row, the exact next-token KL(model || reference) over the whole vocabulary and the log-ratio
 of the chosen token: a KL estimate without a second pass over the answers.
+
+A lane given `PromptPrefills` takes a joining prompt's prefill from there when an earlier call kept it, and keeps the
+ones it computes for a later call (`prefills`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from .attention import needs_upcast
+from .prefills import PromptPrefills
 from .sampling import sample_next
 from .slots import SlotCache
 
@@ -150,12 +154,15 @@ class ContinuousBatch:
         uniforms: Callable[[int], torch.Tensor] | None,
         settings: DecodeSettings,
         reference: PreTrainedModel | None = None,
+        prefills: list[PromptPrefills | None] | None = None,
     ) -> None:
         self.prompts, self.uniforms, self.settings = prompts, uniforms, settings
         slots = settings.slots
         capacity = max(map(len, prompts)) + settings.max_new_tokens + 1
         self.device = model.device
         self.lanes = [_Lane(m, slots, capacity) for m in (model, reference) if m is not None]
+        self.prefills = list(prefills or [])[: len(self.lanes)]
+        self.prefills += [None] * (len(self.lanes) - len(self.prefills))  # per lane: kept prompt prefills, if any
         new = {"dtype": torch.long, "device": self.device}
         self.mask = torch.zeros((slots, capacity), **new)
         self.tokens, self.positions, self.steps = (torch.zeros(slots, **new) for _ in range(3))
@@ -254,8 +261,17 @@ class ContinuousBatch:
         while free and self.queue:
             joining = [self.queue.pop() for _ in range(min(len(free), len(self.queue)))]
             for group in length_groups([len(self.prompts[i]) for i in joining]):
-                free = self._join([joining[i] for i in group], free)
+                for members in self._by_kept_prefills([joining[i] for i in group]):
+                    free = self._join(members, free)
         return free
+
+    def _by_kept_prefills(self, joining: list[int]) -> list[list[int]]:
+        """`joining` split by which lanes hold a kept prefill of each prompt: each part prefills in one go per lane."""
+        parts: dict[tuple[bool, ...], list[int]] = {}
+        for index in joining:
+            kept = tuple(p is not None and p.usable(self.prompts[index], self.prefix_length) for p in self.prefills)
+            parts.setdefault(kept, []).append(index)
+        return list(parts.values())
 
     def _join(self, joining: list[int], free: list[int]) -> list[int]:
         skip = self.prefix_length  # prefilled once for all (`_Lane.keep_prefix`)
@@ -268,7 +284,9 @@ class ContinuousBatch:
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             pad_mask[row, skip + width - len(ids) :] = 1
         input_ids, pad_mask = input_ids.to(self.device), pad_mask.to(self.device)
-        prefilled = [lane.prefill(input_ids, pad_mask) for lane in self.lanes]
+        prefilled = [
+            self._prefill(lane, kept, joining, input_ids, pad_mask) for lane, kept in zip(self.lanes, self.prefills)
+        ]
         slots = free[: len(joining)]
         for slot, index in zip(slots, joining):
             self.row_prompt[slot] = index
@@ -283,6 +301,24 @@ class ContinuousBatch:
         if staying:
             self._place(staying, [slots[row] for row in staying], pad_mask, [cache for _, cache in prefilled])
         return [slot for slot in free if slot in ended or slot not in slots]
+
+    def _prefill(
+        self,
+        lane: _Lane,
+        kept: PromptPrefills | None,
+        joining: list[int],
+        input_ids: torch.Tensor,
+        pad_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, DynamicCache]:
+        """One lane's prefill of `joining`: taken from `kept` when it holds every one, else computed (and kept)."""
+        skip, prompts = self.prefix_length, [self.prompts[i] for i in joining]
+        if kept is not None and all(kept.usable(ids, skip) for ids in prompts):
+            return kept.restore(prompts, skip, lane.prefix, lane.model.config)
+        logits, cache = lane.prefill(input_ids, pad_mask)
+        if kept is not None:
+            for row, ids in enumerate(prompts):
+                kept.save(ids, skip, cache, row, logits)
+        return logits, cache
 
     def _place(self, rows: list[int], slots: list[int], pad_mask: torch.Tensor, caches: list[DynamicCache]) -> None:
         """Copy prefill rows `rows` into `slots`, ending at the current column, and mark their real columns."""

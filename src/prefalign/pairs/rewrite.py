@@ -1,13 +1,14 @@
 """Rewrite pairs: a response edited to follow the instructions it failed, chosen over itself as it was.
 
 Some verifiable instructions can be satisfied by editing a response: change its letter case, wrap it in double
-quotes, drop its commas, append the required end phrase or a postscript, put a title on top; cut it after the sentence
-that keeps it under a sentence or word limit; lay its sentences out as the asked number of bullets or of ***-separated
-paragraphs; highlight its first sentences in *markdown*. A layout edit needs enough sentences to lay out, and a cut
-needs a sentence to keep: where a response has too few, that edit is not made. A small model that never
-follows one of them never produces a sampled pair that shows it; the pair (rewritten response, original response)
-differs in exactly that instruction, so it teaches exactly that. This is data synthesis, not sampling: every pair and
-SFT target made this way says so in its provenance (`source: "rewrite:english_lowercase+quotation"`).
+quotes, drop its commas, append the required end phrase or a postscript, put a title on top, take out the words it
+must not use; cut it after the sentence that keeps it under a sentence or word limit; lay its sentences out as the
+asked number of bullets or of ***-separated paragraphs; highlight its first sentences in *markdown*. A layout edit
+needs enough sentences to lay out, and a cut needs a sentence to keep: where a response has too few, that edit is not
+made. A small model that never follows one of them never produces a sampled pair that shows it; the pair (rewritten
+response, original response) differs in exactly that instruction, so it teaches exactly that. This is data synthesis,
+not sampling: every pair and SFT target made this way says so in its provenance
+(`source: "rewrite:english_lowercase+quotation"`).
 
 A response cut at the token limit can be rewritten too, when asked (`truncated=True`): it is first trimmed back to its
 last complete sentence or line (`trim_to_boundary`), and "trim" leads its provenance tag. An answer cut mid-sentence
@@ -154,6 +155,41 @@ def _end_phrase(text: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str:
     return f"{text.rstrip()}\n\n{kwargs['end_phrase']}"
 
 
+# Forbidden words whose deletion would leave a sentence without its adjective ("a good idea" -> "a idea") are replaced
+# by one of the same kind instead; any other forbidden word (an adverb: "very", "also", "just") is deleted.
+_WORD_REPLACEMENTS = {"good": "nice", "great": "wonderful"}
+
+
+def _same_case(word: str, like: str) -> str:
+    if like.isupper() and len(like) > 1:
+        return word.upper()
+    return word[:1].upper() + word[1:] if like[:1].isupper() else word
+
+
+def _sentence_start(text: str, index: int) -> bool:
+    return re.search(r"(?:^|[.!?][\"')\]]*\s+|\n\s*)$", text[:index]) is not None
+
+
+def _without_words(text: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str:
+    """Every forbidden word (whole word, any case, as the checker matches it) replaced or deleted. A deleted word
+    takes its comma and following space along ("Also, it rains" -> "It rains"; "it rains, really." -> "it rains.");
+    the word after one that opened a sentence is capitalised."""
+    for word in kwargs["forbidden_words"]:
+        word_pattern = rf"\b{re.escape(word)}\b"
+        replacement = _WORD_REPLACEMENTS.get(word.lower())
+        if replacement is not None:
+            text = re.sub(word_pattern, lambda m, r=replacement: _same_case(r, m.group()), text, flags=re.IGNORECASE)
+            continue
+        text = re.sub(rf"[ \t]*,?[ \t]*{word_pattern}(?=[.!?;:])", "", text, flags=re.IGNORECASE)
+
+        def delete(match: re.Match[str], text: str = text) -> str:
+            after = match.group(1)
+            return after.upper() if _sentence_start(text, match.start()) else after
+
+        text = re.sub(rf"{word_pattern},?[ \t]*(\w?)", delete, text, flags=re.IGNORECASE)
+    return text
+
+
 def _no_comma(text: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str:
     return re.sub(r",(?=\s)", "", text).replace(",", " ")  # "a, b" -> "a b"; "a,b" -> "a b"
 
@@ -164,8 +200,8 @@ def _quotation(text: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str:
 
 
 # Instruction id -> (short name for the provenance, the edit), in the order the edits are applied: cuts first, then
-# the layout of what is left, then added text (so commas and letter case are fixed in it too), the quotes around
-# everything last.
+# the layout of what is left, then added text (so commas, letter case and forbidden words are fixed in it too), the
+# quotes around everything last.
 REWRITES: dict[str, tuple[str, Edit]] = {
     "length_constraints:number_sentences": ("number_sentences", _fewer_sentences),
     "length_constraints:number_words": ("number_words", _fewer_words),
@@ -175,6 +211,7 @@ REWRITES: dict[str, tuple[str, Edit]] = {
     "detectable_format:title": ("title", _title),
     "detectable_content:postscript": ("postscript", _postscript),
     "startend:end_checker": ("end_checker", _end_phrase),
+    "keywords:forbidden_words": ("forbidden_words", _without_words),
     "punctuation:no_comma": ("no_comma", _no_comma),
     "change_case:english_lowercase": ("english_lowercase", lambda text, kwargs, meta: text.lower()),
     "change_case:english_capital": ("english_capital", lambda text, kwargs, meta: text.upper()),
