@@ -295,10 +295,8 @@ def test_kept_prefills_change_no_sample_and_no_kl(tiny, tiny_model_dir: Path, pr
     generate(model, tokenizer, prompts, greedy, progress=False, prefills=policy_kept)
     assert len(policy_kept.entries) == len(base_kept.entries) == 4  # the KL prompts only
     fresh = generate(model, tokenizer, kl_prompts, sampled, reference=base, progress=False)
-    reused = generate(
-        model, tokenizer, kl_prompts, sampled, reference=base, progress=False,
-        prefills=policy_kept, reference_prefills=base_kept,
-    )  # fmt: skip
+    kept = {"prefills": policy_kept, "reference_prefills": base_kept}
+    reused = generate(model, tokenizer, kl_prompts, sampled, reference=base, progress=False, **kept)
     assert (policy_kept.reused, base_kept.reused) == (4, 4)  # no prompt prefilled again
     assert [g.token_ids for g in reused] == [g.token_ids for g in fresh]
     assert [g.kl for g in reused] == pytest.approx([g.kl for g in fresh], rel=1e-5, abs=1e-5)

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from .decode import Decoded
+
 __all__ = [
     "GENERATION_DTYPES",
     "Generation",
@@ -192,7 +194,14 @@ def generate(
             bar.set_postfix(tok_per_s=f"{generated / (time.perf_counter() - started):.0f}", refresh=False)
 
         decoded = batch.run(done)
-    results: list[Generation | None] = [None] * len(prompts)
+    return _in_prompt_order(tokenizer, stop_ids, order, decoded)
+
+
+def _in_prompt_order(
+    tokenizer: PreTrainedTokenizerBase, stop_ids: list[int], order: list[int], decoded: list[Decoded]
+) -> list[Generation]:
+    """The `Generation` of each decoded answer, put back in the prompts' order (`order[i]`: decoded[i]'s prompt)."""
+    results: list[Generation | None] = [None] * len(order)
     for position, out in zip(order, decoded):
         ids = out.token_ids
         finished = bool(ids) and ids[-1] in stop_ids

@@ -17,11 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-
 from ..data.records import Text
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where it is used: `prefalign --help` imports this module and never torch
+    import torch
     from transformers import DynamicCache, PreTrainedModel
 
 __all__ = ["PromptPrefills"]
@@ -87,6 +86,7 @@ class PromptPrefills:
     ) -> tuple[torch.Tensor, DynamicCache]:
         """The next-token logits and a left-padded prefill cache of `prompts` (each `usable`), as a fresh prefill
         after the shared `prefix` (the first `skip` tokens) would give them."""
+        import torch
         from transformers import DynamicCache
 
         entries = [self.entries[tuple(ids)] for ids in prompts]
