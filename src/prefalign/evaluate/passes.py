@@ -44,11 +44,12 @@ def model_pass(
     if pair_labels and config.reference_label is not None:
         pair_labels.add(config.reference_label)
     generations, kl, logps = {}, {}, {}
-    kl_done = {
-        label: results.get(_kl_key(model, base, config, kl_config, kl_texts))
+    kl_keys = {
+        label: _kl_key(model, base, config, kl_config, kl_texts)
         for label, model in models.items()
         if config.kl_samples and model is not base
     }
+    kl_done = {label: results.get(key) for label, key in kl_keys.items()}
     # A model's KL pass prefills the prompts its greedy pass prefilled, and the base's, which the base's own pass (or
     # the previous model's KL pass) did: those are kept in memory, for the KL prompts only, one model's at a time.
     needed = [label for label, stored in kl_done.items() if stored is None]
@@ -73,7 +74,7 @@ def model_pass(
                 kl[label] = kl_from_base(
                     model, base, kl_texts, kl_config, config.kl_samples, progress, (prefills, base_prefills)
                 )
-                results.put(_kl_key(model, base, config, kl_config, kl_texts), dataclasses.asdict(kl[label]))
+                results.put(kl_keys[label], dataclasses.asdict(kl[label]))
             timings[f"kl/{label}"] = time.perf_counter() - t
         if label in pair_labels and pairs is not None:
             t = time.perf_counter()

@@ -33,11 +33,6 @@ class _Prefill:
     values: list[torch.Tensor]
     logits: torch.Tensor  # the next-token logits after the whole prompt
 
-    @property
-    def nbytes(self) -> int:
-        tensors = [*self.keys, *self.values, self.logits]
-        return sum(t.numel() * t.element_size() for t in tensors)
-
 
 class PromptPrefills:
     """The prefills of one model at one precision, kept for the `keep` prompts only (None: every prompt the model
@@ -61,10 +56,6 @@ class PromptPrefills:
         self.owner = owner
         if self.keep is None and self.keep_prompts is not None:
             self.keep = {tuple(encode(prompt)) for prompt in self.keep_prompts}
-
-    @property
-    def nbytes(self) -> int:
-        return sum(entry.nbytes for entry in self.entries.values())
 
     def usable(self, ids: list[int], skip: int) -> bool:
         """Whether a prefill of `ids` from token `skip` on can be taken from here."""
