@@ -18,11 +18,20 @@ LORA = {"r": 16, "alpha": 32.0, "dropout": 0.05, "targets": ["q_proj", "k_proj",
 # How prefalign computes a step of 4 items within half of TRL's memory. Full fine-tuning (weights, gradients and
 # AdamW's moments take most of the budget): one forward over the 4 items in one padding-free row, each layer's
 # activations recomputed in backward, and the heap trimmed every 5 layers of it. LoRA: 4 forward/backward passes of one
-# item each (gradient accumulation: the same exact mean over the 4), keeping every activation.
+# item each (gradient accumulation: the same exact mean over the 4), keeping every activation; DPO with LoRA, whose
+# sequences are capped at 256 tokens, has room for 2 passes of 2 pairs (one pass of all 4 does not fit).
+_RECOMPUTE = {"gradient_checkpointing": True, "trim_heap_every_layers": 5}
+_KEEP_ALL = {"gradient_checkpointing": False, "trim_heap_every_layers": 0}
 PREFALIGN_MEMORY = {
-    "full": {"batch_size": BATCH, "grad_accum": 1, "gradient_checkpointing": True, "trim_heap_every_layers": 5},
-    "lora": {"batch_size": 1, "grad_accum": BATCH, "gradient_checkpointing": False, "trim_heap_every_layers": 0},
+    ("full", "any"): {"batch_size": BATCH, "grad_accum": 1, **_RECOMPUTE},
+    ("lora", "any"): {"batch_size": 1, "grad_accum": BATCH, **_KEEP_ALL},
+    ("lora", "dpo"): {"batch_size": 2, "grad_accum": 2, **_KEEP_ALL},
 }
+
+
+def prefalign_memory(trainer: str, mode: str) -> dict[str, Any]:
+    """prefalign's batch and memory settings for `trainer` in `mode` (above)."""
+    return PREFALIGN_MEMORY.get((mode, trainer), PREFALIGN_MEMORY[(mode, "any")])
 
 
 def first_pairs(data: str, count: int) -> list[dict[str, Any]]:
@@ -91,7 +100,7 @@ def run_prefalign(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         lora_target_modules=LORA["targets"] if lora else ["all-linear"],
         precision=args.precision,
         **settings,
-        **PREFALIGN_MEMORY[args.mode],
+        **prefalign_memory(args.trainer, args.mode),
     )
     objective = objective_class(config)
     result = train(config, objective)
