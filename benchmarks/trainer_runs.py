@@ -19,13 +19,16 @@ LORA = {"r": 16, "alpha": 32.0, "dropout": 0.05, "targets": ["q_proj", "k_proj",
 # AdamW's moments take most of the budget): one forward over the 4 items in one padding-free row, each layer's
 # activations recomputed in backward, and the heap trimmed every 5 layers of it. LoRA: 4 forward/backward passes of one
 # item each (gradient accumulation: the same exact mean over the 4), keeping every activation; DPO with LoRA, whose
-# sequences are capped at 256 tokens, has room for 2 passes of 2 pairs (one pass of all 4 does not fit).
+# sequences are capped at 256 tokens, has room for 2 passes of 2 pairs (one pass of all 4 does not fit). The reward
+# model with LoRA, whose pairs are not truncated, runs as full fine-tuning does: its peak with 4 passes of one was the
+# heap's growth around its longest pair, above half of TRL's.
 _RECOMPUTE = {"gradient_checkpointing": True, "trim_heap_every_layers": 5}
 _KEEP_ALL = {"gradient_checkpointing": False, "trim_heap_every_layers": 0}
 PREFALIGN_MEMORY = {
     ("full", "any"): {"batch_size": BATCH, "grad_accum": 1, **_RECOMPUTE},
     ("lora", "any"): {"batch_size": 1, "grad_accum": BATCH, **_KEEP_ALL},
     ("lora", "dpo"): {"batch_size": 2, "grad_accum": 2, **_KEEP_ALL},
+    ("lora", "reward"): {"batch_size": BATCH, "grad_accum": 1, **_RECOMPUTE},
 }
 
 
