@@ -9,7 +9,7 @@ fresh process with an empty PREFALIGN_HOME (so DPO's reference pass is computed 
 time is the command's whole wall time: start-up, loading, training, validation, merging and saving. It prints each
 stage's median, the totals and their ratio.
 
-The baseline's config keys that were renamed since are translated (`BASELINE_RENAMES`); precision is fp32 on both
+The baseline's config keys that were renamed since are translated (`baseline_renames`); precision is fp32 on both
 sides (the baseline had no other).
 """
 
