@@ -80,7 +80,7 @@ def test_a_rewrite_that_breaks_another_check_is_dropped():
     assert rewrite_response(VERIFIER, "p", ANSWER, fields) is None
 
 
-def test_layout_edits_lay_out_the_sentences_and_drop_degenerate_list_lines():
+def test_layout_edits_lay_out_the_sentences_cut_long_lists_and_drop_degenerate_list_lines():
     bullets = meta(("detectable_format:number_bullet_lists", {"num_bullets": 2}))
     rewrite = rewrite_response(VERIFIER, "p", ANSWER + " Some need shade!", bullets)
     assert rewrite is not None
@@ -101,6 +101,11 @@ def test_layout_edits_lay_out_the_sentences_and_drop_degenerate_list_lines():
         "* Plants need water, light and soil.",
         "* They grow slowly, but they grow well.",
     ]
+    # A list with too many items stops after the asked number; what follows the list stays, what lies between the
+    # kept items and the last one goes (a second copy of the list under its own heading).
+    listed = "<<Plants>>\n\n* Water daily.\n* Light, lots of it.\n\nAgain:\n\n* Soil.\n* Shade.\n\nP.S. Enjoy."
+    rewrite = rewrite_response(VERIFIER, "p", listed, bullets)
+    assert rewrite is not None and rewrite.text == "<<Plants>>\n\n* Water daily.\n* Light, lots of it.\n\nP.S. Enjoy."
     paragraphs = meta(("length_constraints:number_paragraphs", {"num_paragraphs": 3}))
     rewrite = rewrite_response(VERIFIER, "p", ANSWER + " Some need shade!", paragraphs)
     assert rewrite is not None and rewrite.text.split("\n\n***\n\n") == [
