@@ -106,6 +106,11 @@ def test_layout_edits_lay_out_the_sentences_cut_long_lists_and_drop_degenerate_l
     listed = "<<Plants>>\n\n* Water daily.\n* Light, lots of it.\n\nAgain:\n\n* Soil.\n* Shade.\n\nP.S. Enjoy."
     rewrite = rewrite_response(VERIFIER, "p", listed, bullets)
     assert rewrite is not None and rewrite.text == "<<Plants>>\n\n* Water daily.\n* Light, lots of it.\n\nP.S. Enjoy."
+    # Items that only echo the instructions' example go; too few items with content left: no edit.
+    labelled = "* *First point*\n* Second point:\n* Water daily.\n* Light, lots of it.\n* Soil."
+    rewrite = rewrite_response(VERIFIER, "p", labelled, bullets)
+    assert rewrite is not None and rewrite.text == "* Water daily.\n* Light, lots of it."
+    assert rewrite_response(VERIFIER, "p", "* *First point*\n* *Second point*\n* Water daily.", bullets) is None
     paragraphs = meta(("length_constraints:number_paragraphs", {"num_paragraphs": 3}))
     rewrite = rewrite_response(VERIFIER, "p", ANSWER + " Some need shade!", paragraphs)
     assert rewrite is not None and rewrite.text.split("\n\n***\n\n") == [

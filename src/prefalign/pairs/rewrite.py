@@ -3,12 +3,13 @@
 Some verifiable instructions can be satisfied by editing a response: change its letter case, wrap it in double
 quotes, drop its commas, append the required end phrase or a postscript, put a title on top, take out the words it
 must not use; cut it after the sentence that keeps it under a sentence or word limit; stop a list that has too many
-items after the asked number, or lay the sentences out as the asked number of bullets or of ***-separated paragraphs;
-highlight its first sentences in *markdown*. A layout edit needs enough sentences to lay out, and a cut needs a
-sentence to keep: where a response has too few, that edit is not made. A small model that never follows one of them
-never produces a sampled pair that shows it; the pair (rewritten response, original response) differs in exactly that
-instruction, so it teaches exactly that. This is data synthesis, not sampling: every pair and SFT target made this way
-says so in its provenance (`source: "rewrite:english_lowercase+quotation"`).
+items after the asked number (its label-only items, "* *First point*", dropped), or lay the sentences out as the
+asked number of bullets or of ***-separated paragraphs; highlight its first sentences in *markdown*. A layout edit
+needs enough sentences to lay out, and a cut needs a sentence to keep: where a response has too few, that edit is
+not made. A small model that never follows one of them never produces a sampled pair that shows it; the pair
+(rewritten response, original response) differs in exactly that instruction, so it teaches exactly that. This is
+data synthesis, not sampling: every pair and SFT target made this way says so in its provenance
+(`source: "rewrite:english_lowercase+quotation"`).
 
 A response cut at the token limit can be rewritten too, when asked (`truncated=True`): it is first trimmed back to its
 last complete sentence or line (`trim_to_boundary`), and "trim" leads its provenance tag. An answer cut mid-sentence
@@ -104,16 +105,30 @@ def _laid_out(text: str, count: int, item: str, separator: str) -> str | None:
 _COUNTED_BULLET = re.compile(r"\s*\*[^*].*|\s*-.*")
 
 
+# An item that only echoes the instructions' example ("* *First point*", "* Second point:") and says nothing.
+_LABEL_ONLY = re.compile(r"(?:(?:first|second|third|fourth|fifth|next|last|another)\s+point|point\s*\d*)\W*", re.I)
+
+
+def _label_only(line: str) -> bool:
+    return _LABEL_ONLY.fullmatch(_ITEM_MARKER.sub("", line).replace("*", "").strip()) is not None
+
+
 def _bullets(text: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str | None:
-    """A list with more items than asked stops after the asked number: the lines from there to the last item go, and
-    whatever follows the list stays (a closing line, a postscript). Merging the extra items into the last ones would
-    teach run-on bullets. Any other answer (prose, too few items, marker-only lines the checker counts) has its
-    sentences laid out as the asked number of bullets."""
+    """A list with more items than asked stops after the asked number: its label-only items go ("* *First point*"),
+    the lines from the asked number's item to the last item go, and whatever follows the list stays (a closing line,
+    a postscript); too few items with content left: no edit. Merging the extra items into the last ones would teach
+    run-on bullets. Any other answer (prose, too few items, marker-only lines the checker counts) has its sentences
+    laid out as the asked number of bullets."""
     count = kwargs["num_bullets"]
     lines = text.split("\n")
     counted = [i for i, line in enumerate(lines) if _COUNTED_BULLET.fullmatch(line)]
     real_items = all(_ITEM_MARKER.sub("", lines[i]).strip() and not _DIVIDER.fullmatch(lines[i]) for i in counted)
     if len(counted) > count and real_items:
+        labels = {i for i in counted if _label_only(lines[i])}
+        lines = [line for i, line in enumerate(lines) if i not in labels]
+        counted = [i for i, line in enumerate(lines) if _COUNTED_BULLET.fullmatch(line)]
+        if len(counted) < count:
+            return None
         kept = "\n".join(lines[: counted[count - 1] + 1]).rstrip()
         after = "\n".join(lines[counted[-1] + 1 :]).rstrip()
         return kept + ("\n" + after if after.strip() else "")
