@@ -94,7 +94,7 @@ class DemoConfig:
         default=None, metadata=_help("your SFT data (prompt/completion, messages or preference records: chosen)")
     )
     sft_prompts: int = field(default=240, metadata=_help("train prompts the base model samples for SFT"))
-    sft_samples: int = field(default=2, metadata=_help("samples per prompt; the first that passes every check is kept"))
+    sft_samples: int = field(default=3, metadata=_help("samples per prompt; the first that passes every check is kept"))
     sft_temperature: float = field(default=0.7, metadata=_help("temperature of the SFT samples"))
     sft_rewrites: bool = field(
         default=True,
