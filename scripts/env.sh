@@ -24,13 +24,11 @@ STAMP="$VENV/.prefalign-stamp"
 WANT="$(sha256sum < "$ROOT/pyproject.toml" | cut -d" " -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     echo "prefalign: installing dependencies into $VENV" >&2
-    # --no-compile: pip would byte-compile every installed module (all of torch's) up front; Python compiles the
-    # modules actually imported on first use instead, which costs a first run far less.
-    "$VENV/bin/python" -m pip install -q --no-compile --upgrade pip
+    "$VENV/bin/python" -m pip install -q --upgrade pip
     # torch first, pinned: a CPU build here; the package's range `torch>=2.13` is then already satisfied, whereas an
     # unpinned torch would make pip fetch a multi-GB CUDA build.
-    "$VENV/bin/python" -m pip install -q --no-compile "torch==2.13.0"
-    "$VENV/bin/python" -m pip install -q --no-compile -e "$ROOT[dev]"
+    "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+    "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]"
     echo "$WANT" > "$STAMP"
 fi
 # shellcheck disable=SC1091
