@@ -160,6 +160,7 @@ def workspace(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
             "extended": extended,
             "requests_before_extension": requests_before_extension,
             "server": server,
+            "config": config,
         }
 
 
@@ -453,6 +454,22 @@ def test_default_baselines_reference_and_implicit_reward_models(tmp_path: Path):
     assert custom.baseline_pairs == [("dpo", "base")] and custom.implicit_reward_labels == ["sft", "dpo"]
     with pytest.raises(PrefalignError, match="--pairs needs a reference"):
         EvalConfig(models=[("only", "a")], prompts="p", output_dir=tmp_path, pairs="pairs.jsonl")
+    judges_only = EvalConfig(models=models, prompts="p", output_dir=tmp_path, pairs="p.jsonl", implicit_reward=False)
+    assert judges_only.implicit_reward_labels == []
+    EvalConfig(models=[("only", "a")], prompts="p", output_dir=tmp_path, pairs="pairs.jsonl", implicit_reward=False)
+
+
+def test_no_implicit_reward_scores_the_held_out_pairs_with_the_judges_alone(workspace):
+    out = workspace["root"] / "judges-only"
+    config = replace(workspace["config"], implicit_reward=False, output_dir=out)
+    report = run_evaluation(config, progress=False, say=lambda message: None)
+    assert [h.scorer for h in report.heldout] == ["openai:judge"]
+    assert not any(key.startswith("pair_logps/") for key in report.timings)  # no model ran over the pairs
+    assert "no implicit reward on the held-out pairs: --no-implicit-reward" in report.notes
+    markdown = (out / "report.md").read_text()
+    assert "No implicit reward was computed" in markdown and "Implicit-reward accuracy" not in markdown
+    assert "No implicit reward was computed" in (out / "report.html").read_text()
+    assert json.loads((out / "report.json").read_text())["heldout"]["reference"] is None
 
 
 # Measured in the page after layout: an element wider than its section (a figure, a long name in a table cell) that

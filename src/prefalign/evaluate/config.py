@@ -123,6 +123,14 @@ class EvalConfig:
         ),
     )
     beta: float = field(default=0.1, metadata=_option(_HELDOUT, "DPO beta of the implicit reward"))
+    implicit_reward: bool = field(
+        default=True,
+        metadata=_option(
+            _HELDOUT,
+            "with --pairs, the implicit-reward accuracy of the models listed after --reference (a forward pass of each "
+            "of them and of the reference over the pairs); --no-implicit-reward: the judges' accuracy only",
+        ),
+    )
     runs: dict[str, str] = field(
         default_factory=dict,
         metadata=_option(
@@ -195,7 +203,7 @@ class EvalConfig:
         for name, value in (("--limit", self.limit), ("--pairs-limit", self.pairs_limit)):
             if value is not None and value < 1:
                 raise PrefalignError(f"{name} must be at least 1, got {value}")
-        if self.pairs is not None and self.reference_label is None:
+        if self.pairs is not None and self.implicit_reward and self.reference_label is None:
             raise PrefalignError("--pairs needs a reference model for the implicit reward: add --reference LABEL")
 
     def _check_label(self, label: str, where: str) -> None:
@@ -228,7 +236,7 @@ class EvalConfig:
     def implicit_reward_labels(self) -> list[str]:
         """The models whose implicit reward against the reference is measured: those listed after it."""
         reference = self.reference_label
-        if self.pairs is None or reference is None:
+        if self.pairs is None or reference is None or not self.implicit_reward:
             return []
         return self.labels[self.labels.index(reference) + 1 :]
 

@@ -159,11 +159,15 @@ def _heldout(report: EvalReport) -> str:
         [_scorer(report, h.scorer), _estimate(h.accuracy), _estimate(h.margin), str(h.accuracy.n if h.accuracy else 0)]
         for h in report.heldout
     ]
+    if info["reference"]:
+        dropped = f" ({info['dropped'] or 0} dropped by tokenization)"
+        implicit = " Implicit reward: β·(log π/π<sub>ref</sub>(chosen) − log π/π<sub>ref</sub>(rejected))."
+    else:
+        dropped, implicit = "", " No implicit reward was computed (--no-implicit-reward)."
     return (
         f'<section id="heldout"><h2>Held-out preference accuracy</h2><p class="muted">{info["pairs"]} pairs '
-        f"from <code>{esc(info['source'])}</code> ({info['dropped'] or 0} dropped by tokenization). Chosen ranked "
-        "above rejected counts 1, a tie 0.5 (RewardBench style). Implicit reward: β·(log π/π<sub>ref</sub>"
-        "(chosen) − log π/π<sub>ref</sub>(rejected)).</p>"
+        f"from <code>{esc(info['source'])}</code>{dropped}. Chosen ranked above rejected counts 1, a tie 0.5 "
+        f"(RewardBench style).{implicit}</p>"
         f"{_simple_table(['Scorer', 'Accuracy', 'Mean margin', 'Pairs scored'], rows)}</section>"
     )
 

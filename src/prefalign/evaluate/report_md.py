@@ -140,9 +140,15 @@ def markdown_summary(report: EvalReport) -> str:
             "",
             "## Held-out preference accuracy",
             "",
-            f"{info['pairs']} pairs from `{info['source']}` ({info['dropped'] or 0} dropped by tokenization). "
-            "A pair counts 1 when the scorer ranks chosen above rejected, 0.5 on a tie, 0 otherwise (RewardBench "
-            "style). Implicit reward: β·(log π/π_ref(chosen) − log π/π_ref(rejected)), summed log-probs.",
+            f"{info['pairs']} pairs from `{info['source']}`"
+            + (f" ({info['dropped'] or 0} dropped by tokenization)" if info["reference"] else "")
+            + ". A pair counts 1 when the scorer ranks chosen above rejected, 0.5 on a tie, 0 otherwise (RewardBench "
+            "style)."
+            + (
+                " Implicit reward: β·(log π/π_ref(chosen) − log π/π_ref(rejected)), summed log-probs."
+                if info["reference"]
+                else " No implicit reward was computed (--no-implicit-reward)."
+            ),
             "",
         ]
         rows = []

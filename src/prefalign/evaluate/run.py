@@ -170,25 +170,28 @@ def _heldout(
 ) -> tuple[list[HeldoutAccuracy], dict[str, Any]]:
     """Step 3, held-out pairs: each model's implicit-reward accuracy and each judge's, and what they were taken on."""
     reference = config.reference_label
-    assert reference is not None, "EvalConfig requires a reference when pairs are given"
     heldout = []
-    for label in config.implicit_reward_labels:
-        scorer = f"{label} implicit reward (ref {reference}, beta {config.beta:g})"
-        heldout.append(implicit_reward_accuracy(scorer, logps[label], logps[reference], config.beta))
+    if config.implicit_reward_labels:
+        assert reference is not None, "EvalConfig requires a reference for the implicit reward"
+        for label in config.implicit_reward_labels:
+            scorer = f"{label} implicit reward (ref {reference}, beta {config.beta:g})"
+            heldout.append(implicit_reward_accuracy(scorer, logps[label], logps[reference], config.beta))
     for judge in judges:
         result = judge_accuracy(judge, pairs)
         if result.accuracy is None:  # e.g. the verifier on pairs whose prompts carry no instructions
             notes.append(f"judge {judge.name} could not score any held-out pair ({result.first_error})")
         else:
             heldout.append(result)
-    if not config.implicit_reward_labels:
+    if not config.implicit_reward:
+        notes.append("no implicit reward on the held-out pairs: --no-implicit-reward")
+    elif not config.implicit_reward_labels:
         notes.append(f"no implicit reward: no model is listed after the reference {reference}")
     dropped = logps[reference].dropped if reference in logps else None
     info = {
         "source": config.pairs,
         "pairs": len(pairs),
         "dropped": dropped,
-        "reference": reference,
+        "reference": reference if config.implicit_reward else None,
         "beta": config.beta,
     }
     return heldout, info
@@ -314,7 +317,7 @@ def _settings(config: EvalConfig, prompts: list[EvalPrompt], judge_specs: list[s
             "temperature": 1.0,
         },
         "pairs": config.pairs,
-        "reference": config.reference_label if config.pairs else None,
+        "reference": config.reference_label if config.pairs and config.implicit_reward else None,
         "beta": config.beta,
         "confidence": {"level": LEVEL, "bootstrap_resamples": RESAMPLES, "bootstrap_seed": SEED},
     }

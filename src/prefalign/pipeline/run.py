@@ -298,8 +298,10 @@ def _eval_stage(demo: _Demo, prompts_dir: Path, pairs: _Pairs, base_model: str, 
         generation=config.eval_generation(),
         judges=judges,
         pairs=str(pairs.heldout),
-        reference="sft",
-        beta=config.beta,
+        # The judges' accuracy on the held-out pairs only: DPO's implicit reward on them against the SFT model is what
+        # its final validation computed, on the same pairs (the dpo stage's line of the report); a second pass of
+        # both models over them would only repeat it.
+        implicit_reward=False,
         runs={"sft": str(trained["sft"]), "dpo": str(trained["dpo"])},
         kl_samples=config.kl_samples,
         kl_max_new_tokens=min(config.kl_max_new_tokens, config.max_new_tokens),
