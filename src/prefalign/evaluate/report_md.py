@@ -134,36 +134,43 @@ def markdown_summary(report: EvalReport) -> str:
             ],
             rows,
         )
-    if report.heldout:
-        info = report.heldout_info
-        lines += [
-            "",
-            "## Held-out preference accuracy",
-            "",
-            f"{info['pairs']} pairs from `{info['source']}`"
-            + (f" ({info['dropped'] or 0} dropped by tokenization)" if info["reference"] else "")
-            + ". A pair counts 1 when the scorer ranks chosen above rejected, 0.5 on a tie, 0 otherwise (RewardBench "
-            "style)."
-            + (
-                " Implicit reward: β·(log π/π_ref(chosen) − log π/π_ref(rejected)), summed log-probs."
-                if info["reference"]
-                else " No implicit reward was computed (--no-implicit-reward)."
-            ),
-            "",
-        ]
-        rows = []
-        for h in report.heldout:
-            scored = h.accuracy.n if h.accuracy else 0
-            rows.append(
-                [
-                    judge_label(h.scorer) if h.scorer in report.settings.get("judges", []) else h.scorer,
-                    format_estimate(h.accuracy),
-                    format_estimate(h.margin),
-                    str(scored),
-                ]
-            )
-        lines += _table(["Scorer", "Accuracy", "Mean margin", "Pairs scored"], rows)
+    lines += _heldout_lines(report)
     return "\n".join(lines) + "\n"
+
+
+def _heldout_lines(report: EvalReport) -> list[str]:
+    """The held-out preference accuracy section: each scorer's accuracy on the held-out pairs (none without pairs)."""
+    if not report.heldout:
+        return []
+    info = report.heldout_info
+    implicit = info["reference"] is not None  # else --no-implicit-reward: no model ran over the pairs
+    lines = [
+        "",
+        "## Held-out preference accuracy",
+        "",
+        f"{info['pairs']} pairs from `{info['source']}`"
+        + (f" ({info['dropped'] or 0} dropped by tokenization)" if implicit else "")
+        + ". A pair counts 1 when the scorer ranks chosen above rejected, 0.5 on a tie, 0 otherwise (RewardBench "
+        "style)."
+        + (
+            " Implicit reward: β·(log π/π_ref(chosen) − log π/π_ref(rejected)), summed log-probs."
+            if implicit
+            else " No implicit reward was computed (--no-implicit-reward)."
+        ),
+        "",
+    ]
+    rows = []
+    for h in report.heldout:
+        scored = h.accuracy.n if h.accuracy else 0
+        rows.append(
+            [
+                judge_label(h.scorer) if h.scorer in report.settings.get("judges", []) else h.scorer,
+                format_estimate(h.accuracy),
+                format_estimate(h.margin),
+                str(scored),
+            ]
+        )
+    return lines + _table(["Scorer", "Accuracy", "Mean margin", "Pairs scored"], rows)
 
 
 def render_markdown(report: EvalReport) -> str:
