@@ -33,13 +33,13 @@ stamp_is_current() { [ -f "$VENV/.prefalign-stamp$1" ] && [ "$(cat "$VENV/.prefa
 
 if ! stamp_is_current "" || { [ -n "$EXTRAS" ] && ! stamp_is_current "-$EXTRAS"; }; then
     echo "prefalign: installing dependencies into $VENV" >&2
-    NO_COMPILE=()
-    [ "$COMPILE" = 1 ] || NO_COMPILE=(--no-compile)
-    "$VENV/bin/python" -m pip install -q "${NO_COMPILE[@]}" --upgrade pip
+    NO_COMPILE=""  # a word, not an array: an empty array under `set -u` fails in the bash 3.2 of macOS
+    [ "$COMPILE" = 1 ] || NO_COMPILE="--no-compile"
+    "$VENV/bin/python" -m pip install -q $NO_COMPILE --upgrade pip
     # torch first, pinned: a CPU build here; the package's range `torch>=2.13` is then already satisfied, whereas an
     # unpinned torch would make pip fetch a multi-GB CUDA build.
-    "$VENV/bin/python" -m pip install -q "${NO_COMPILE[@]}" "torch==2.13.0"
-    "$VENV/bin/python" -m pip install -q "${NO_COMPILE[@]}" -e "$ROOT${EXTRAS:+[$EXTRAS]}"
+    "$VENV/bin/python" -m pip install -q $NO_COMPILE "torch==2.13.0"
+    "$VENV/bin/python" -m pip install -q $NO_COMPILE -e "$ROOT${EXTRAS:+[$EXTRAS]}"
     echo "$WANT" > "$VENV/.prefalign-stamp"
     [ -z "$EXTRAS" ] || echo "$WANT" > "$VENV/.prefalign-stamp-$EXTRAS"
     [ "$COMPILE" = 1 ] || touch "$VENV/.prefalign-uncompiled"
