@@ -107,3 +107,48 @@ def test_apply_lora_uses_fast_dropout_everywhere(model_and_ids) -> None:
     wrapped = apply_lora(model, rank=4, alpha=8.0, dropout=0.1, target_modules=["all-linear"])
     dropouts = [d for m in wrapped.modules() if hasattr(m, "lora_dropout") for d in m.lora_dropout.values()]
     assert dropouts and all(isinstance(d, FastDropout) and d.p == 0.1 for d in dropouts)
+
+
+def _peft_forward_back(model: torch.nn.Module) -> None:
+    """Undo `use_fused_forward`: every LoRA layer runs peft's own forward again."""
+    for module in model.modules():
+        if "forward" in vars(module):
+            del module.forward
+
+
+def _loss_and_grads(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model.zero_grad()
+    torch.manual_seed(7)  # the dropout masks
+    loss = model(input_ids=ids).logits.float().pow(2).mean()
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+
+def test_fused_lora_forward_computes_what_peft_does(model_and_ids) -> None:
+    from prefalign.models.lora_forward import use_fused_forward
+
+    model, ids = model_and_ids
+    wrapped = apply_lora(model, rank=4, alpha=8.0, dropout=0.1, target_modules=["all-linear"])
+    assert use_fused_forward(wrapped) > 0  # apply_lora installed it already; installing again is harmless
+    _perturb_adapter(wrapped)
+    wrapped.train()
+    fused_loss, fused_grads = _loss_and_grads(wrapped, ids)
+    _peft_forward_back(wrapped)
+    peft_loss, peft_grads = _loss_and_grads(wrapped, ids)
+    torch.testing.assert_close(fused_loss, peft_loss, rtol=1e-6, atol=0)
+    for fused, plain in zip(fused_grads, peft_grads, strict=True):
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-7)
+
+
+def test_fused_lora_forward_leaves_other_cases_to_peft(model_and_ids) -> None:
+    model, ids = model_and_ids
+    base = _logits(model, ids)
+    wrapped = apply_lora(model, rank=4, alpha=8.0, dropout=0.0, target_modules=["all-linear"])
+    _perturb_adapter(wrapped)
+    with adapter_disabled(wrapped):
+        assert torch.equal(_logits(wrapped, ids), base)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_fused = _logits(wrapped, ids)
+    _peft_forward_back(wrapped)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(_logits(wrapped, ids), autocast_fused)  # autocast: peft's own forward both times

@@ -60,13 +60,21 @@ def test_pair_attention_equals_the_block_mask_on_random_tensors() -> None:
     mask = torch.zeros(15, 15, dtype=torch.bool)  # the two pairs' block masks on the diagonal of one 15-token row
     mask[:9, :9], mask[9:, 9:] = batch.attention_mask[0, 0, :9, :9], batch.attention_mask[1, 0, :6, :6]
     module = torch.nn.Module().eval()
-    out, _ = pair_attention.pair_attention(
-        module, query, key, value, None, **{SPANS_KWARG: ((0, 3, 2, 4), (9, 1, 3, 2))}
-    )
+    inputs = [tensor.requires_grad_() for tensor in (query, key, value)]
+    out, _ = pair_attention.pair_attention(module, *inputs, None, **{SPANS_KWARG: ((0, 3, 2, 4), (9, 1, 3, 2))})
     expected = torch.nn.functional.scaled_dot_product_attention(
         query, key.repeat_interleave(2, 1), value.repeat_interleave(2, 1), attn_mask=mask
-    )
-    torch.testing.assert_close(out, expected.transpose(1, 2), atol=1e-6, rtol=0)
+    ).transpose(1, 2)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    weights = torch.randn(out.shape, generator=generator)
+    grads = torch.autograd.grad((out * weights).sum(), inputs)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), inputs)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="must tile the row"):  # a gap between two pairs
+        pair_attention.pair_attention(module, query, key, value, None, **{SPANS_KWARG: ((0, 3, 2, 3), (9, 1, 3, 2))})
+    with pytest.raises(ValueError, match="cover 14 positions of a 15-token row"):
+        pair_attention.pair_attention(module, query, key, value, None, **{SPANS_KWARG: ((0, 3, 2, 4), (9, 1, 3, 1))})
 
 
 def test_pack_rows_is_first_fit_decreasing() -> None:

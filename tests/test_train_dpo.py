@@ -145,13 +145,25 @@ def test_lora_starts_at_ln2_and_its_adapter_reloads(tiny_model_dir: Path, tmp_pa
     assert len([name for name in base if name in initial]) == len(initial)
 
 
+@pytest.mark.parametrize("lora", [False, True])
 def test_precomputed_reference_matches_live_and_is_read_from_cache(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    lora: bool,
 ) -> None:
     monkeypatch.setenv("PREFALIGN_HOME", str(tmp_path / "home"))
     data = write_pairs(tmp_path / "pairs.jsonl", 8)
     options = quiet(
-        model=str(tiny_model_dir), data=str(data), max_steps=2, learning_rate=1e-3, logging_steps=1, eval_split=0.25
+        model=str(tiny_model_dir),
+        data=str(data),
+        max_steps=2,
+        learning_rate=1e-3,
+        logging_steps=1,
+        eval_split=0.25,
+        lora=lora,
+        lora_dropout=0.0,
     )
 
     def run(name: str, **extra: object) -> tuple[list[dict], DPOObjective]:
@@ -171,14 +183,19 @@ def test_precomputed_reference_matches_live_and_is_read_from_cache(
             assert abs(a[key] - b[key]) <= 1e-6 * max(1.0, abs(a[key])), key
 
     # The second run reads the cache instead of running the reference: shift the cached chosen log-probs by +1 and
-    # the first rewards become beta * (0 - 1) on chosen, which no reference forward pass could produce.
+    # the first step's rewards become beta * (0 - 1) on chosen, which no reference forward pass could produce.
     (cache,) = (tmp_path / "home" / "cache" / "ref-logps").glob("*.pt")
     cached = torch.load(cache, weights_only=True)
     torch.save({"logps": cached["logps"] + torch.tensor([1.0, 0.0])}, cache)
     shifted, _ = run("from-cache", precompute_ref=True)
     assert "read from" in capsys.readouterr().err
-    assert shifted[0]["split"] == "eval" and abs(shifted[0]["rewards/chosen"] + 0.1) < 1e-6
-    assert abs(shifted[0]["rewards/rejected"]) < 1e-6
+    assert shifted[1]["split"] == "train" and abs(shifted[1]["rewards/chosen"] + 0.1) < 1e-6
+    assert abs(shifted[1]["rewards/rejected"]) < 1e-6
+    # The validation before the first update runs no model: the policy is the reference, so its log-probs are the
+    # cached ones (shifted here) and every reward is 0.
+    assert shifted[0]["split"] == "eval" and shifted[0]["step"] == 0
+    assert abs(shifted[0]["logps/chosen"] - (precomputed[0]["logps/chosen"] + 1)) < 1e-5
+    _assert_untrained(shifted[0])
 
 
 @pytest.mark.parametrize("lora", [False, True])

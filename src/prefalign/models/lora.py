@@ -38,6 +38,8 @@ def apply_lora(
     """
     from peft import LoraConfig, TaskType, get_peft_model
 
+    from .lora_forward import use_fused_forward
+
     targets: str | list[str] = "all-linear" if list(target_modules) == ["all-linear"] else list(target_modules)
     layers: dict = {}
     if last_layers is not None:
@@ -67,6 +69,7 @@ def apply_lora(
     except ValueError as exc:  # peft names the missing modules; keep its first line
         raise ModelError(f"cannot add LoRA to this model: {str(exc).splitlines()[0]}") from None
     use_fast_dropout(wrapped)
+    use_fused_forward(wrapped)
     return wrapped
 
 
@@ -91,8 +94,12 @@ def load_adapter(base: PreTrainedModel, path: str | Path) -> PeftModel:
     """`base` wrapped with the peft adapter saved in `path` (as `save_adapter` writes it)."""
     from peft import PeftModel
 
+    from .lora_forward import use_fused_forward
+
     with _peft_deprecation_ignored():
-        return PeftModel.from_pretrained(base, str(path))
+        model = PeftModel.from_pretrained(base, str(path))
+    use_fused_forward(model)
+    return model
 
 
 @contextmanager

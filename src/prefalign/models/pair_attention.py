@@ -24,6 +24,7 @@ checking that it scores a toy batch as the 4D-mask layout does, is `prefalign.sc
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -63,26 +64,37 @@ def pair_attention(
         "enable_gqa": key.shape[1] != query.shape[1],
     }
     pieces = []
-    for start, prompt, first, *others in spans:
-        shared = slice(start, start + prompt + first)
+    queries, keys, values = (_span_pieces(tensor, spans) for tensor in (query, key, value))
+    for _start, prompt, _first, *others in spans:
+        shared_keys, shared_values = next(keys), next(values)
         pieces.append(
-            F.scaled_dot_product_attention(
-                query[:, :, shared], key[:, :, shared], value[:, :, shared], is_causal=True, **options
-            )
+            F.scaled_dot_product_attention(next(queries), shared_keys, shared_values, is_causal=True, **options)
         )
-        offset = start + prompt + first
         for length in others:  # rejected, or a prompt's every further response
-            own = slice(offset, offset + length)
-            keys = torch.cat([key[:, :, start : start + prompt], key[:, :, own]], dim=2)
-            values = torch.cat([value[:, :, start : start + prompt], value[:, :, own]], dim=2)
+            own_keys = torch.cat([shared_keys[:, :, :prompt], next(keys)], dim=2)
+            own_values = torch.cat([shared_values[:, :, :prompt], next(values)], dim=2)
             # Its token i sees every prompt key and its own keys 0..i: column c is kept when c <= i + prompt.
             mask = torch.ones(length, prompt + length, dtype=torch.bool, device=query.device).tril(diagonal=prompt)
-            pieces.append(F.scaled_dot_product_attention(query[:, :, own], keys, values, attn_mask=mask, **options))
-            offset += length
+            pieces.append(
+                F.scaled_dot_product_attention(next(queries), own_keys, own_values, attn_mask=mask, **options)
+            )
     out = torch.cat(pieces, dim=2)
-    if out.shape[2] != query.shape[2]:
-        raise ValueError(f"pair spans cover {out.shape[2]} positions of a {query.shape[2]}-token row")
     return out.transpose(1, 2).contiguous(), None
+
+
+def _span_pieces(tensor: Tensor, spans: PairSpans) -> Iterator[Tensor]:
+    """`tensor` [1, heads, T, D] split along T into each span's [prompt | first response] and its further responses,
+    in order. One split, not a slice per piece: the backward of a split concatenates the pieces' gradients once,
+    where each slice's backward would fill a zero tensor the size of the whole row."""
+    sizes, end = [], 0
+    for start, prompt, first, *others in spans:
+        if start != end:
+            raise ValueError(f"pair spans must tile the row: a span starts at {start}, the one before ended at {end}")
+        sizes += [prompt + first, *others]
+        end = start + prompt + first + sum(others)
+    if end != tensor.shape[2]:
+        raise ValueError(f"pair spans cover {end} positions of a {tensor.shape[2]}-token row")
+    return iter(tensor.split(sizes, dim=2))
 
 
 def register() -> None:

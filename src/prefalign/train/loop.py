@@ -219,7 +219,9 @@ def log(run: Run, step: int, split: str, metrics: dict[str, float]) -> None:
 def validate(run: Run, step: int) -> None:
     """Log the validation metrics of the weights after `step`, and judge them: the only look at the final weights."""
     if run.eval_items:
-        metrics = evaluate(run.model, run.objective, run.eval_items, run.config.batch_size, run.info)
+        metrics = evaluate(
+            run.model, run.objective, run.eval_items, run.config.batch_size, run.info, before_training=step == 0
+        )
         log(run, step, "eval", metrics)
         judge(run, step, "eval", metrics)
 

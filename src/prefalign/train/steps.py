@@ -143,14 +143,24 @@ def divergence_limits(config: TrainConfig) -> DivergenceLimits:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, objective: Objective, items: Sequence[Any], batch_size: int, info: DistInfo
+    model: torch.nn.Module,
+    objective: Objective,
+    items: Sequence[Any],
+    batch_size: int,
+    info: DistInfo,
+    before_training: bool = False,
 ) -> dict[str, float]:
-    """The objective's metrics over all of `items` (sharded across processes), in eval mode."""
+    """The objective's metrics over all of `items` (sharded across processes), in eval mode. `before_training`: the
+    weights are those before the first update, so a batch whose sums the objective knows without a forward pass
+    (`Objective.sums_before_training`) is not run."""
     model.eval()
     sums: dict[str, torch.Tensor] = {}
     for batch, weight in my_batches(items, info, batch_size):
-        with autocast(info.device, objective.config.precision):
-            _, batch_sums = objective.loss(model, objective.collate(batch))
+        collated = objective.collate(batch)
+        batch_sums = objective.sums_before_training(collated) if before_training else None
+        if batch_sums is None:
+            with autocast(info.device, objective.config.precision):
+                _, batch_sums = objective.loss(model, collated)
         add_sums(sums, batch_sums, weight)
     model.train()
     return objective.metrics({key: float(value) for key, value in reduce_metrics(sums, info).items()})

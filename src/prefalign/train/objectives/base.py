@@ -71,3 +71,9 @@ class Objective(ABC):
     @abstractmethod
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         """Means from sums accumulated over any number of batches."""
+
+    def sums_before_training(self, batch: Any) -> Sums | None:
+        """The metric sums `loss` would return for `batch` before the first update, when the objective knows them
+        without running the model (DPO: a policy still equal to its reference scores what the precomputed reference
+        log-probs say); None when it does not."""
+        return None

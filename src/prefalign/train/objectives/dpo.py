@@ -155,6 +155,19 @@ class DPOObjective(Objective):
             losses, loss_sums = self._pair_loss(pairs, policy, ref_logps)
         return losses.sum(), sums | loss_sums
 
+    def sums_before_training(self, batch: DPOBatch) -> Sums | None:
+        """Before its first update the policy IS the reference (the LoRA adapter's B is 0; a full model borrowed the
+        policy for the precompute pass), so its log-probs are the precomputed ones and its validation needs no
+        forward pass: every implicit reward 0, the loss of each term at the reference. Not with --ref-model (another
+        model), without precomputed log-probs, or for KTO."""
+        if batch.ref_logps is None or batch.desirable is not None or self.config.ref_model:
+            return None
+        pairs, index = batch.pairs, batch.pairs.index
+        policy = SequenceLogps(batch.ref_logps, torch.bincount(index.sequences, minlength=index.num_sequences))
+        sums: Sums = {"items": torch.tensor(pairs.num_pairs), "tokens": torch.tensor(pairs.num_tokens)}
+        sums["logratio"] = torch.zeros((), dtype=batch.ref_logps.dtype)
+        return sums | self._pair_loss(pairs, policy, batch.ref_logps)[1]
+
     def _reference_logps(
         self, batch: DPOBatch, policy_states: CompletionStates, policy: SequenceLogps
     ) -> tuple[torch.Tensor, Sums]:
