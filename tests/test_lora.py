@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prefalign.errors import ModelError
-from prefalign.models.lora import adapter_disabled, apply_lora, is_lora, merged_copy, save_adapter
+from prefalign.models.lora import adapter_disabled, apply_lora, is_lora, load_adapter, merged_copy, save_adapter
 from prefalign.models.tiny import build_tiny_model, build_tiny_tokenizer
 
 
@@ -63,6 +63,9 @@ def test_save_reload_and_merge_give_the_same_logits(model_and_ids, tmp_path: Pat
     save_adapter(peft_model, tmp_path / "adapter")
     reloaded = PeftModel.from_pretrained(build_tiny_model(build_tiny_tokenizer(), seed=0), tmp_path / "adapter")
     assert torch.allclose(_logits(reloaded, ids), expected, atol=1e-6)
+    loaded = load_adapter(build_tiny_model(build_tiny_tokenizer(), seed=0), tmp_path / "adapter")
+    assert any("forward" in vars(module) for module in loaded.modules())  # the fused LoRA forward, installed
+    assert torch.allclose(_logits(loaded, ids), expected, atol=1e-6)
     merged = merged_copy(peft_model)
     assert not is_lora(merged) and is_lora(peft_model)  # the trained model itself is left as it was
     assert torch.allclose(_logits(merged, ids), expected, atol=1e-5)
