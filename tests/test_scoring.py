@@ -121,6 +121,23 @@ def test_a_frozen_linear_head_gives_the_same_logps_and_gradients_without_recompu
     torch.testing.assert_close(fast_hidden.grad, plain_hidden.grad, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("head_kind", ["linear", "identity"])
+def test_label_logps_without_autograd_match_log_softmax_and_leave_the_states_alone(head_kind: str) -> None:
+    # Without autograd the log-sum-exp is taken in place over the head's logits; an Identity head's "logits" are the
+    # caller's states, which must not be overwritten (they are read again for the KL).
+    generator = torch.Generator().manual_seed(3)
+    head = torch.nn.Linear(6, 13).double() if head_kind == "linear" else torch.nn.Identity()
+    hidden = torch.randn(9, 6 if head_kind == "linear" else 13, generator=generator, dtype=torch.float64) * 3
+    hidden[0] += 1e4  # large logits: the max-shift keeps exp() finite
+    targets = torch.randint(0, 13, (9,), generator=generator)
+    before = hidden.clone()
+    with torch.no_grad():
+        got = label_logps(head, hidden, targets)
+        want = torch.log_softmax(head(hidden), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert torch.equal(hidden, before)
+
+
 def index_sums(per_token: torch.Tensor, index: CompletionIndex) -> torch.Tensor:
     return per_token.new_zeros(index.num_sequences).index_add(0, index.sequences, per_token)
 

@@ -115,10 +115,12 @@ class FrozenHeadLogps(torch.autograd.Function):
     def forward(ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Tensor:
         logits = torch.nn.functional.linear(hidden, weight, bias)
         logits = logits.to(_compute_dtype(logits))
-        logsumexp = torch.logsumexp(logits, dim=-1, keepdim=True)
-        logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logsumexp.squeeze(-1)
-        probs = logits.sub_(logsumexp).exp_()  # in place: logits are not needed any more
-        jacobian = weight[targets].to(probs.dtype) - torch.nn.functional.linear(probs.to(weight.dtype), weight.t())
+        target_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        exps, sums, logsumexp = _shifted_exps_(logits)
+        logps = target_logits - logsumexp.squeeze(-1)
+        # p W = (exp(z - max) W) / sum: the division on [rows, H] rather than on [rows, V].
+        expected = torch.nn.functional.linear(exps.to(weight.dtype), weight.t()).to(exps.dtype).div_(sums)
+        jacobian = weight[targets].to(exps.dtype) - expected
         ctx.save_for_backward(jacobian)
         ctx.hidden_dtype = hidden.dtype
         return logps
@@ -140,7 +142,23 @@ def label_logps(head: torch.nn.Module, hidden: Tensor, targets: Tensor) -> Tenso
     the logsumexp over the vocabulary."""
     logits = head(hidden)
     logits = logits.to(_compute_dtype(logits))
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    target_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    shares_input = logits.untyped_storage().data_ptr() == hidden.untyped_storage().data_ptr()  # Identity head
+    if shares_input or (torch.is_grad_enabled() and logits.requires_grad):  # keep the caller's / autograd's tensor
+        return target_logits - torch.logsumexp(logits, dim=-1)
+    return target_logits - _shifted_exps_(logits)[2].squeeze(-1)
+
+
+def _shifted_exps_(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(exp(logits - max), the sum of that, the logsumexp), per row of `logits` [rows, V], which it overwrites.
+
+    `torch.logsumexp` computes the same sum but allocates a fresh [rows, V] tensor for logits - max: 50 MB a chunk,
+    above glibc's mmap threshold, so every chunk pays for new pages. In place, that cost goes."""
+    top = logits.amax(dim=-1, keepdim=True)
+    top = torch.where(top.isfinite(), top, torch.zeros_like(top))  # a row of -inf: sum 0, logsumexp -inf
+    exps = logits.sub_(top).exp_()
+    sums = exps.sum(dim=-1, keepdim=True)
+    return exps, sums, top + sums.log()
 
 
 def completion_kl(policy: CompletionStates, reference: CompletionStates, chunk_size: int = HEAD_CHUNK) -> Tensor:
