@@ -42,8 +42,6 @@ def meta(*instructions: tuple[str, dict]) -> dict:
         ("length_constraints:number_sentences", {"num_sentences": 2, "relation": "less than"}),
         ("length_constraints:number_words", {"num_words": 10, "relation": "less than"}),
         ("keywords:forbidden_words", {"forbidden_words": ["slowly", "well"]}),
-        ("keywords:existence", {"keywords": ["moon", "water"]}),
-        ("keywords:frequency", {"keyword": "grow", "frequency": 4, "relation": "at least"}),
     ],
 )
 def test_each_edit_satisfies_its_checker(instruction: str, kwargs: dict):
@@ -138,11 +136,8 @@ def test_an_edit_that_cannot_be_made_leaves_the_others():
     assert rewrite_response(VERIFIER, "p", ANSWER, too_few_words) is None
 
 
-PLACEHOLDER = ("detectable_content:number_placeholders", {"num_placeholders": 1})  # no edit writes a [placeholder]
-
-
 def test_nothing_to_rewrite_gives_none():
-    assert rewrite_response(VERIFIER, "p", ANSWER, meta(PLACEHOLDER)) is None
+    assert rewrite_response(VERIFIER, "p", ANSWER, meta(("keywords:existence", {"keywords": ["moon"]}))) is None
     assert rewrite_response(VERIFIER, "p", ANSWER.lower(), meta(("change_case:english_lowercase", {}))) is None
     assert rewrite_response(VERIFIER, "p", "   ", meta(("startend:quotation", {}))) is None
     assert rewrite_response(VERIFIER, "p", ANSWER, {}) is None
@@ -150,8 +145,8 @@ def test_nothing_to_rewrite_gives_none():
 
 
 def test_an_unfixable_part_still_gives_a_better_chosen():
-    # Lowercase is fixed; the missing placeholder is not, and fails on both sides.
-    fields = meta(("change_case:english_lowercase", {}), PLACEHOLDER)
+    # Lowercase is fixed; the missing keyword is not, and fails on both sides.
+    fields = meta(("change_case:english_lowercase", {}), ("keywords:existence", {"keywords": ["moon"]}))
     rewrite = rewrite_response(VERIFIER, "p", ANSWER, fields)
     assert rewrite is not None and (rewrite.original.value, rewrite.score.value) == (0.0, 0.5)
 
@@ -328,7 +323,7 @@ def test_a_pair_whose_chosen_answer_loops_is_skipped_and_counted(
     tmp_path: Path, fixed_answers, monkeypatch: pytest.MonkeyPatch
 ):
     loop = " ".join(["Plants need water, light and soil."] * 5)  # keyword check passed (0.5); 78% repeated
-    other = "The garden is green and the plants grow well in the sun."  # 0.0; lowercased, with "Key words: water." 1.0
+    other = "The garden is green and the plants grow well in the sun."  # 0.0, lowercased 0.5
     monkeypatch.setitem(ANSWERS, "Prompt one.", [(loop, "eos"), (other, "eos")])
     (tmp_path / "unlimited").mkdir()
     lines, _, _ = build(tmp_path / "unlimited", rewrite=True)
@@ -336,7 +331,7 @@ def test_a_pair_whose_chosen_answer_loops_is_skipped_and_counted(
     lines, skipped, report = build(tmp_path, rewrite=True, max_chosen_repetition=0.25)
     # The judged pair (the loop over the other answer) is skipped; the rewrite is of the answer that does not loop.
     assert [(line["source"], line["rejected"]) for line in lines if line["id"] == "p0"] == [
-        ("rewrite:existence+english_lowercase", other)
+        ("rewrite:english_lowercase", other)
     ]
     assert next(line for line in skipped if line["id"] == "p0")["status"] == "repetitive"
     assert report.repetitive == 1 and report.done == 3 and "repetitive chosen answers 1" in report.summary()
@@ -538,8 +533,8 @@ def test_a_cut_answer_is_trimmed_then_edited():
     )
     # Not asked to trim, the same answer has nothing to rewrite; a trim that loses a passed check is dropped.
     assert rewrite_response(VERIFIER, "p", CUT, meta(("keywords:existence", {"keywords": ["soil"]}))) is None
-    ten_words = meta(("length_constraints:number_words", {"num_words": 10, "relation": "at least"}))  # 12, trimmed 6
-    assert rewrite_response(VERIFIER, "p", CUT, ten_words, truncated=True) is None
+    grow = meta(("keywords:existence", {"keywords": ["grow"]}))
+    assert rewrite_response(VERIFIER, "p", CUT, grow, truncated=True) is None
 
 
 def test_sft_targets_prefer_finished_samples_then_trimmed_ones(monkeypatch: pytest.MonkeyPatch):
@@ -569,20 +564,6 @@ def test_sft_targets_prefer_finished_samples_then_trimmed_ones(monkeypatch: pyte
     # Without rewrites a cut answer is never a target.
     kept, report = sft_data.rejection_sample(None, None, prompts, VERIFIER, samples=2, generation=config)  # type: ignore[arg-type]  # generation is replaced: no model is needed
     assert [row["id"] for row in kept] == ["passes"] and report.trimmed == 0
-
-
-def test_keyword_edits_name_only_what_is_missing():
-    existence, frequency = REWRITES["keywords:existence"][1], REWRITES["keywords:frequency"][1]
-    # Matched as the checker matches: anywhere in a word, any case ("Water" has "water"; "grows" has "grow").
-    assert existence(ANSWER, {"keywords": ["Water", "moon", "sun"]}, {}) == ANSWER + "\n\nKey words: moon, sun."
-    assert existence(ANSWER, {"keywords": ["water"]}, {}) is None
-    assert frequency(ANSWER, {"keyword": "grow", "frequency": 3, "relation": "at least"}, {}) == (
-        ANSWER + "\n\nKey words: grow."
-    )
-    assert frequency(ANSWER, {"keyword": "grow", "frequency": 2, "relation": "at least"}, {}) is None
-    # "less than" would need words taken out of the answer's sentences: no edit, so no rewrite.
-    fewer = ("keywords:frequency", {"keyword": "grow", "frequency": 2, "relation": "less than"})
-    assert frequency(ANSWER, fewer[1], {}) is None and rewrite_response(VERIFIER, "p", ANSWER, meta(fewer)) is None
 
 
 def test_forbidden_words_are_deleted_or_replaced_in_place():

@@ -2,14 +2,14 @@
 
 Some verifiable instructions can be satisfied by editing a response: change its letter case, wrap it in double
 quotes, drop its commas, append the required end phrase or a postscript, put a title on top, take out the words it
-must not use, close with a line naming the keywords it must use ("Key words: friend, today."); cut it after the
-sentence that keeps it under a sentence or word limit; stop a list that has too many items after the asked number
-(its label-only items, "* *First point*", dropped), or lay the sentences out as the asked number of bullets or of
-***-separated paragraphs; highlight its first sentences in *markdown*. A layout edit needs enough sentences to lay
-out, and a cut needs a sentence to keep: where a response has too few, that edit is not made. A small model that
-never follows one of them never produces a sampled pair that shows it; the pair (rewritten response, original
-response) differs in exactly that instruction, so it teaches exactly that. This is data synthesis, not sampling:
-every pair and SFT target made this way says so in its provenance (`source: "rewrite:english_lowercase+quotation"`).
+must not use; cut it after the sentence that keeps it under a sentence or word limit; stop a list that has too many
+items after the asked number (its label-only items, "* *First point*", dropped), or lay the sentences out as the
+asked number of bullets or of ***-separated paragraphs; highlight its first sentences in *markdown*. A layout edit
+needs enough sentences to lay out, and a cut needs a sentence to keep: where a response has too few, that edit is
+not made. A small model that never follows one of them never produces a sampled pair that shows it; the pair
+(rewritten response, original response) differs in exactly that instruction, so it teaches exactly that. This is
+data synthesis, not sampling: every pair and SFT target made this way says so in its provenance
+(`source: "rewrite:english_lowercase+quotation"`).
 
 A response cut at the token limit can be rewritten too, when asked (`truncated=True`): it is first trimmed back to its
 last complete sentence or line (`trim_to_boundary`), and "trim" leads its provenance tag. An answer cut mid-sentence
@@ -178,26 +178,6 @@ def _title(text: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str:
     return f"<<{title}>>\n\n{text.lstrip()}"
 
 
-def _keyword_line(text: str, words: list[str]) -> str:
-    return f"{text.rstrip()}\n\nKey words: {', '.join(words)}."
-
-
-def _missing_keywords(text: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str | None:
-    """A closing line naming the keywords the answer lacks (matched as the checker does: anywhere, any case)."""
-    missing = [word for word in kwargs["keywords"] if not re.search(re.escape(word), text, flags=re.IGNORECASE)]
-    return _keyword_line(text, missing) if missing else None
-
-
-def _keyword_frequency(text: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str | None:
-    """For "at least N times": a closing line with the keyword as many more times as the answer lacks. ("less than"
-    would take words out of the answer's sentences: no edit.)"""
-    if kwargs.get("relation") != "at least":
-        return None
-    word = kwargs["keyword"]
-    lacking = int(kwargs["frequency"]) - len(re.findall(re.escape(word), text, flags=re.IGNORECASE))
-    return _keyword_line(text, [word] * lacking) if lacking > 0 else None
-
-
 def _postscript(text: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> str:
     return f"{text.rstrip()}\n\n{kwargs['postscript_marker']} I hope this helps."
 
@@ -260,8 +240,6 @@ REWRITES: dict[str, tuple[str, Edit]] = {
     "length_constraints:number_paragraphs": ("number_paragraphs", _paragraphs),
     "detectable_format:number_highlighted_sections": ("number_highlighted_sections", _highlights),
     "detectable_format:title": ("title", _title),
-    "keywords:existence": ("existence", _missing_keywords),
-    "keywords:frequency": ("frequency", _keyword_frequency),
     "detectable_content:postscript": ("postscript", _postscript),
     "startend:end_checker": ("end_checker", _end_phrase),
     "keywords:forbidden_words": ("forbidden_words", _without_words),
