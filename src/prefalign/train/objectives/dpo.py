@@ -143,7 +143,7 @@ class DPOObjective(Objective):
     def loss(self, model: torch.nn.Module, batch: DPOBatch) -> tuple[torch.Tensor, Sums]:
         pairs = batch.pairs
         policy_states, policy = score_completions(model, pairs)
-        sums: Sums = {"items": torch.tensor(pairs.num_pairs), "tokens": torch.tensor(pairs.num_tokens)}
+        sums = _counts(pairs)
         ref_logps = None
         if not self.reference_free:
             ref_logps, reference_sums = self._reference_logps(batch, policy_states, policy)
@@ -164,7 +164,7 @@ class DPOObjective(Objective):
             return None
         pairs, index = batch.pairs, batch.pairs.index
         policy = SequenceLogps(batch.ref_logps, torch.bincount(index.sequences, minlength=index.num_sequences))
-        sums: Sums = {"items": torch.tensor(pairs.num_pairs), "tokens": torch.tensor(pairs.num_tokens)}
+        sums = _counts(pairs)
         sums["logratio"] = torch.zeros((), dtype=batch.ref_logps.dtype)
         return sums | self._pair_loss(pairs, policy, batch.ref_logps)[1]
 
@@ -226,3 +226,8 @@ class DPOObjective(Objective):
         if "rewards/chosen" in means:
             means["rewards/margins"] = means["rewards/chosen"] - means["rewards/rejected"]
         return means
+
+
+def _counts(pairs: PairBatch | SharedPrefixBatch) -> Sums:
+    """The sums every DPO batch reports, run or not: its pairs and its completion tokens."""
+    return {"items": torch.tensor(pairs.num_pairs), "tokens": torch.tensor(pairs.num_tokens)}
