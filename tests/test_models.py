@@ -242,6 +242,38 @@ def test_forced_pull_swaps_the_new_model_in_and_the_old_one_out(tmp_path: Path) 
     assert not built.exists()
 
 
+def _write_gguf(path: Path, blocks: int) -> Path:
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(blocks)
+    writer.add_tensor("token_embd.weight", np.arange(6, dtype=np.float32).reshape(2, 3))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_conversion_reads_each_gguf_file_once_and_puts_the_reader_back(tmp_path: Path) -> None:
+    import gguf
+
+    from prefalign.models.pull import _gguf_read_once
+
+    one, two = _write_gguf(tmp_path / "one.gguf", 1), _write_gguf(tmp_path / "two.gguf", 2)
+    original = gguf.GGUFReader
+    with pytest.raises(RuntimeError, match="stop"), _gguf_read_once():
+        first = gguf.GGUFReader(one)
+        assert gguf.GGUFReader(str(one)) is first  # the same file by another spelling: the same reader
+        other = gguf.GGUFReader(two)
+        assert other is not first and int(other.fields["llama.block_count"].parts[-1][0]) == 2
+        assert [t.name for t in first.tensors] == ["token_embd.weight"]
+        raise RuntimeError("stop")
+    assert gguf.GGUFReader is original  # restored even when the conversion fails
+    assert gguf.GGUFReader(one) is not gguf.GGUFReader(one)
+
+
 # --- the CLI -----------------------------------------------------------------------------------------------------
 
 

