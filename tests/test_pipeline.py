@@ -214,6 +214,9 @@ def test_quick_demo_on_smollm2_produces_the_three_way_report(smollm2_dir: Path, 
     assert f"report: {out / 'report.md'}" in captured.out
     for name in STAGES:  # each stage's time is printed at the end
         assert any(line.startswith(name) for line in captured.err.splitlines()[-len(STAGES) - 2 :])
+    # the evaluation says what it judges, and the reward model's scoring shows its progress over all 48 answers
+    assert "[eval] judging 48 answers: verifier, reward-model:" in captured.err
+    assert "reward model: 100%" in captured.err and "| 48/48 " in captured.err
     sampling = json.loads((out / "sft_data" / "sampling.json").read_text())
     assert 0 < sampling["kept"] <= sampling["prompts"] == 32
     pairs = json.loads((out / "pairs" / "summary.json").read_text())

@@ -131,6 +131,23 @@ def test_prompt_group_rewards_equal_padded_rows(tiny_model_dir: Path, lora: bool
     assert len(set(grouped)) == len(rows) - 1  # and no two other answers share a reward by accident
 
 
+@pytest.mark.parametrize("padded", [False, True], ids=["grouped", "padded"])
+def test_scoring_bar_counts_every_row(tiny_model_dir: Path, padded: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    """The bar an evaluation shows while its reward model scores: every row counted once, a repeated answer too."""
+    from prefalign.models.reward import score_token_rows
+
+    torch.manual_seed(0)
+    model = RewardModel(load_tiny(tiny_model_dir, lora=False), "tiny").eval()
+    rows = grouped_rows(model.lm.get_output_embeddings().weight.shape[0])
+    if padded:  # an empty prompt sends every row to the padded path
+        rows = [([], completion) for _, completion in rows]
+    score_token_rows(model, rows, pad_id=0, batch_size=4, progress=True)
+    bar = capsys.readouterr().err.split("\r")[-1]
+    assert "reward model" in bar and f"{len(rows)}/{len(rows)}" in bar, bar
+    score_token_rows(model, rows, pad_id=0, batch_size=4)
+    assert capsys.readouterr().err == ""  # no bar unless asked for
+
+
 @pytest.mark.model
 def test_prompt_group_rewards_equal_padded_rows_on_smollm2(smollm2_dir: Path) -> None:
     from prefalign.data.tokenize import TokenizeConfig, tokenize_sft

@@ -151,7 +151,7 @@ def _score_pairs(
     if not kept:
         raise PrefalignError(f"{options.data}: no pair left to score after tokenization ({dict(dropped)})")
     sequences = [(p.prompt_ids, p.chosen_ids) for _, p in kept] + [(p.prompt_ids, p.rejected_ids) for _, p in kept]
-    rewards = score_token_rows(model, sequences, tokenizer.pad_token_id, options.batch_size)
+    rewards = score_token_rows(model, sequences, tokenizer.pad_token_id, options.batch_size, progress=True)
     n = len(kept)
     rows, points = [], 0.0
     for (record, _), chosen, rejected in zip(kept, rewards[:n], rewards[n:]):
@@ -205,6 +205,7 @@ def _score_responses(
             sequences.append((example.prompt_ids, example.completion_ids))
             scored.append(row)
         rows.append(row)
-    for row, reward in zip(scored, score_token_rows(model, sequences, tokenizer.pad_token_id, options.batch_size)):
+    rewards = score_token_rows(model, sequences, tokenizer.pad_token_id, options.batch_size, progress=True)
+    for row, reward in zip(scored, rewards):
         row["reward"] = reward
     return rows, None

@@ -77,6 +77,7 @@ def run_evaluation(config: EvalConfig, *, progress: bool = True, say: Callable[[
     for judge in judges:  # a model judge scores at the evaluation's precision, as the answers were generated
         if isinstance(judge, RewardModelJudge):
             judge.bf16 = scores_in_bf16(config)
+            judge.progress = progress
     try:
         pairs = load_pairs(config.pairs, config.pairs_limit) if config.pairs else None
         runs = _check_runs(config.runs)
@@ -94,6 +95,7 @@ def run_evaluation(config: EvalConfig, *, progress: bool = True, say: Callable[[
         generations, kl, logps = model_pass(config, models, cache, prompts, pairs, timings, notes, progress, say)
 
         t = time.perf_counter()
+        say(f"judging {len(prompts) * len(generations)} answers: {', '.join(judge_specs) or 'heuristics only'}")
         scores, pointwise = score_all(prompts, generations, verifier, judges)
         timings["score"] = time.perf_counter() - t
 
@@ -102,6 +104,8 @@ def run_evaluation(config: EvalConfig, *, progress: bool = True, say: Callable[[
         timings["pairwise"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        if pairs is not None:
+            say(f"judging {len(pairs)} held-out pairs: {', '.join(judge_specs) or 'implicit reward only'}")
         heldout, heldout_info = _heldout(config, judges, pairs, logps, notes) if pairs is not None else ([], {})
         timings["heldout_judges"] = time.perf_counter() - t
 

@@ -38,6 +38,7 @@ class RewardModelJudge(Judge):
         # Matmul precision of scoring: fp32, or bf16 autocast (the evaluation sets it from its --dtype, so that
         # every forward pass of one evaluation runs at the same precision).
         self.bf16 = False
+        self.progress = True  # a bar over the answers scored (hidden with --quiet)
 
     def score(self, items: list[JudgeItem]) -> list[Score]:
         from ..data.tokenize import tokenize_sft
@@ -48,7 +49,9 @@ class RewardModelJudge(Judge):
         kept = [i for i, example in enumerate(examples) if not example.dropped]
         rows = [(examples[i].prompt_ids, examples[i].completion_ids) for i in kept]
         with bf16_autocast(self.bf16, model_device(self.model)):
-            scored = score_token_rows(self.model, rows, self.tokenizer.pad_token_id, self.batch_size)
+            scored = score_token_rows(
+                self.model, rows, self.tokenizer.pad_token_id, self.batch_size, progress=self.progress
+            )
         rewards = dict(zip(kept, scored))
         return [
             Score(rewards[i]) if i in rewards else Score(None, error=f"nothing to score: {example.drop_reason}")

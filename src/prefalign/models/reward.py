@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
 
+from ..console import progress_bar
 from ..data.collate import CompletionIndex, pad_sequences
 from ..data.shared_prefix import SPANS_KWARG, collate_prompt_groups
 from ..errors import ModelError
@@ -227,9 +228,15 @@ def with_untrained_head(spec: str, *, seed: int, device: str | None = None) -> R
 
 @torch.no_grad()
 def score_token_rows(
-    model: RewardModel, rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, batch_size: int = 8
+    model: RewardModel,
+    rows: Sequence[tuple[Sequence[int], Sequence[int]]],
+    pad_id: int,
+    batch_size: int = 8,
+    *,
+    progress: bool = False,
 ) -> list[float]:
-    """The reward of each (prompt_ids, completion_ids) row, in order.
+    """The reward of each (prompt_ids, completion_ids) row, in order; with `progress`, a bar counts the rows scored
+    (an evaluation's few hundred answers take minutes on a CPU).
 
     Where the LM runs pair attention, rows with the same prompt share one computation of it: each prompt and all its
     distinct responses form one span of a padding-free row (`collate_prompt_groups`), whole prompts adding up to
@@ -238,13 +245,17 @@ def score_token_rows(
     Otherwise rows are padded, `batch_size` per forward."""
     if not rows:
         return []
-    if all(prompt and completion for prompt, completion in rows) and enable_pair_attention(model.lm):
-        return _score_prompt_groups(model, rows, batch_size)
-    return _score_padded_rows(model, rows, pad_id, batch_size)
+    with progress_bar(total=len(rows), unit="answer", desc="reward model", disable=not progress) as bar:
+        if all(prompt and completion for prompt, completion in rows) and enable_pair_attention(model.lm):
+            return _score_prompt_groups(model, rows, batch_size, bar.update)
+        return _score_padded_rows(model, rows, pad_id, batch_size, bar.update)
 
 
 def _score_prompt_groups(
-    model: RewardModel, rows: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int
+    model: RewardModel,
+    rows: Sequence[tuple[Sequence[int], Sequence[int]]],
+    batch_size: int,
+    scored_rows: Callable[[int], object] = lambda n: None,
 ) -> list[float]:
     device = next(model.parameters()).device
     # prompt -> its distinct responses (dicts keep first-seen order) -> the rows that gave that response
@@ -271,11 +282,16 @@ def _score_prompt_groups(
                 reward = next(scored)
                 for i in indices:
                     rewards[i] = reward
+                scored_rows(len(indices))
     return rewards
 
 
 def _score_padded_rows(
-    model: RewardModel, rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, batch_size: int
+    model: RewardModel,
+    rows: Sequence[tuple[Sequence[int], Sequence[int]]],
+    pad_id: int,
+    batch_size: int,
+    scored_rows: Callable[[int], object] = lambda n: None,
 ) -> list[float]:
     device = next(model.parameters()).device
     # Longest first: rows of similar length share a batch, so little compute goes to padding; order restored after.
@@ -286,4 +302,5 @@ def _score_padded_rows(
         batch = pad_sequences([rows[i][0] for i in chunk], [rows[i][1] for i in chunk], pad_id).to(device)
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         by_index.update(zip(chunk, out.rewards.tolist()))
+        scored_rows(len(chunk))
     return [by_index[i] for i in range(len(rows))]
