@@ -293,6 +293,67 @@ def test_contrast_pairs_show_an_unasked_edit_losing(tmp_path: Path, fixed_answer
     ]  # contrast pairs add lines and change none
 
 
+def test_mirror_pairs_turn_a_contrast_pair_around_under_the_instruction(
+    tmp_path: Path, fixed_answers, monkeypatch: pytest.MonkeyPatch
+):
+    from prefalign.prompts.instructions import INSTRUCTIONS
+
+    prompts = contrast_prompts(tmp_path, monkeypatch)
+    lines, report = build_contrast(tmp_path, prompts, contrast=True, mirror=True)
+    (contrast,) = [line for line in lines if line["source"].startswith("contrast:")]
+    (mirror,) = [line for line in lines if line["source"].startswith("mirror:")]
+    assert (mirror["id"], mirror["source"]) == ("p3", "mirror:english_lowercase")
+    # The contrast pair's answers the other way round, under its prompt with a train phrasing of the edit's rule.
+    assert (
+        (mirror["chosen"], mirror["rejected"]) == (contrast["rejected"], contrast["chosen"]) == (ANSWER.lower(), ANSWER)
+    )
+    kind = INSTRUCTIONS["change_case:english_lowercase"]
+    assert mirror["prompt"] in ["Prompt four. " + kind.describe({}, p) for p in range(kind.train_phrasings)]
+    assert "phrasings" not in mirror  # the prompt had no phrasing record to extend
+    assert mirror["instruction_id_list"] == ["keywords:existence", "change_case:english_lowercase"]
+    assert mirror["kwargs"] == [{"keywords": ["water"]}, {}]
+    assert (mirror["chosen_score"], mirror["rejected_score"]) == (1.0, 0.5)  # now the verifier tells them apart
+    assert mirror["chosen_sample"]["edited"] == ["change_case:english_lowercase"] and mirror["model"] == "m"
+    assert report.mirrors == 1 and "mirror pairs 1" in report.summary() and "1 mirror pairs" in report.progress()
+    assert pair_stats(tmp_path / "pairs.jsonl")["prompts"] == 4  # counted apart from the judged prompts
+    again, report = build_contrast(tmp_path, prompts, contrast=True, mirror=True)  # resumed: the same file
+    assert again == lines and report.mirrors == 1 and report.resumed == 4
+    with pytest.raises(PrefalignError, match="--mirror needs --contrast"):
+        PairsConfig(rewrite=True, mirror=True)
+
+
+def test_no_mirror_where_the_prompt_cannot_take_the_rule():
+    from prefalign.pairs.lines import mirror_lines
+    from prefalign.prompts.instructions import INSTRUCTIONS
+
+    contrast = {
+        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."}],
+        "chosen": "Hi there.",
+        "rejected": "hi there.",
+        "id": "q",
+        "instruction_id_list": [],
+        "kwargs": [],
+        "source": "contrast:english_lowercase",
+        "chosen_sample": {"index": 0},
+        "rejected_sample": {"index": 0, "edited": ["change_case:english_lowercase"]},
+    }
+    (mirror,) = mirror_lines(VERIFIER, [contrast], seed=0)
+    assert mirror["prompt"][0] == contrast["prompt"][0]  # chat messages: the rule joins the last user turn
+    assert mirror["prompt"][1]["content"].startswith("Say hi. ") and contrast["prompt"][1]["content"] == "Say hi."
+    assert mirror_lines(VERIFIER, [contrast], seed=0) == [mirror]  # the phrasing is drawn from the seed and the id
+    built_in = {**contrast, "phrasings": []}  # a built-in prompt records its phrasings: the mirror's adds one
+    (phrased,) = mirror_lines(VERIFIER, [built_in], seed=0)
+    (p,) = phrased["phrasings"]
+    kind = INSTRUCTIONS["change_case:english_lowercase"]
+    assert phrased["prompt"][1]["content"] == "Say hi. " + kind.describe({}, p) and not kind.is_heldout_only(p)
+    # A prompt whose end phrase is in mixed case cannot also ask for lowercase (the instructions conflict).
+    ends = {**contrast, "instruction_id_list": ["startend:end_checker"], "kwargs": [{"end_phrase": "Bye."}]}
+    assert mirror_lines(VERIFIER, [ends], seed=0) == []
+    # Nor is a mirror made where the edit does not win under the new prompt (here nothing changed).
+    same = {**contrast, "rejected": "Hi there."}
+    assert mirror_lines(VERIFIER, [same], seed=0) == []
+
+
 def test_contrast_pairs_need_rewrites_and_whole_answer_edits():
     from prefalign.pairs.rewrite import apply_edits
 
@@ -458,6 +519,14 @@ def test_the_demo_report_counts_rewrite_pairs(tmp_path: Path):
         "of these of held-out prompts are "
         "set aside, so held-out pairs are judged samples only; the rest are judged samples"
     )
+    with (pairs / "train.jsonl").open("a") as train:
+        train.write(json.dumps({**line, "source": "mirror:quotation"}) + "\n")
+    (pairs / "summary.json").write_text(json.dumps({**summary, "mirrors": 2}))
+    assert (
+        "none by the reward model) and 2 mirror pairs (a contrast pair the other way round, under its prompt "
+        in (_stage_facts(tmp_path)["pairs"])
+    )
+    assert "with the edit's instruction added; 1 trained on); the 1 of these" in _stage_facts(tmp_path)["pairs"]
     del summary["contrasts"]
     (pairs / "summary.json").write_text(json.dumps(summary))
     assert "contrast" not in _stage_facts(tmp_path)["pairs"]
@@ -481,7 +550,7 @@ def test_pairs_are_split_by_prompt_and_held_out_rewrites_are_set_aside(tmp_path:
     rows = [
         {"id": f"p{i}", "prompt": f"prompt {i}", "chosen": f"c{i}{source}", "rejected": "r", "source": source}
         for i in range(20)
-        for source in ("judge", "rewrite:quotation", "contrast:no_comma")
+        for source in ("judge", "rewrite:quotation", "contrast:no_comma", "mirror:no_comma")
     ]
     built = tmp_path / "pairs.jsonl"
     built.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -492,15 +561,16 @@ def test_pairs_are_split_by_prompt_and_held_out_rewrites_are_set_aside(tmp_path:
     }
     held_ids = {row["id"] for row in read["heldout"]}
     assert len(held_ids) == 5 and all(row["source"] == "judge" for row in read["heldout"])
-    assert sorted(row["id"] for row in read["heldout_rewrites"]) == sorted([*held_ids, *held_ids])
+    assert sorted(row["id"] for row in read["heldout_rewrites"]) == sorted([*held_ids, *held_ids, *held_ids])
     assert not held_ids & {row["id"] for row in read["train"]}  # no held-out prompt is trained on
+    # The reward model learns the judge's preferences: a mirror pair's sides the judge tells apart, a contrast's not.
     assert read["reward_train"] == [row for row in read["train"] if not row["source"].startswith("contrast:")]
     assert counts == {
-        "pairs": 60,
-        "train_pairs": 45,
-        "reward_train_pairs": 30,
+        "pairs": 80,
+        "train_pairs": 60,
+        "reward_train_pairs": 45,
         "heldout_pairs": 5,
-        "heldout_rewrites": 10,
+        "heldout_rewrites": 15,
     }
     assert split_pairs(built, tmp_path, 0.25, seed=0) == counts  # seeded
 

@@ -14,8 +14,10 @@ the instructions it failed, chosen over the sample as it was, with `source` "rew
 sample cut at the token limit is trimmed back to a complete sentence first ("rewrite:trim+..."), and used only when no
 finished sample can be edited. With `contrast` too, each rewrite pair that changed the whole answer (letter case,
 quotes, commas) gets a contrast pair: another prompt's sample as it was, chosen over the same sample with that edit,
-which its prompt did not ask for ("contrast:...", `prefalign.pairs.lines.contrast_lines`). A batch's rewrite and
-contrast pairs are written before its judged pairs.
+which its prompt did not ask for ("contrast:...", `prefalign.pairs.lines.contrast_lines`). With `mirror` too, each
+contrast pair gets its mirror: the same two answers under the same prompt with the edit's instruction added, the edited
+answer chosen ("mirror:...", `prefalign.pairs.lines.mirror_lines`). A batch's rewrite, contrast and mirror pairs are
+written before its judged pairs.
 
 Two files come out:
 
@@ -59,6 +61,8 @@ if TYPE_CHECKING:
 
 SKIPPED_SUFFIX = ".skipped.jsonl"
 SKIP_STATUSES = ("tie", "judge_failure", "no_distinct_responses", "small_gap", "repetitive")
+# The pairs written besides a prompt's judged line, by the first word of their "source".
+SYNTHESIZED = ("rewrite", "contrast", "mirror")
 # Fields a pairs line is made of; a prompt record's own fields (instruction ids, topic...) are copied beside them and
 # may not reuse these names.
 PAIR_FIELDS = (
@@ -140,9 +144,19 @@ class PairsConfig:
         },
     )
 
+    mirror: bool = field(
+        default=False,
+        metadata={
+            "help": "with --contrast: also write, per contrast pair, its mirror: the same two answers under the same "
+            "prompt with the edit's instruction added, the edited answer chosen (prefalign.pairs.lines.mirror_lines)"
+        },
+    )
+
     def __post_init__(self) -> None:
         if self.contrast and not self.rewrite:
             raise PrefalignError("--contrast needs --rewrite: a contrast pair answers a rewrite pair's edit")
+        if self.mirror and not self.contrast:
+            raise PrefalignError("--mirror needs --contrast: a mirror pair turns a contrast pair around")
         if self.num_samples < 2:
             raise PrefalignError(f"--num-samples must be at least 2 (a pair needs two answers), got {self.num_samples}")
         if not self.temperatures:
@@ -241,10 +255,12 @@ class BuildReport:
     repetitive: int = 0  # the judge preferred an answer that repeats more than --max-chosen-repetition
     rewrites: int = 0  # rewrite pairs, written besides the prompt's judged line
     contrasts: int = 0  # contrast pairs, written besides the prompt's judged and rewrite lines
+    mirrors: int = 0  # mirror pairs, one per contrast pair whose prompt can take the edit's instruction
 
     @property
     def done(self) -> int:
-        """Prompts judged: each has one judged line (a pair or a skip); rewrite and contrast pairs come on top."""
+        """Prompts judged: each has one judged line (a pair or a skip); rewrite, contrast and mirror pairs come on
+        top."""
         return (
             self.pairs
             + self.ties
@@ -261,7 +277,7 @@ class BuildReport:
 
     def count(self, status: str) -> None:
         names = {"pair": "pairs", "tie": "ties", "judge_failure": "judge_failures", "small_gap": "small_gaps"}
-        names.update(rewrite="rewrites", contrast="contrasts")
+        names.update(rewrite="rewrites", contrast="contrasts", mirror="mirrors")
         name = names.get(status, status)
         setattr(self, name, getattr(self, name) + 1)
 
@@ -272,6 +288,7 @@ class BuildReport:
             f"{self.judge_failures} judge failures"
             + (f", {self.rewrites} rewrite pairs" if self.rewrites else "")
             + (f", {self.contrasts} contrast pairs" if self.contrasts else "")
+            + (f", {self.mirrors} mirror pairs" if self.mirrors else "")
         )
 
     def summary(self) -> str:
@@ -283,6 +300,7 @@ class BuildReport:
             + (f", repetitive chosen answers {self.repetitive}" if self.repetitive else "")
             + (f", rewrite pairs {self.rewrites}" if self.rewrites else "")
             + (f", contrast pairs {self.contrasts}" if self.contrasts else "")
+            + (f", mirror pairs {self.mirrors}" if self.mirrors else "")
         )
 
 
@@ -303,13 +321,13 @@ def build_pairs(
     the running counts after each batch is on disk.
     """
     from ..generate import generate
-    from .lines import contrast_lines, judged_lines, rewrite_lines, rewriter
+    from .lines import contrast_lines, judged_lines, mirror_lines, rewrite_lines, rewriter
 
     output = check_output_path(output)
     provenance = {"model": model_name, "judge": judge.name, "generation": _generation_settings(config)}
     report = BuildReport(prompts=len(prompts))
     wanted = {p.id for p in prompts}
-    done: set[tuple[str, str]] = set()  # (prompt id, "judged", "rewrite" or "contrast") of every line on disk
+    done: set[tuple[str, str]] = set()  # (prompt id, "judged", "rewrite", "contrast" or "mirror") of lines on disk
     for path in (output, skipped_path(output)):
         for line in _read_existing(path, provenance):
             done.add(_line_key(line))
@@ -333,8 +351,8 @@ def build_pairs(
                 judge, batch, samples, settings, provenance, config.min_score_gap, config.max_chosen_repetition
             )
             if verifier is not None:
-                # A batch's rewrite and contrast pairs go before its judged lines (the pairs file is written before
-                # the skipped one): whenever every judged line of a batch is on disk, so are they.
+                # A batch's rewrite, contrast and mirror pairs go before its judged lines (the pairs file is written
+                # before the skipped one): whenever every judged line of a batch is on disk, so are they.
                 rewrites = rewrite_lines(verifier, batch, samples, settings, provenance, config.max_chosen_repetition)
                 contrasts = (
                     contrast_lines(
@@ -350,7 +368,8 @@ def build_pairs(
                     if config.contrast
                     else []
                 )
-                lines = rewrites + contrasts + lines
+                mirrors = mirror_lines(verifier, contrasts, config.seed) if config.mirror else []
+                lines = rewrites + contrasts + mirrors + lines
             new = [line for line in lines if _line_key(line) not in done]
             _append(pairs_out, [line for line in new if "status" not in line])
             _append(skip_out, [line for line in new if "status" in line])
@@ -363,14 +382,14 @@ def build_pairs(
 
 
 def _line_kind(line: dict[str, Any]) -> str:
-    """ "pair", a skip status, "rewrite" or "contrast" (pairs written besides the prompt's judged line)."""
+    """ "pair", a skip status, or one of SYNTHESIZED (pairs written besides the prompt's judged line)."""
     synthesized = str(line.get("source", "")).split(":")[0]
-    return synthesized if synthesized in ("rewrite", "contrast") else line.get("status", "pair")
+    return synthesized if synthesized in SYNTHESIZED else line.get("status", "pair")
 
 
 def _line_key(line: dict[str, Any]) -> tuple[str, str]:
     kind = _line_kind(line)
-    return str(line["id"]), kind if kind in ("rewrite", "contrast") else "judged"
+    return str(line["id"]), kind if kind in SYNTHESIZED else "judged"
 
 
 def _generation_settings(config: PairsConfig) -> dict[str, Any]:

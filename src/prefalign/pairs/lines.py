@@ -1,7 +1,7 @@
 """The lines `build_pairs` writes for one batch of prompts: a judged pair or a skip record per prompt
-(`judged_lines`), the rewrite pairs (`rewrite_lines`) and their contrast pairs (`contrast_lines`). Each line carries
-its provenance: the prompt's fields, the model, judge and sampling settings, each side's sample and the judge's
-details."""
+(`judged_lines`), the rewrite pairs (`rewrite_lines`), their contrast pairs (`contrast_lines`) and the contrast pairs'
+mirrors (`mirror_lines`). Each line carries its provenance: the prompt's fields, the model, judge and sampling
+settings, each side's sample and the judge's details."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..data.records import Text
 from ..errors import PrefalignError
 from ..generate import Generation, GenerationConfig
 from ..judges.base import Judge, JudgeItem, Score, Verdict
@@ -322,3 +323,65 @@ def _sides(details: Any, chosen: int, rejected: int) -> Any:
         sides = (details["a"], details["b"])
         return {"chosen": sides[chosen], "rejected": sides[rejected]}
     return details
+
+
+def mirror_lines(verifier: VerifierJudge, contrasts: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """A mirror pair for each contrast pair: the same two answers under the contrast pair's prompt with the edit's
+    instruction added (a train phrasing, drawn with `seed` and the prompt's id), the edited answer now chosen.
+
+    Why: a contrast pair alone says the edit loses where nobody asked for it, and a rewrite pair says it wins where
+    asked, but on other prompts and answers, so a small model can learn a cue of the topic or the answer instead of
+    the instruction. A contrast pair and its mirror differ in the instruction alone: the one thing that decides.
+    None for a prompt whose instructions conflict with the edit's (`prefalign.prompts.instructions.conflicts`), nor
+    where the verifier does not score the edited answer strictly higher under the new prompt."""
+    import random
+
+    from ..prompts.instructions import INSTRUCTIONS, conflicts
+
+    lines = []
+    for contrast in contrasts:
+        edits = list(contrast["rejected_sample"]["edited"])
+        asked = list(contrast.get("instruction_id_list") or [])
+        if any(conflicts(edit, other) for edit in edits for other in asked):
+            continue
+        draw = random.Random(f"mirror:{seed}:{contrast['id']}")
+        phrasings = [draw.randrange(INSTRUCTIONS[edit].train_phrasings) for edit in edits]
+        added = " ".join(INSTRUCTIONS[edit].describe({}, p) for edit, p in zip(edits, phrasings))
+        fields = {
+            "instruction_id_list": asked + edits,
+            "kwargs": list(contrast.get("kwargs") or [{}] * len(asked)) + [{} for _ in edits],
+        }
+        if "phrasings" in contrast:
+            fields["phrasings"] = list(contrast["phrasings"]) + phrasings
+        prompt = _with_instruction(contrast["prompt"], added)
+        edited, original = verifier.score(
+            [JudgeItem(prompt, contrast["rejected"], fields), JudgeItem(prompt, contrast["chosen"], fields)]
+        )
+        if edited.value is None or original.value is None or edited.value <= original.value:
+            continue
+        lines.append(
+            {
+                **contrast,
+                "prompt": prompt,
+                "chosen": contrast["rejected"],
+                "rejected": contrast["chosen"],
+                **fields,
+                "source": "mirror:" + contrast["source"].split(":", 1)[1],
+                "chosen_score": edited.value,
+                "rejected_score": original.value,
+                "chosen_sample": contrast["rejected_sample"],
+                "rejected_sample": contrast["chosen_sample"],
+                "judge_details": {"chosen": edited.details, "rejected": original.details},
+            }
+        )
+    return lines
+
+
+def _with_instruction(prompt: Text, instruction: str) -> Text:
+    """`prompt` with `instruction` appended to its text (to the last user turn of chat messages)."""
+    if isinstance(prompt, str):
+        return f"{prompt} {instruction}"
+    messages = [dict(message) for message in prompt]
+    last = max(i for i, message in enumerate(messages) if message.get("role") == "user")
+    messages[last]["content"] = f"{messages[last]['content']} {instruction}"
+    return messages

@@ -20,7 +20,7 @@ from ..data.loading import load_preferences
 from ..data.records import Text
 from ..errors import DataError, PrefalignError
 from ..scoring.preference import preference_margin
-from .build import SKIP_STATUSES, skipped_path
+from .build import SKIP_STATUSES, SYNTHESIZED, skipped_path
 
 
 def pair_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -34,12 +34,12 @@ def pair_stats(path: str | os.PathLike[str]) -> dict[str, Any]:
         data = load_preferences(path, max_bad_fraction=None)
         records, bad_lines = data.records, data.report.rejected
     stats: dict[str, Any] = {"source": str(path), "pairs": len(records), "bad_lines": bad_lines}
-    # `pairs build --rewrite [--contrast]` writes rewrite pairs ("rewrite:...") and contrast pairs ("contrast:...")
-    # besides the judged ones ("judge") for a prompt.
+    # `pairs build --rewrite [--contrast [--mirror]]` writes rewrite pairs ("rewrite:..."), contrast pairs
+    # ("contrast:...") and mirror pairs ("mirror:...") besides the judged ones ("judge") for a prompt.
     sources = Counter(str(record.extra["source"]) for record in records if "source" in record.extra)
     if sources:
         stats["by_source"] = dict(sorted(sources.items()))
-    rewrites = sum(count for source, count in sources.items() if source.startswith(("rewrite:", "contrast:")))
+    rewrites = sum(count for source, count in sources.items() if source.split(":")[0] in SYNTHESIZED)
     skipped = _skip_counts(skipped_path(path))
     if skipped is not None:
         prompts = len(records) - rewrites + sum(skipped.values())

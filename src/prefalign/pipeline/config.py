@@ -149,6 +149,14 @@ class DemoConfig:
             "its prompt did not ask for (rewrite pairs alone teach the edit everywhere); the report counts them"
         ),
     )
+    mirror_pairs: bool = field(
+        default=False,
+        metadata=_help(
+            "with --contrast-pairs: per contrast pair, also its mirror: the same two answers under the same prompt "
+            "with the edit's instruction added, the edited answer chosen, so that the instruction alone decides "
+            "between the two (off: it taught the case instructions and lost as much elsewhere, README)"
+        ),
+    )
     heldout_fraction: float = field(
         default=0.35, metadata=_help("fraction of the pair prompts held out (validation, held-out accuracy)")
     )
@@ -344,6 +352,7 @@ class DemoConfig:
             max_chosen_repetition=self.max_repetition,
             rewrite=self.rewrite_pairs,
             contrast=self.rewrite_pairs and self.contrast_pairs,
+            mirror=self.rewrite_pairs and self.contrast_pairs and self.mirror_pairs,
         )
 
     def eval_generation(self) -> GenerationConfig:

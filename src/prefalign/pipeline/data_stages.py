@@ -156,11 +156,12 @@ def split_pairs(built: Path, work: Path, fraction: float, seed: int) -> dict[str
     """Split the pairs file `built` into work/train.jsonl and work/heldout.jsonl by prompt (a seeded draw of the
     prompts, at least 2, holds out every pair of theirs, so no held-out prompt is trained on); return the counts.
 
-    A held-out prompt's rewrite and contrast pairs (source "rewrite:..." or "contrast:...") go to
+    A held-out prompt's rewrite, contrast and mirror pairs (source "rewrite:...", "contrast:..." or "mirror:...") go to
     work/heldout_rewrites.jsonl instead: a case or quoting edit is an easy pair, and held-out accuracy should measure
     the judged pairs. work/reward_train.jsonl is train.jsonl without its contrast pairs, for the reward model: it
     learns the judge's preferences, and the judge scores a contrast pair's two sides alike (the edit breaks no rule
-    of that prompt's); DPO learns from them that an edit nobody asked for makes an answer worse."""
+    of that prompt's); DPO learns from them that an edit nobody asked for makes an answer worse. Mirror pairs stay in
+    both: under the instruction their prompt adds, the judge prefers the edited side."""
     # Lines end at "\n" only (`jsonl_lines`): a pair whose text holds U+2028 stays one pair.
     lines = [raw.decode("utf-8").rstrip("\r\n") for _, raw in jsonl_lines(built)]
     if len(lines) < 4:
@@ -180,7 +181,9 @@ def split_pairs(built: Path, work: Path, fraction: float, seed: int) -> dict[str
             if not source.startswith("contrast:"):
                 split["reward_train"].append(line)
         else:
-            split["heldout_rewrites" if source.startswith(("rewrite:", "contrast:")) else "heldout"].append(line)
+            split["heldout_rewrites" if source.startswith(("rewrite:", "contrast:", "mirror:")) else "heldout"].append(
+                line
+            )
     for name, kept in split.items():
         write_text_atomic(work / f"{name}.jsonl", "".join(line + "\n" for line in kept))
     return {

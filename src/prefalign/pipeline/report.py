@@ -76,8 +76,8 @@ def _stage_facts(out: Path) -> dict[str, str]:
 
 
 def _pairs_fact(directory: Path, pairs: dict[str, Any]) -> str:
-    """What the pairs stage made: judged pairs, what was skipped and why, rewrite and contrast pairs (counted apart:
-    they are synthesised, not sampled), and the train / held-out split."""
+    """What the pairs stage made: judged pairs, what was skipped and why, rewrite, contrast and mirror pairs (counted
+    apart: they are synthesised, not sampled), and the train / held-out split."""
     split = f"{pairs['pairs']} pairs, {pairs['train_pairs']} train / {pairs['heldout_pairs']} held out"
     if pairs.get("source") != "built":
         return f"from {pairs.get('source')}: {split}"
@@ -96,16 +96,24 @@ def _pairs_fact(directory: Path, pairs: dict[str, Any]) -> str:
         if pairs.get("contrasts")
         else ""
     )
+    mirrors = (
+        f" and {pairs['mirrors']} mirror pairs (a contrast pair the other way round, under its prompt with the "
+        f"edit's instruction added; {trained['mirror']} trained on)"
+        if pairs.get("mirrors")
+        else ""
+    )
     return (
         f"{text}; {pairs.get('rewrites', 0)} of the pairs are rewrites of a sample to follow the instructions it "
-        f"failed ({trained['rewrite']} trained on){contrasts}; the {pairs.get('heldout_rewrites', 0)} of these of "
-        "held-out prompts are set aside, so held-out pairs are judged samples only; the rest are judged samples"
+        f"failed ({trained['rewrite']} trained on){contrasts}{mirrors}; the {pairs.get('heldout_rewrites', 0)} of "
+        "these of held-out prompts are set aside, so held-out pairs are judged samples only; the rest are judged "
+        "samples"
     )
 
 
 def _source_counts(path: Path) -> dict[str, int]:
-    """The rewrite pairs (source "rewrite:...") and contrast pairs ("contrast:...") of a pairs file."""
-    counts = {"rewrite": 0, "contrast": 0}
+    """The rewrite pairs (source "rewrite:..."), contrast pairs ("contrast:...") and mirror pairs ("mirror:...") of a
+    pairs file."""
+    counts = {"rewrite": 0, "contrast": 0, "mirror": 0}
     if path.exists():
         for _, raw in jsonl_lines(path):
             kind = str(json.loads(raw).get("source", "")).split(":")[0]
