@@ -320,6 +320,14 @@ def test_mirror_pairs_turn_a_contrast_pair_around_under_the_instruction(
     assert again == lines and report.mirrors == 1 and report.resumed == 4
     with pytest.raises(PrefalignError, match="--mirror needs --contrast"):
         PairsConfig(rewrite=True, mirror=True)
+    assert mirror["generation"]["mirror"] is True and "mirror" not in contrast_without_mirrors(tmp_path, prompts)
+
+
+def contrast_without_mirrors(tmp_path: Path, prompts: Path) -> dict:
+    """The sampling settings a run without --mirror records: as before the option, so older files still resume."""
+    (tmp_path / "plain").mkdir()
+    lines, _ = build_contrast(tmp_path / "plain", prompts, contrast=True)
+    return lines[0]["generation"]
 
 
 def test_no_mirror_where_the_prompt_cannot_take_the_rule():
@@ -340,6 +348,8 @@ def test_no_mirror_where_the_prompt_cannot_take_the_rule():
     (mirror,) = mirror_lines(VERIFIER, [contrast], seed=0)
     assert mirror["prompt"][0] == contrast["prompt"][0]  # chat messages: the rule joins the last user turn
     assert mirror["prompt"][1]["content"].startswith("Say hi. ") and contrast["prompt"][1]["content"] == "Say hi."
+    (alone,) = mirror_lines(VERIFIER, [{**contrast, "prompt": [{"role": "system", "content": "Say hi."}]}], seed=0)
+    assert alone["prompt"][0]["content"] == mirror["prompt"][1]["content"]  # no user turn: the last message
     assert mirror_lines(VERIFIER, [contrast], seed=0) == [mirror]  # the phrasing is drawn from the seed and the id
     built_in = {**contrast, "phrasings": []}  # a built-in prompt records its phrasings: the mirror's adds one
     (phrased,) = mirror_lines(VERIFIER, [built_in], seed=0)

@@ -397,6 +397,8 @@ def _generation_settings(config: PairsConfig) -> dict[str, Any]:
     # None changes how a prompt is sampled, so a resumed run may change them. (Only the same batch and chunk sizes
     # guarantee byte-identical lines: another batch shape can move the logits' last bits, see prefalign.generate.)
     del settings["limit"], settings["batch_size"], settings["chunk_size"]
+    if not settings["mirror"]:  # written only when on: files from before the option resume and compare as they were
+        del settings["mirror"]
     return settings
 
 

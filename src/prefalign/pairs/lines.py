@@ -378,10 +378,12 @@ def mirror_lines(verifier: VerifierJudge, contrasts: list[dict[str, Any]], seed:
 
 
 def _with_instruction(prompt: Text, instruction: str) -> Text:
-    """`prompt` with `instruction` appended to its text (to the last user turn of chat messages)."""
+    """`prompt` with `instruction` appended to its text (to the last user turn of chat messages, or the last message
+    where none is the user's)."""
     if isinstance(prompt, str):
         return f"{prompt} {instruction}"
     messages = [dict(message) for message in prompt]
-    last = max(i for i, message in enumerate(messages) if message.get("role") == "user")
+    users = [i for i, message in enumerate(messages) if message.get("role") == "user"]
+    last = users[-1] if users else len(messages) - 1
     messages[last]["content"] = f"{messages[last]['content']} {instruction}"
     return messages
