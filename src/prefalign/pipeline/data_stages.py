@@ -13,7 +13,7 @@ from ..data.split import split_heldout
 from ..errors import DataError, PrefalignError
 from ..fileio import jsonl_lines, read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from ..generate import GenerationConfig
-from ..pairs.build import PairsConfig
+from ..pairs.build import SYNTHESIZED, PairsConfig
 from .config import DemoConfig
 
 HELDOUT_PAIRS = "heldout-pairs"  # eval_prompts value: evaluate on the prompts of the held-out pairs
@@ -181,9 +181,8 @@ def split_pairs(built: Path, work: Path, fraction: float, seed: int) -> dict[str
             if not source.startswith("contrast:"):
                 split["reward_train"].append(line)
         else:
-            split["heldout_rewrites" if source.startswith(("rewrite:", "contrast:", "mirror:")) else "heldout"].append(
-                line
-            )
+            synthesized = source.split(":")[0] in SYNTHESIZED
+            split["heldout_rewrites" if synthesized else "heldout"].append(line)
     for name, kept in split.items():
         write_text_atomic(work / f"{name}.jsonl", "".join(line + "\n" for line in kept))
     return {

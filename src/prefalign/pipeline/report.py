@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import jsonl_lines, write_text_atomic
+from ..pairs.build import SYNTHESIZED
 from ..stages import STAGE_FILE, StageResult
 from .config import DemoConfig
 
@@ -113,7 +114,7 @@ def _pairs_fact(directory: Path, pairs: dict[str, Any]) -> str:
 def _source_counts(path: Path) -> dict[str, int]:
     """The rewrite pairs (source "rewrite:..."), contrast pairs ("contrast:...") and mirror pairs ("mirror:...") of a
     pairs file."""
-    counts = {"rewrite": 0, "contrast": 0, "mirror": 0}
+    counts = dict.fromkeys(SYNTHESIZED, 0)
     if path.exists():
         for _, raw in jsonl_lines(path):
             kind = str(json.loads(raw).get("source", "")).split(":")[0]
