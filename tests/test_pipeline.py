@@ -285,3 +285,88 @@ def test_the_demo_report_lists_what_the_training_stages_warned_about(tmp_path: P
         "- dpo: chosen falls",
         "",
     ]
+
+
+def test_a_second_dpo_round_trains_the_first_rounds_model_on_pairs_of_its_own(demo_config: DemoConfig) -> None:
+    """`--rounds 2`: pairs_2 samples the next train prompts from round 1's DPO model with seeds past round 1's, and
+    dpo_2 trains that model on them (itself the reference), validated on round 1's held-out pairs; the evaluation's
+    dpo model is round 2's."""
+    # Random text from the tiny model contains "re" about half the time: two samples often differ on this check.
+    prompts = Path(demo_config.output_dir).parent / "train_prompts.jsonl"
+    check = {"instruction_id_list": ["keywords:existence"], "kwargs": [{"keywords": ["re"]}]}
+    rows = [{"id": f"p{i:02d}", "prompt": f"Write a note about topic {i}.", **check} for i in range(40)]
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    demo_config.train_prompts, demo_config.rounds, demo_config.pair_prompts = str(prompts), 2, 16
+    demo_config.sampling_max_new_tokens = 16
+    results = run_demo(demo_config)
+    assert [r.name for r in results] == [*STAGES[:-1], "pairs_2", "dpo_2", "eval"]
+    out = Path(demo_config.output_dir)
+    window = [json.loads(line)["id"] for line in (out / "pairs_2" / "prompts.jsonl").read_text().splitlines()]
+    assert window == [f"p{i:02d}" for i in range(16, 32)]  # round 1 would have sampled the first 16
+    pairs = [json.loads(line) for line in (out / "pairs_2" / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and {p["model"] for p in pairs} == {"dpo round 1"}
+    assert {p["generation"]["seed"] for p in pairs} == {demo_config.seed + 2}
+    summary = json.loads((out / "pairs_2" / "summary.json").read_text())
+    assert summary["train_pairs"] == len(pairs) and summary["prompts"] == 16
+    trained = json.loads((out / "dpo_2" / "run.json").read_text())["config"]
+    assert trained["model"] == str(out / "dpo" / "final" / "merged") and trained["ref_model"] is None
+    assert (trained["data"], trained["eval_data"]) == (
+        str(out / "pairs_2" / "train.jsonl"),
+        str(out / "pairs" / "heldout.jsonl"),
+    )
+    assert trained["run_name"] == "run-dpo_2"
+    evaluation = json.loads((out / "eval" / "report.json").read_text())
+    assert evaluation["models"]["dpo"]["path"] == str(out / "dpo_2" / "final" / "merged")
+    assert evaluation["runs"]["dpo"] == str(out / "dpo_2")
+    report = (out / "report.md").read_text()
+    assert "| pairs_2 | from 16 prompts, sampled from the previous round's DPO model:" in report
+    assert "| dpo_2 | " in report and "reward gap" in report.split("| dpo_2 | ")[1].split("\n")[0]
+
+    assert all(r.skipped for r in run_demo(demo_config))
+    rerun = run_demo(demo_config, from_stage="dpo_2")
+    assert [r.name for r in rerun if not r.skipped] == ["dpo_2", "eval"]
+    with pytest.raises(PrefalignError, match="unknown stage 'dpo_3'; stages are .*pairs_2, dpo_2, eval"):
+        run_demo(demo_config, from_stage="dpo_3")
+
+
+def test_a_later_rounds_pairs_keep_out_the_prompts_round_one_held_out(tmp_path: Path) -> None:
+    from prefalign.pipeline.data_stages import split_round_pairs
+
+    first = tmp_path / "pairs"
+    first.mkdir()
+    pair = {"chosen": "a", "rejected": "b"}
+    (first / "heldout.jsonl").write_text(json.dumps({"id": "p1", "prompt": "one", **pair}) + "\n")
+    (first / "heldout_rewrites.jsonl").write_text(json.dumps({"prompt": "two", **pair, "source": "rewrite:x"}) + "\n")
+    built = tmp_path / "built.jsonl"
+    rows = [
+        {"id": "p1", "prompt": "one", **pair},
+        {"prompt": "two", **pair},
+        {"prompt": "two", **pair, "source": "contrast:x"},
+        {"id": "p3", "prompt": "three", **pair},
+        {"id": "p4", "prompt": "four", **pair, "source": "contrast:y"},
+    ]
+    built.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    work = tmp_path / "work"
+    work.mkdir()
+    counts = split_round_pairs(built, work, first)
+    assert counts == {"pairs": 5, "train_pairs": 2, "reward_train_pairs": 1, "heldout_pairs": 2, "heldout_rewrites": 1}
+    assert [json.loads(line)["id"] for line in (work / "train.jsonl").read_text().splitlines()] == ["p3", "p4"]
+    built.write_text("".join(json.dumps(row) + "\n" for row in rows[:3]))
+    with pytest.raises(PrefalignError, match="no pairs to train on"):
+        split_round_pairs(built, work, first)
+
+
+def test_each_rounds_prompts_and_seeds_follow_the_last_rounds(tmp_path: Path) -> None:
+    from prefalign.pipeline.run import _round_prompts, stage_names
+
+    assert stage_names(1) == STAGES
+    assert stage_names(3)[-5:] == ("pairs_2", "dpo_2", "pairs_3", "dpo_3", "eval")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": str(i), "prompt": f"p{i}"}) + "\n" for i in range(5)))
+    assert [row["id"] for row in _round_prompts(prompts, 2, 2)] == ["2", "3"]
+    assert [row["id"] for row in _round_prompts(prompts, 2, 3)] == ["4", "0"]  # from the start again
+    assert [row["id"] for row in _round_prompts(prompts, 9, 2)] == ["4", "0", "1", "2", "3"]  # each prompt once
+    config = DemoConfig(seed=3, pair_samples=4)
+    assert [config.pairs_sampling(r).seed for r in (1, 2, 3)] == [3, 7, 11]  # sample j of a round: seed + j
+    with pytest.raises(PrefalignError, match="--rounds must be at least 1, got 0"):
+        DemoConfig(rounds=0)

@@ -14,12 +14,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="run the whole workflow: base -> SFT -> pairs -> reward model -> DPO -> three-way report",
-        description="Run the alignment workflow as stages (" + ", ".join(STAGES) + ") on the embedded model, "
-        "offline. Each stage writes its own directory and is skipped when its settings and inputs are unchanged; a "
-        "killed run picks up where it stopped. --config FILE.yaml runs it on your model, data and judges.",
+        description="Run the alignment workflow as stages (" + ", ".join(STAGES) + "; with --rounds K, pairs_R and "
+        "dpo_R for each later DPO round R before eval) on the embedded model, offline. Each stage writes its own "
+        "directory and is skipped when its settings and inputs are unchanged; a killed run picks up where it stopped. "
+        "--config FILE.yaml runs it on your model, data and judges.",
     )
     parser.add_argument("--config", help="YAML file of options (command-line options override it)")
-    parser.add_argument("--from", dest="from_stage", choices=STAGES, help="rerun from this stage on")
+    parser.add_argument(
+        "--from",
+        dest="from_stage",
+        metavar="STAGE",
+        help="rerun from this stage on: " + ", ".join(STAGES) + ", or pairs_R / dpo_R of a later round",
+    )
     add_config_args(parser, DemoConfig)
     parser.set_defaults(func=run)
 

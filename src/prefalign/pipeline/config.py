@@ -206,6 +206,14 @@ class DemoConfig:
     dpo_learning_rate: float = field(
         default=5e-4, metadata=_trains(("dpo",), "DPO learning rate (LoRA)", "learning_rate")
     )
+    rounds: int = field(
+        default=1,
+        metadata=_help(
+            "DPO rounds (iterative DPO): each round after the first samples and judges pairs from the previous "
+            "round's DPO model on the next --pair-prompts train prompts, and trains that model again with itself "
+            "as the reference; the evaluation's dpo model is the last round's"
+        ),
+    )
 
     # Evaluation.
     eval_judges: list[str] = field(
@@ -252,6 +260,7 @@ class DemoConfig:
             "lora_rank",
             "rm_epochs",
             "dpo_epochs",
+            "rounds",
             "kl_max_new_tokens",
             "kl_prompts",
         ):
@@ -295,10 +304,18 @@ class DemoConfig:
         check_report_to(self.report_to)  # before the first stage, not when training starts
 
     def training_config(
-        self, stage: TrainingStage, *, model: str, data: str | Path, output_dir: str | Path, **inputs: Any
+        self,
+        stage: TrainingStage,
+        *,
+        model: str,
+        data: str | Path,
+        output_dir: str | Path,
+        name: str | None = None,
+        **inputs: Any,
     ) -> TrainConfig:
         """The training config of `stage`: the demo options that set it (see `_trains`), the settings the demo fixes,
-        and the given model, data and output directory (and e.g. `eval_data`)."""
+        and the given model, data and output directory (and e.g. `eval_data`); `name`: the stage's own name when
+        it is not `stage` (a later DPO round's, dpo_2...), which its tracker run is called after."""
         options = {
             f.metadata["train_field"] or f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
@@ -314,7 +331,7 @@ class DemoConfig:
             **self._stage_fixed(stage),
             **options,
             lora_alpha=2.0 * self.lora_rank,  # LoRA's update scale alpha / r stays 2 at any rank
-            run_name=f"{Path(self.output_dir).name}-{stage}",  # the stages' runs told apart in a tracker
+            run_name=f"{Path(self.output_dir).name}-{name or stage}",  # the stages' runs told apart in a tracker
             model=model,
             data=str(data),
             output_dir=str(output_dir),
@@ -338,15 +355,16 @@ class DemoConfig:
             dtype=self.sampling_dtype,
         )
 
-    def pairs_sampling(self) -> PairsConfig:
-        """How the SFT model samples the candidates of each pair."""
+    def pairs_sampling(self, round_: int = 1) -> PairsConfig:
+        """How the SFT model (in round 1) or the last round's DPO model samples the candidates of each pair. Sample j
+        draws from seed + j, so each round starts past the seeds of the rounds before it."""
         return PairsConfig(
             num_samples=self.pair_samples,
             temperatures=list(self.pair_temperatures),
             max_new_tokens=self.sampling_max_new_tokens,
             batch_size=self.generation_batch_size,
             dtype=self.sampling_dtype,
-            seed=self.seed,
+            seed=self.seed + (round_ - 1) * self.pair_samples,
             limit=self.pair_prompts,
             min_score_gap=self.min_score_gap,
             max_chosen_repetition=self.max_repetition,

@@ -94,7 +94,7 @@ def build_or_load_pairs(
     if config.preference_data is not None:
         summary = _load_pairs(config.preference_data, config.data_limit, built)
     else:
-        summary = _build_pairs(config.judge, sampling, sft_model, train_prompts, built)
+        summary = _build_pairs(config.judge, sampling, sft_model, train_prompts, built, "sft", "pairs")
     summary.update(split_pairs(built, work, config.heldout_fraction, config.seed))
     write_json_atomic(work / "summary.json", summary, default=str)
     say(
@@ -114,6 +114,25 @@ def build_or_load_pairs(
     )
 
 
+def build_round_pairs(
+    config: DemoConfig, sampling: PairsConfig, work: Path, model: str, prompts: Path, first_round: Path, round_: int
+) -> None:
+    """Pairs for DPO round `round_` (2 and up) into work/pairs.jsonl: sampled from the previous round's DPO model
+    (`model`) on `prompts` and judged, then split as the first round's pairs stage (`first_round`) split its prompts
+    (`split_round_pairs`); work/summary.json says what was done."""
+    built = work / "pairs.jsonl"
+    tag = f"pairs_{round_}"
+    summary = _build_pairs(config.judge, sampling, model, prompts, built, f"dpo round {round_ - 1}", tag)
+    summary.update(split_round_pairs(built, work, first_round))
+    write_json_atomic(work / "summary.json", summary, default=str)
+    set_aside = summary["heldout_pairs"] + summary["heldout_rewrites"]
+    say(
+        f"[{tag}] {summary['pairs']} pairs from the round {round_ - 1} DPO model: {summary['train_pairs']} to train on"
+        + (f", {set_aside} of the first round's held-out prompts set aside" if set_aside else ""),
+        prefix="",
+    )
+
+
 def _load_pairs(source: str, limit: int | None, built: Path) -> dict[str, Any]:
     from ..data.loading import load_preferences, save_preferences
 
@@ -129,8 +148,10 @@ def _load_pairs(source: str, limit: int | None, built: Path) -> dict[str, Any]:
 
 
 def _build_pairs(
-    judge_spec: str, sampling: PairsConfig, sft_model: str, train_prompts: Path, built: Path
+    judge_spec: str, sampling: PairsConfig, model: str, prompts: Path, built: Path, model_name: str, tag: str
 ) -> dict[str, Any]:
+    """Pairs sampled from `model` (named `model_name` in their provenance) on `prompts` and judged; progress lines
+    start with [`tag`]."""
     from ..judges.registry import load_judge
     from ..models.loading import load_model, load_tokenizer
     from ..pairs.build import build_pairs, read_prompt_records
@@ -138,14 +159,14 @@ def _build_pairs(
     judge = load_judge(judge_spec)
     try:
         report = build_pairs(
-            load_model(sft_model),
-            load_tokenizer(sft_model),
+            load_model(model),
+            load_tokenizer(model),
             judge,
-            read_prompt_records(train_prompts, sampling.limit),
+            read_prompt_records(prompts, sampling.limit),
             built,
             sampling,
-            model_name="sft",
-            on_batch=lambda r: say(f"[pairs] {r.progress()}", prefix=""),
+            model_name=model_name,
+            on_batch=lambda r: say(f"[{tag}] {r.progress()}", prefix=""),
         )
     finally:
         judge.close()
@@ -162,17 +183,40 @@ def split_pairs(built: Path, work: Path, fraction: float, seed: int) -> dict[str
     learns the judge's preferences, and the judge scores a contrast pair's two sides alike (the edit breaks no rule
     of that prompt's); DPO learns from them that an edit nobody asked for makes an answer worse. Mirror pairs stay in
     both: under the instruction their prompt adds, the judge prefers the edited side."""
-    # Lines end at "\n" only (`jsonl_lines`): a pair whose text holds U+2028 stays one pair.
-    lines = [raw.decode("utf-8").rstrip("\r\n") for _, raw in jsonl_lines(built)]
+    lines, rows, keys = _read_pair_lines(built)
     if len(lines) < 4:
         raise PrefalignError(
             f"[pairs] only {len(lines)} pairs: too few to train and hold some out "
             "(more --pair-prompts or --pair-samples)"
         )
-    rows = [json.loads(line) for line in lines]
-    keys = [json.dumps(row.get("id", row["prompt"]), sort_keys=True) for row in rows]
     _, held_keys = split_heldout(sorted(set(keys), key=keys.index), fraction, seed=seed, minimum=2, what="prompts")
-    held = set(held_keys)
+    return _write_split(lines, rows, keys, set(held_keys), work)
+
+
+def split_round_pairs(built: Path, work: Path, first_round: Path) -> dict[str, int]:
+    """`split_pairs` for a later DPO round: the prompts held out are those the first round's pairs stage
+    (`first_round`) held out, so that no round trains on a prompt whose pairs validate every round."""
+    held = set()
+    for name in ("heldout", "heldout_rewrites"):
+        held |= set(_read_pair_lines(first_round / f"{name}.jsonl")[2])
+    lines, rows, keys = _read_pair_lines(built)
+    counts = _write_split(lines, rows, keys, held, work)
+    if not counts["train_pairs"]:
+        raise PrefalignError(f"[pairs] no pairs to train on in {built} (more --pair-prompts or --pair-samples)")
+    return counts
+
+
+def _read_pair_lines(path: Path) -> tuple[list[str], list[dict[str, Any]], list[str]]:
+    """A pairs file's lines, records, and prompt keys (the id, else the prompt)."""
+    # Lines end at "\n" only (`jsonl_lines`): a pair whose text holds U+2028 stays one pair.
+    lines = [raw.decode("utf-8").rstrip("\r\n") for _, raw in jsonl_lines(path)] if path.exists() else []
+    rows = [json.loads(line) for line in lines]
+    return lines, rows, [json.dumps(row.get("id", row["prompt"]), sort_keys=True) for row in rows]
+
+
+def _write_split(
+    lines: list[str], rows: list[dict[str, Any]], keys: list[str], held: set[str], work: Path
+) -> dict[str, int]:
     split: dict[str, list[str]] = {"train": [], "reward_train": [], "heldout": [], "heldout_rewrites": []}
     for line, row, key in zip(lines, rows, keys):
         source = str(row.get("source", ""))

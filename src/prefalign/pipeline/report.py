@@ -33,6 +33,33 @@ def _training_line(run: Path, keys: tuple[tuple[str, str], ...]) -> str:
     return ", ".join(parts)
 
 
+_DPO_KEYS = (("rewards/margins", "reward gap"), ("rewards/accuracies", "accuracy"), ("kl", "KL"))
+
+
+def _later_rounds(out: Path, stage: str) -> list[str]:
+    """The directories of `stage` ("pairs" or "dpo") of the DPO rounds after the first (pairs_2, dpo_2...), in
+    order."""
+    rounds = [p.name.split("_")[1] for p in out.glob(f"{stage}_*") if p.is_dir() and p.name.split("_")[1].isdigit()]
+    return [f"{stage}_{r}" for r in sorted(rounds, key=int)]
+
+
+def _round_pairs_fact(pairs: dict[str, Any]) -> str:
+    """What a later round's pairs stage made: its pairs are the previous DPO model's samples."""
+    set_aside = pairs["heldout_pairs"] + pairs["heldout_rewrites"]
+    synthesized = ", ".join(
+        f"{pairs[key]} {what}"
+        for key, what in (("rewrites", "rewrites"), ("contrasts", "contrast pairs"))
+        if pairs.get(key)
+    )
+    return (
+        f"from {pairs['prompts']} prompts, sampled from the previous round's DPO model: {pairs['ties']} ties and "
+        f"{pairs['judge_failures']} judge failures skipped; {pairs['pairs']} pairs"
+        + (f" ({synthesized})" if synthesized else "")
+        + f", {pairs['train_pairs']} trained on"
+        + (f", {set_aside} of the first round's held-out prompts set aside" if set_aside else "")
+    )
+
+
 def _stage_facts(out: Path) -> dict[str, str]:
     """One line per stage on what it produced, read back from its files."""
     facts = {"base": _read(out / "base" / "model.json").get("path", "")}
@@ -67,9 +94,12 @@ def _stage_facts(out: Path) -> dict[str, str]:
     facts["reward"] = _training_line(
         out / "reward", (("rewards/accuracies", "accuracy"), ("rewards/margins", "margin"))
     )
-    facts["dpo"] = _training_line(
-        out / "dpo", (("rewards/margins", "reward gap"), ("rewards/accuracies", "accuracy"), ("kl", "KL"))
-    )
+    for name in ("dpo", *_later_rounds(out, "dpo")):
+        facts[name] = _training_line(out / name, _DPO_KEYS)
+    for name in _later_rounds(out, "pairs"):
+        pairs = _read(out / name / "summary.json")
+        if pairs:
+            facts[name] = _round_pairs_fact(pairs)
     evaluation = _read(out / "eval" / "report.json")
     if evaluation:
         facts["eval"] = f"{' vs '.join(evaluation['labels'])} on {evaluation['prompts']} prompts: below"
@@ -131,7 +161,7 @@ def training_warnings(out: Path) -> list[str]:
     falling chosen log-probability, truncation...): nothing a run flagged stays in its summary.json alone."""
     warned = [
         f"- {stage}: {warning}"
-        for stage in TRAINING_STAGES
+        for stage in (*TRAINING_STAGES, *_later_rounds(out, "dpo"))
         for warning in _read(out / stage / "summary.json").get("warnings", [])
     ]
     if not warned:

@@ -8,6 +8,8 @@
             `preference_data`); split into train and held-out pairs
   reward    a reward model (the SFT model + a scalar head, LoRA) trained on the train pairs
   dpo       DPO with LoRA on the train pairs; the reference is the SFT model (the adapter disabled); merged
+  pairs_R, dpo_R   with `--rounds` K > 1, for R = 2..K: pairs sampled from round R-1's DPO model on the next train
+            prompts and judged, then DPO of that model on them against itself (iterative DPO)
   eval      base vs SFT vs SFT+DPO on the held-out prompts, judged by the verifier and the reward model:
             report.md and report.html, ending with what DPO changed (see `prefalign.evaluate`)
 
@@ -19,6 +21,7 @@ in this process, offline.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,10 +36,24 @@ from ..preflight import check_input, check_output_dir
 from ..stages import StageResult, run_stage
 from ..train.config import TrainConfig
 from .config import DemoConfig, TrainingStage
-from .data_stages import HELDOUT_PAIRS, build_or_load_pairs, copy_records, prompt_rows, sample_sft_data
+from .data_stages import (
+    HELDOUT_PAIRS,
+    build_or_load_pairs,
+    build_round_pairs,
+    copy_records,
+    prompt_rows,
+    sample_sft_data,
+)
 from .report import write_demo_report
 
 STAGES = ("base", "prompts", "sft_data", "sft", "pairs", "reward", "dpo", "eval")
+
+
+def stage_names(rounds: int = 1) -> tuple[str, ...]:
+    """The demo's stages in order, with `pairs_R` and `dpo_R` for each DPO round R after the first."""
+    later = tuple(name for r in range(2, rounds + 1) for name in (f"pairs_{r}", f"dpo_{r}"))
+    return (*STAGES[:-1], *later, STAGES[-1])
+
 
 # Config fields that say where a stage writes or how it shows progress, not what it produces: left out of its key.
 _NOT_RESULTS = frozenset(
@@ -92,8 +109,9 @@ class _Pairs:
 
 def run_demo(config: DemoConfig, from_stage: str | None = None) -> list[StageResult]:
     """Run every stage in order (skipping the unchanged ones) and return what each did and how long it took."""
-    if from_stage is not None and from_stage not in STAGES:
-        raise PrefalignError(f"unknown stage {from_stage!r}; stages are {', '.join(STAGES)}")
+    names = stage_names(config.rounds)
+    if from_stage is not None and from_stage not in names:
+        raise PrefalignError(f"unknown stage {from_stage!r}; stages are {', '.join(names)}")
     check_demo(config)
     if "auto" in (config.sampling_dtype, config.train_precision, config.eval_dtype):
         from ..models.loading import default_device
@@ -102,15 +120,17 @@ def run_demo(config: DemoConfig, from_stage: str | None = None) -> list[StageRes
         say(f"[demo] auto precision: {auto_precision_note(default_device())}", prefix="")
     out = Path(config.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    demo = _Demo(config, out, frozenset(STAGES[STAGES.index(from_stage) :]) if from_stage else frozenset())
+    demo = _Demo(config, out, frozenset(names[names.index(from_stage) :]) if from_stage else frozenset())
     base_model = _base_stage(demo)
     prompts_dir = _prompts_stage(demo)
     sft_file = _sft_data_stage(demo, base_model, prompts_dir / "train.jsonl")
     sft_dir = _sft_stage(demo, base_model, sft_file)
     pairs = _pairs_stage(demo, sft_dir, prompts_dir / "train.jsonl")
     reward_dir = _preference_stage(demo, "reward", sft_dir, pairs)
-    dpo_dir = _preference_stage(demo, "dpo", sft_dir, pairs)
-    _eval_stage(demo, prompts_dir, pairs, base_model, {"sft": sft_dir, "dpo": dpo_dir, "reward": reward_dir})
+    dpo_dirs = [_preference_stage(demo, "dpo", sft_dir, pairs)]
+    for round_ in range(2, config.rounds + 1):
+        dpo_dirs.append(_dpo_round(demo, round_, dpo_dirs[-1], prompts_dir / "train.jsonl", pairs))
+    _eval_stage(demo, prompts_dir, pairs, base_model, {"sft": sft_dir, "dpo": dpo_dirs[-1], "reward": reward_dir})
     write_demo_report(out, demo.results, config)
     return demo.results
 
@@ -204,9 +224,14 @@ def _sft_data_stage(demo: _Demo, base_model: str, train_prompts: Path) -> Path:
 
 
 def _training_stage(
-    demo: _Demo, stage: TrainingStage, make_config: Callable[[Path], TrainConfig], **inputs: Any
+    demo: _Demo,
+    stage: TrainingStage,
+    make_config: Callable[[Path], TrainConfig],
+    name: str | None = None,
+    **inputs: Any,
 ) -> Path:
-    """Train with the config `make_config(directory)` gives, resumably; the stage keys on it and on `inputs`."""
+    """Train `stage`'s objective with the config `make_config(directory)` gives, resumably, as the stage `name`
+    (default: `stage`); the stage keys on the config and on `inputs`."""
 
     def body(work: Path) -> None:
         # torch and transformers load only when a stage trains.
@@ -218,7 +243,8 @@ def _training_stage(
         objective = {"sft": SFTObjective, "reward": RewardObjective, "dpo": DPOObjective}[stage]
         train(train_config, objective(train_config))
 
-    return demo.stage(stage, stage_key(make_config(demo.out / stage), **inputs), body, resumable=True)
+    name = name or stage
+    return demo.stage(name, stage_key(make_config(demo.out / name), **inputs), body, resumable=True)
 
 
 def _sft_stage(demo: _Demo, base_model: str, sft_file: Path) -> Path:
@@ -269,6 +295,44 @@ def _preference_stage(demo: _Demo, stage: TrainingStage, sft_dir: Path, pairs: _
     return _training_stage(demo, stage, make_config, **inputs)
 
 
+def _dpo_round(demo: _Demo, round_: int, previous: Path, train_prompts: Path, first: _Pairs) -> Path:
+    """DPO round `round_` (2 and up), as stages pairs_R and dpo_R: pairs sampled from the previous round's DPO model
+    (`previous`) on this round's train prompts, judged and split as the first round's (`first`); then DPO of that
+    model on them, itself the reference, validated on the first round's held-out pairs, the same in every round."""
+    config = demo.config
+    model = str(previous / "final" / "merged")
+    model_key = model + "@" + _stage_digest(previous)
+    sampling = config.pairs_sampling(round_)
+    window = _round_prompts(train_prompts, config.pair_prompts, round_)
+
+    def pairs(work: Path) -> None:
+        write_jsonl_atomic(work / "prompts.jsonl", window)
+        build_round_pairs(config, sampling, work, model, work / "prompts.jsonl", first.directory, round_)
+
+    window_digest = hashlib.sha256(json.dumps(window, sort_keys=True).encode()).hexdigest()
+    key = stage_key(
+        sampling, model=model_key, prompts=window_digest, judge=config.judge, first=_stage_digest(first.directory)
+    )
+    train = demo.stage(f"pairs_{round_}", key, pairs, resumable=True) / "train.jsonl"
+    name = f"dpo_{round_}"
+
+    def make_config(work: Path) -> TrainConfig:
+        return config.training_config(
+            "dpo", model=model, data=train, eval_data=first.heldout, output_dir=work, name=name
+        )
+
+    inputs = {"model": model_key, "data": file_digest(train), "eval_data": file_digest(first.heldout)}
+    return _training_stage(demo, "dpo", make_config, name, **inputs)
+
+
+def _round_prompts(train_prompts: Path, per_round: int, round_: int) -> list[dict[str, Any]]:
+    """Round `round_`'s train prompts: the `per_round` after those of the rounds before it (the first round's are the
+    file's first `per_round`), from the start again when the file runs out."""
+    rows = [row for _, row in read_jsonl(train_prompts)]
+    start = (round_ - 1) * per_round
+    return [rows[(start + i) % len(rows)] for i in range(min(per_round, len(rows)))]
+
+
 def _eval_prompts(demo: _Demo, prompts_dir: Path, pairs: _Pairs) -> Path:
     """The held-out prompts, or with `eval_prompts: heldout-pairs` the prompts of the held-out pairs."""
     if demo.config.eval_prompts != HELDOUT_PAIRS:
@@ -283,7 +347,8 @@ def _eval_prompts(demo: _Demo, prompts_dir: Path, pairs: _Pairs) -> Path:
 
 def _eval_stage(demo: _Demo, prompts_dir: Path, pairs: _Pairs, base_model: str, trained: dict[str, Path]) -> None:
     """base vs SFT vs DPO on the held-out prompts, judged by the verifier (when the prompts carry verifiable
-    instructions), the trained reward model and the user's judges. `trained`: the sft, dpo and reward stages."""
+    instructions), the trained reward model and the user's judges. `trained`: the sft, dpo (its last round) and
+    reward stages."""
     from ..evaluate.config import EvalConfig
 
     config = demo.config
@@ -298,11 +363,11 @@ def _eval_stage(demo: _Demo, prompts_dir: Path, pairs: _Pairs, base_model: str, 
         generation=config.eval_generation(),
         judges=judges,
         pairs=str(pairs.heldout),
-        # The judges' accuracy on the held-out pairs only: DPO's implicit reward on them against the SFT model is what
-        # its final validation computed, on the same pairs (the dpo stage's line of the report); a second pass of
-        # both models over them would only repeat it.
+        # The judges' accuracy on the held-out pairs only: DPO's implicit reward on them against its reference (the
+        # SFT model; in a later round, the round before's) is what its final validation computed, on the same pairs
+        # (the dpo stage's line of the report); a second pass of both models over them would only repeat it.
         implicit_reward=False,
-        runs={"sft": str(trained["sft"]), "dpo": str(trained["dpo"])},
+        runs={"sft": str(trained["sft"]), "dpo": str(trained["dpo"])},  # each earlier round's curves: its plots/
         kl_samples=config.kl_samples,
         kl_max_new_tokens=min(config.kl_max_new_tokens, config.max_new_tokens),
         kl_prompts=config.kl_prompts,
