@@ -370,3 +370,17 @@ def test_each_rounds_prompts_and_seeds_follow_the_last_rounds(tmp_path: Path) ->
     assert [config.pairs_sampling(r).seed for r in (1, 2, 3)] == [3, 7, 11]  # sample j of a round: seed + j
     with pytest.raises(PrefalignError, match="--rounds must be at least 1, got 0"):
         DemoConfig(rounds=0)
+
+
+def test_the_report_lists_a_later_rounds_warnings_and_only_this_runs(tmp_path: Path) -> None:
+    from prefalign.pipeline.report import training_warnings
+
+    for stage in ("dpo_2", "dpo_3"):  # dpo_3: left over from an earlier run with --rounds 3
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "summary.json").write_text(json.dumps({"steps": 6, "warnings": [f"{stage} warned"]}))
+    assert training_warnings(tmp_path, ("sft", "reward", "dpo", "dpo_2")) == [
+        "## Training warnings",
+        "",
+        "- dpo_2: dpo_2 warned",
+        "",
+    ]

@@ -36,11 +36,17 @@ def _training_line(run: Path, keys: tuple[tuple[str, str], ...]) -> str:
 _DPO_KEYS = (("rewards/margins", "reward gap"), ("rewards/accuracies", "accuracy"), ("kl", "KL"))
 
 
+def _is_round(name: str) -> bool:
+    """Whether `name` is a stage of a DPO round after the first: pairs_2, dpo_2..."""
+    stage, _, round_ = name.partition("_")
+    return stage in ("pairs", "dpo") and round_.isdigit()
+
+
 def _later_rounds(out: Path, stage: str) -> list[str]:
     """The directories of `stage` ("pairs" or "dpo") of the DPO rounds after the first (pairs_2, dpo_2...), in
     order."""
-    rounds = [p.name.split("_")[1] for p in out.glob(f"{stage}_*") if p.is_dir() and p.name.split("_")[1].isdigit()]
-    return [f"{stage}_{r}" for r in sorted(rounds, key=int)]
+    names = [p.name for p in out.glob(f"{stage}_*") if p.is_dir() and _is_round(p.name)]
+    return sorted(names, key=lambda name: int(name.partition("_")[2]))
 
 
 def _round_pairs_fact(pairs: dict[str, Any]) -> str:
@@ -156,12 +162,13 @@ def _source_counts(path: Path) -> dict[str, int]:
 TRAINING_STAGES = ("sft", "reward", "dpo")
 
 
-def training_warnings(out: Path) -> list[str]:
+def training_warnings(out: Path, stages: tuple[str, ...] = TRAINING_STAGES) -> list[str]:
     """The report's lines on what the training stages warned about (a divergence under `--on-divergence warn`, a
-    falling chosen log-probability, truncation...): nothing a run flagged stays in its summary.json alone."""
+    falling chosen log-probability, truncation...): nothing a run flagged stays in its summary.json alone. `stages`:
+    the training stages of this run (a later DPO round's too: dpo_2...)."""
     warned = [
         f"- {stage}: {warning}"
-        for stage in (*TRAINING_STAGES, *_later_rounds(out, "dpo"))
+        for stage in stages
         for warning in _read(out / stage / "summary.json").get("warnings", [])
     ]
     if not warned:
@@ -190,7 +197,7 @@ def write_demo_report(out: Path, results: list[StageResult], config: DemoConfig)
         *rows,
         f"| total | | {total:.0f} | |",
         "",
-        *training_warnings(out),
+        *training_warnings(out, tuple(r.name for r in results if r.name in TRAINING_STAGES or _is_round(r.name))),
     ]
     evaluation = out / "eval" / "report.md"
     if evaluation.exists():
