@@ -319,6 +319,7 @@ def test_a_second_dpo_round_trains_the_first_rounds_model_on_pairs_of_its_own(de
     assert evaluation["models"]["dpo"]["path"] == str(out / "dpo_2" / "final" / "merged")
     assert evaluation["runs"]["dpo"] == str(out / "dpo_2")
     report = (out / "report.md").read_text()
+    assert report.startswith("# prefalign demo: base → SFT → preference pairs → reward model → DPO (×2 rounds,")
     assert "| pairs_2 | from 16 prompts, sampled from the previous round's DPO model:" in report
     assert "| dpo_2 | " in report and "reward gap" in report.split("| dpo_2 | ")[1].split("\n")[0]
 

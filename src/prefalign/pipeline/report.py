@@ -187,7 +187,9 @@ def write_demo_report(out: Path, results: list[StageResult], config: DemoConfig)
         state = "skipped (unchanged)" if result.skipped else "ran"
         rows.append(f"| {result.name} | {facts.get(result.name, '')} | {built:.0f} | {state} |")
     lines = [
-        "# prefalign demo: base → SFT → preference pairs → reward model → DPO → evaluation",
+        "# prefalign demo: base → SFT → preference pairs → reward model → DPO"
+        + (f" (×{config.rounds} rounds, each on pairs of the last DPO model)" if config.rounds > 1 else "")
+        + " → evaluation",
         "",
         f"Base model `{config.model}`; output in `{out}`."
         + (" Quick profile (`--quick`): every stage small." if config.quick else ""),
