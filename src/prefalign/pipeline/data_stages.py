@@ -202,7 +202,7 @@ def split_round_pairs(built: Path, work: Path, first_round: Path) -> dict[str, i
     lines, rows, keys = _read_pair_lines(built)
     counts = _write_split(lines, rows, keys, held, work)
     if not counts["train_pairs"]:
-        raise PrefalignError(f"[pairs] no pairs to train on in {built} (more --pair-prompts or --pair-samples)")
+        raise PrefalignError(f"[{work.name}] no pairs to train on in {built} (more --pair-prompts or --pair-samples)")
     return counts
 
 

@@ -42,13 +42,6 @@ def _is_round(name: str) -> bool:
     return stage in ("pairs", "dpo") and round_.isdigit()
 
 
-def _later_rounds(out: Path, stage: str) -> list[str]:
-    """The directories of `stage` ("pairs" or "dpo") of the DPO rounds after the first (pairs_2, dpo_2...), in
-    order."""
-    names = [p.name for p in out.glob(f"{stage}_*") if p.is_dir() and _is_round(p.name)]
-    return sorted(names, key=lambda name: int(name.partition("_")[2]))
-
-
 def _round_pairs_fact(pairs: dict[str, Any]) -> str:
     """What a later round's pairs stage made: its pairs are the previous DPO model's samples."""
     set_aside = pairs["heldout_pairs"] + pairs["heldout_rewrites"]
@@ -66,8 +59,9 @@ def _round_pairs_fact(pairs: dict[str, Any]) -> str:
     )
 
 
-def _stage_facts(out: Path) -> dict[str, str]:
-    """One line per stage on what it produced, read back from its files."""
+def _stage_facts(out: Path, rounds: tuple[str, ...] = ()) -> dict[str, str]:
+    """One line per stage on what it produced, read back from its files; `rounds`: this run's stages of DPO rounds
+    after the first (pairs_2, dpo_2...)."""
     facts = {"base": _read(out / "base" / "model.json").get("path", "")}
     prompts = out / "prompts"
     if prompts.exists():
@@ -100,11 +94,10 @@ def _stage_facts(out: Path) -> dict[str, str]:
     facts["reward"] = _training_line(
         out / "reward", (("rewards/accuracies", "accuracy"), ("rewards/margins", "margin"))
     )
-    for name in ("dpo", *_later_rounds(out, "dpo")):
-        facts[name] = _training_line(out / name, _DPO_KEYS)
-    for name in _later_rounds(out, "pairs"):
-        pairs = _read(out / name / "summary.json")
-        if pairs:
+    for name in ("dpo", *rounds):
+        if name.startswith("dpo"):
+            facts[name] = _training_line(out / name, _DPO_KEYS)
+        elif pairs := _read(out / name / "summary.json"):
             facts[name] = _round_pairs_fact(pairs)
     evaluation = _read(out / "eval" / "report.json")
     if evaluation:
@@ -178,7 +171,8 @@ def training_warnings(out: Path, stages: tuple[str, ...] = TRAINING_STAGES) -> l
 
 def write_demo_report(out: Path, results: list[StageResult], config: DemoConfig) -> Path:
     """Write output_dir/report.md and report.html; return the .md path."""
-    facts = _stage_facts(out)
+    rounds = tuple(r.name for r in results if _is_round(r.name))
+    facts = _stage_facts(out, rounds)
     rows = []
     total = 0.0
     for result in results:
@@ -199,7 +193,7 @@ def write_demo_report(out: Path, results: list[StageResult], config: DemoConfig)
         *rows,
         f"| total | | {total:.0f} | |",
         "",
-        *training_warnings(out, tuple(r.name for r in results if r.name in TRAINING_STAGES or _is_round(r.name))),
+        *training_warnings(out, (*TRAINING_STAGES, *(name for name in rounds if name.startswith("dpo")))),
     ]
     evaluation = out / "eval" / "report.md"
     if evaluation.exists():

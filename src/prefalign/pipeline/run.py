@@ -21,7 +21,6 @@ in this process, offline.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from ..errors import PrefalignError
 from ..evaluate.prompt_set import BUILTIN
 from ..fileio import file_digest, read_jsonl, write_json_atomic, write_jsonl_atomic
 from ..preflight import check_input, check_output_dir
-from ..stages import StageResult, run_stage
+from ..stages import StageResult, run_stage, settings_digest
 from ..train.config import TrainConfig
 from .config import DemoConfig, TrainingStage
 from .data_stages import (
@@ -309,9 +308,12 @@ def _dpo_round(demo: _Demo, round_: int, previous: Path, train_prompts: Path, fi
         write_jsonl_atomic(work / "prompts.jsonl", window)
         build_round_pairs(config, sampling, work, model, work / "prompts.jsonl", first.directory, round_)
 
-    window_digest = hashlib.sha256(json.dumps(window, sort_keys=True).encode()).hexdigest()
     key = stage_key(
-        sampling, model=model_key, prompts=window_digest, judge=config.judge, first=_stage_digest(first.directory)
+        sampling,
+        model=model_key,
+        prompts=settings_digest({"prompts": window}),
+        judge=config.judge,
+        first=_stage_digest(first.directory),
     )
     train = demo.stage(f"pairs_{round_}", key, pairs, resumable=True) / "train.jsonl"
     name = f"dpo_{round_}"
