@@ -54,6 +54,7 @@ from .run_files import save_final
 from .setup import Run, build_model, setup_run
 from .sharded_checkpoint import save_run_checkpoint
 from .sharding import full_state_dict, full_value, gradient_sync, is_sharded
+from .sparse_rows import clip_grad_norm
 from .steps import (
     PendingCheckpoint,
     Window,
@@ -135,7 +136,7 @@ def train_step(run: Run, step: int) -> float:
             (loss_sum * (weight * info.world_size / global_count)).backward()
         add_sums(step_sums, sums, weight)
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
-    grad_norm = float(full_value(torch.nn.utils.clip_grad_norm_(run.params, max_norm)))
+    grad_norm = float(full_value(clip_grad_norm(run.params, max_norm)))
     reduced = {key: float(value) for key, value in reduce_metrics(step_sums, info).items()}
     check_step(run, step, reduced, grad_norm)
     learning_rate = run.scheduler.get_last_lr()[0]

@@ -67,11 +67,13 @@ class StateBytes:
 
     `gradients` and `optimizer` are what the trainable parameters take once the first step has run (AdamW keeps two
     moments of each parameter's shape and dtype, and one fp32 step count per parameter tensor); DDP holds another
-    gradient-sized set of communication buckets besides, not counted here."""
+    gradient-sized set of communication buckets besides, not counted here. `sparse_rows`: the bytes of the trained
+    embedding whose gradient and moments exist for the rows it trains only (`train.sparse_rows`), counted in neither."""
 
     parameters: int
     gradients: int
     optimizer: int
+    sparse_rows: int = 0
 
     @property
     def total(self) -> int:
@@ -79,19 +81,25 @@ class StateBytes:
 
     def describe(self) -> str:
         parts = [("parameters", self.parameters), ("gradients", self.gradients), ("AdamW state", self.optimizer)]
-        return ", ".join(f"{name} {_mib(size)}" for name, size in parts) + f" ({_mib(self.total)} in all)"
+        text = ", ".join(f"{name} {_mib(size)}" for name, size in parts) + f" ({_mib(self.total)} in all)"
+        if self.sparse_rows:
+            text += f"; the embedding ({_mib(self.sparse_rows)}) has gradient and AdamW state for the rows it trains"
+        return text
 
 
 def training_state_bytes(model: torch.nn.Module) -> StateBytes:
     """This process's parameter, gradient and AdamW bytes for training `model` (see `StateBytes`)."""
-    parameters = trainable = tensors = 0
+    by_rows = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse}
+    parameters = trainable = tensors = sparse_rows = 0
     for param in model.parameters():  # tied weights are listed once
         size = _local_bytes(param)
         parameters += size
-        if param.requires_grad:
+        if param.requires_grad and id(param) in by_rows:
+            sparse_rows += size
+        elif param.requires_grad:
             trainable += size
             tensors += 1
-    return StateBytes(parameters=parameters, gradients=trainable, optimizer=2 * trainable + 4 * tensors)
+    return StateBytes(parameters, trainable, 2 * trainable + 4 * tensors, sparse_rows)
 
 
 def _local_bytes(tensor: torch.Tensor) -> int:

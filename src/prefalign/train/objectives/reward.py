@@ -35,6 +35,7 @@ from ...losses import reward_model_loss
 from ...models.reward import RewardModel, base_model_spec
 from ...scoring.preference import preference_margin, preference_outcome
 from ...scoring.run import PairLayout, choose_pair_layout
+from ..sparse_rows import use_sparse_embedding_grads
 from .base import Objective, Sums
 
 if TYPE_CHECKING:
@@ -104,6 +105,10 @@ class RewardObjective(Objective):
         self.layout = choose_pair_layout([model.lm], self.pad_id, block_masks=False)
         if self.layout.kind != "row":
             say("note: this model's attention cannot run pair attention; padding chosen and rejected rows (slower)")
+        # Without the LM term the output layer over the vocabulary never runs: the embedding's gradient is nonzero in
+        # the rows of the batch's tokens only, and AdamW keeps state for the rows trained (`sparse_rows`).
+        if self.config.lm_weight == 0 and not info.is_distributed:
+            use_sparse_embedding_grads(model.lm)
 
     def collate(self, items: Sequence[RewardItem]) -> RewardBatch:
         pairs = self.layout.collate([item.pair for item in items]).to(self.device)
