@@ -36,9 +36,10 @@ def _models(sparse: bool) -> tuple[torch.nn.Embedding, torch.nn.Linear]:
     return torch.nn.Embedding(10, 6, sparse=sparse), torch.nn.Linear(6, 1)
 
 
-def _backward(embedding: torch.nn.Embedding, head: torch.nn.Linear, tokens: list[int]) -> None:
-    out = head(torch.tanh(embedding(torch.tensor(tokens))))
-    (out**2).sum().backward()
+def _backward(embedding: torch.nn.Embedding, head: torch.nn.Linear, tokens: list[int]) -> torch.Tensor:
+    loss = (head(torch.tanh(embedding(torch.tensor(tokens)))) ** 2).sum()
+    loss.backward()
+    return loss
 
 
 def _train(sparse: bool, weight_decay: float, max_norm: float, steps: list[list[int]]) -> list[torch.Tensor]:
@@ -151,3 +152,20 @@ def test_only_an_unused_output_layer_gives_sparse_rows(tiny_model_dir: Path) -> 
     assert "for the rows it trains" in after.describe()
     frozen = load_model(str(tiny_model_dir), device="cpu").requires_grad_(False)  # LoRA's base, say
     assert not sparse_rows.use_sparse_embedding_grads(frozen) and not frozen.get_input_embeddings().sparse
+
+
+def test_a_closure_computes_the_gradients_the_step_then_takes() -> None:
+    embedding, head = _models(True)
+    twin_embedding, twin_head = copy.deepcopy(embedding), copy.deepcopy(head)
+    optimizer = AdamWithSparseRows([embedding.weight, *head.parameters()], lr=0.05, fused=True)
+    twin = AdamWithSparseRows([twin_embedding.weight, *twin_head.parameters()], lr=0.05, fused=True)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        return _backward(embedding, head, STEPS[0])
+
+    loss = optimizer.step(closure)
+    _backward(twin_embedding, twin_head, STEPS[0])
+    twin.step()
+    assert loss is not None and loss.item() > 0
+    assert torch.equal(embedding.weight, twin_embedding.weight) and torch.equal(head.weight, twin_head.weight)

@@ -42,6 +42,10 @@ class AdamWithSparseRows(torch.optim.AdamW):
     `exp_avg` and `exp_avg_sq` ([len(rows), width])."""
 
     def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:  # the gradients first, then every parameter's update from them
+            with torch.enable_grad():
+                loss = closure()
         sparse = [
             (group, param)
             for group in self.param_groups
@@ -52,7 +56,7 @@ class AdamWithSparseRows(torch.optim.AdamW):
         for _, param in sparse:
             param.grad = None  # AdamW's own step skips a parameter without a gradient
         try:
-            loss = super().step(closure)
+            super().step()
         finally:
             for (_, param), grad in zip(sparse, grads):
                 param.grad = grad
