@@ -83,9 +83,7 @@ def test_sparse_state_is_the_touched_rows_and_survives_a_checkpoint() -> None:
     assert state["rows"].tolist() == [1, 2, 3, 7, 9] and state["exp_avg"].shape == (5, 6)
     buffer = io.BytesIO()
     torch.save(optimizer.state_dict(), buffer)
-    saved = (copy.deepcopy(embedding), copy.deepcopy(head))
-
-    resumed_embedding, resumed_head = saved
+    resumed_embedding, resumed_head = copy.deepcopy(embedding), copy.deepcopy(head)
     resumed = AdamWithSparseRows(
         [resumed_embedding.weight, *resumed_head.parameters()], lr=0.05, weight_decay=0.1, fused=True
     )
@@ -119,8 +117,7 @@ def test_a_reward_model_without_its_lm_term_trains_sparse_rows_as_dense(
         lm_weight=0.0,
     )
     sparse = RewardConfig(**options, output_dir=str(tmp_path / "sparse"))
-    objective = RewardObjective(sparse)
-    train(sparse, objective)
+    train(sparse, RewardObjective(sparse))
     monkeypatch.setattr(reward_objective, "use_sparse_embedding_grads", lambda model: False)
     dense = RewardConfig(**options, output_dir=str(tmp_path / "dense"))
     train(dense, RewardObjective(dense))
